@@ -1,0 +1,242 @@
+//! `POST /agents/trigger`: validate the request and the job folder, persist, answer 202.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use crate::config::Config;
+use crate::contract::{
+    FieldError, Manifest, SchemaKind, Timestamp, TriggerAccepted, TriggerRequest, from_value_at,
+    parse_manifest, schema,
+};
+use crate::delivery::origin_allowed;
+use crate::error::{ApiError, ErrorSource};
+use crate::jobdir::JobDir;
+use crate::runner::outputs::hex;
+use crate::store::{Enqueued, JobRecord, NewJob};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/agents/trigger", post(trigger))
+}
+
+async fn trigger(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
+    let body = body.map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
+    let (request, request_sha256) = parse_request(&body)?;
+    let app = &app.inner;
+    if let Some(view) = app
+        .store
+        .job_view(request.job_id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    {
+        return replay(&view.job, &request_sha256, &app.public_url);
+    }
+    check_registry(&app.config, &request)?;
+    check_manifest(&app.shared_root, &request)?;
+    let job = NewJob {
+        request,
+        request_sha256,
+        trace_id: uuid::Uuid::new_v4().simple().to_string(),
+        at: Timestamp::now(),
+    };
+    match app
+        .store
+        .enqueue(job)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    {
+        Enqueued::Created(job) => {
+            tracing::info!(job.id = %job.job_id, job.name = %job.job_name, agent = %job.agent_name, trace_id = %job.trace_id, "job {} queued", job.job_id);
+            app.runner.wake();
+            Ok(accepted(&job, &app.public_url))
+        }
+        Enqueued::Duplicate(job) => Ok(accepted(&job, &app.public_url)),
+        Enqueued::Conflict(job) => Err(conflict(&job)),
+    }
+}
+
+/// Parses and schema-checks the body; returns it with the SHA-256 of its canonical JSON.
+fn parse_request(body: &[u8]) -> Result<(TriggerRequest, String), ApiError> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| ApiError::malformed_json(&e))?;
+    schema::validate(SchemaKind::TriggerRequest, 1, &doc)
+        .map_err(|e| ApiError::invalid(ErrorSource::Request, e))?;
+    // serde_json's maps are sorted, so equal documents serialise to equal bytes.
+    let canonical = serde_json::to_vec(&doc).map_err(|e| ApiError::internal(&e))?;
+    let request =
+        from_value_at(doc).map_err(|e| ApiError::invalid(ErrorSource::Request, vec![e]))?;
+    Ok((request, hex(&Sha256::digest(&canonical))))
+}
+
+fn replay(
+    job: &JobRecord,
+    request_sha256: &str,
+    public_url: &str,
+) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
+    if job.request_sha256 == request_sha256 {
+        Ok(accepted(job, public_url))
+    } else {
+        Err(conflict(job))
+    }
+}
+
+fn accepted(job: &JobRecord, public_url: &str) -> (StatusCode, Json<TriggerAccepted>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(TriggerAccepted {
+            job_id: job.job_id,
+            status: job.state,
+            status_url: format!("{public_url}/jobs/{}", job.job_id),
+        }),
+    )
+}
+
+fn conflict(job: &JobRecord) -> ApiError {
+    ApiError::conflict(
+        format!(
+            "job {} was already triggered with a different body",
+            job.job_id
+        ),
+        job.state,
+    )
+}
+
+/// The request against the configuration: agent registry, job names, callback origins, params.
+fn check_registry(config: &Config, request: &TriggerRequest) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    match config.agents.get(&request.agent_name) {
+        None => {
+            let known: Vec<&str> = config.agents.keys().map(|a| a.as_str()).collect();
+            errors.push(FieldError::new(
+                "/agent_name",
+                format!(
+                    "unknown agent {:?}; known agents: {}",
+                    request.agent_name.as_str(),
+                    known.join(", ")
+                ),
+            ));
+        }
+        Some(agent) => {
+            if let Some(params_schema) = &agent.params_schema {
+                let params = Value::Object(request.params.clone().unwrap_or_default());
+                if let Err(errs) = schema::check(params_schema, &params) {
+                    errors.extend(
+                        errs.into_iter()
+                            .map(|e| FieldError::new(format!("/params{}", e.pointer), e.detail)),
+                    );
+                }
+            }
+        }
+    }
+    if !config.jobs.allowed_job_names.contains(&request.job_name) {
+        errors.push(FieldError::new(
+            "/job_name",
+            format!(
+                "{:?} is not in jobs.allowed_job_names",
+                request.job_name.as_str()
+            ),
+        ));
+    }
+    let urls = &request.callback_urls;
+    for (pointer, url) in [
+        ("/callback_urls/progress", &urls.progress),
+        ("/callback_urls/completion", &urls.completion),
+    ] {
+        if !origin_allowed(&config.callbacks, url) {
+            errors.push(FieldError::new(
+                pointer,
+                format!(
+                    "origin {} is not in callbacks.allowed_origins",
+                    url.origin().ascii_serialization()
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(ErrorSource::Request, errors))
+    }
+}
+
+/// The job folder and its manifest: present, valid for its schema version, and agreeing with
+/// the request.
+fn check_manifest(
+    shared_root: &std::path::Path,
+    request: &TriggerRequest,
+) -> Result<Manifest, ApiError> {
+    let manifest_error = |detail: String| {
+        ApiError::invalid(ErrorSource::Manifest, vec![FieldError::new("", detail)])
+    };
+    let dir =
+        JobDir::open(shared_root, request.job_id).map_err(|e| manifest_error(e.to_string()))?;
+    let bytes = std::fs::read(dir.manifest())
+        .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?;
+    let (_, manifest) =
+        parse_manifest(&bytes).map_err(|e| ApiError::invalid(ErrorSource::Manifest, e.errors))?;
+    let contradictions = contradictions(&manifest, request);
+    if contradictions.is_empty() {
+        Ok(manifest)
+    } else {
+        Err(ApiError::invalid(ErrorSource::Manifest, contradictions))
+    }
+}
+
+fn contradictions(manifest: &Manifest, request: &TriggerRequest) -> Vec<FieldError> {
+    let pairs: [(&str, String, String); 4] = [
+        (
+            "job_id",
+            manifest.job_id.to_string(),
+            request.job_id.to_string(),
+        ),
+        ("user_id", manifest.user_id.clone(), request.user_id.clone()),
+        (
+            "agent_name",
+            manifest.agent_name.to_string(),
+            request.agent_name.to_string(),
+        ),
+        (
+            "job_name",
+            manifest.job_name.to_string(),
+            request.job_name.to_string(),
+        ),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, m, r)| m != r)
+        .map(|(field, m, r)| {
+            FieldError::new(
+                format!("/{field}"),
+                format!("manifest says {m:?} but the request says {r:?}"),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_bodies_in_any_key_order_hash_the_same() {
+        let a = br#"{"job_id":"7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f","user_id":"1","agent_name":"a","job_name":"J","callback_urls":{"progress":"http://x/p","completion":"http://x/c"}}"#;
+        let b = br#"{"user_id":"1","job_id":"7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f","job_name":"J","agent_name":"a","callback_urls":{"completion":"http://x/c","progress":"http://x/p"}}"#;
+        assert_eq!(parse_request(a).unwrap().1, parse_request(b).unwrap().1);
+    }
+
+    #[test]
+    fn a_job_id_that_is_not_a_uuid_is_named() {
+        let body = br#"{"job_id":"nope","user_id":"1","agent_name":"a","job_name":"J","callback_urls":{"progress":"http://x/p","completion":"http://x/c"}}"#;
+        let err = parse_request(body).unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

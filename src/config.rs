@@ -1,0 +1,625 @@
+//! Configuration: one TOML file, every key also settable as `AGENT_SIDECAR__SECTION__KEY`.
+//!
+//! Two stages, as ripgrep does it: [`RawConfig`] holds exactly what the operator wrote (unknown
+//! keys are an error that names them); [`Config`] holds parsed, cross-checked values. Relative
+//! paths are resolved against the config file's folder. Everything fails at startup, never lazily.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use url::Url;
+
+use crate::contract::{AgentName, JobName, schema};
+
+/// Prefix of environment overrides: `AGENT_SIDECAR__JOBS__MAX_CONCURRENT=8`.
+pub const ENV_PREFIX: &str = "AGENT_SIDECAR__";
+
+/// Why a configuration was refused. Each message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A value that parsed but makes no sense.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `callbacks.jwt.secret`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+// ---- stage 1: what the operator wrote ----
+
+/// The configuration file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    storage: RawStorage,
+    store: RawStore,
+    callbacks: RawCallbacks,
+    jobs: RawJobs,
+    #[serde(default)]
+    agents: BTreeMap<String, RawAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    public_url: Option<String>,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            public_url: None,
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8780".into()
+}
+fn default_max_body_bytes() -> usize {
+    256 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    shared_root: PathBuf,
+    #[serde(default)]
+    output_uri_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallbacks {
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_progress_interval", with = "humantime_serde")]
+    progress_min_interval: Duration,
+    #[serde(default = "default_progress_retries")]
+    progress_retries: u32,
+    #[serde(default = "default_schedule")]
+    retry_schedule: Vec<String>,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    max_age: Duration,
+    #[serde(default = "default_index_max")]
+    output_index_max_bytes: usize,
+    jwt: RawJwt,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_progress_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_progress_retries() -> u32 {
+    2
+}
+fn default_schedule() -> Vec<String> {
+    ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+        .map(String::from)
+        .into()
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(3 * 24 * 3600)
+}
+fn default_index_max() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: String,
+    audience: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default = "default_jwt_ttl", with = "humantime_serde")]
+    ttl: Duration,
+}
+
+fn default_jwt_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    allowed_job_names: Vec<String>,
+    #[serde(default = "default_max_concurrent")]
+    max_concurrent: usize,
+    #[serde(default = "default_kill_grace", with = "humantime_serde")]
+    kill_grace: Duration,
+    #[serde(default = "default_max_line_bytes")]
+    max_line_bytes: usize,
+}
+
+fn default_max_concurrent() -> usize {
+    4
+}
+fn default_kill_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_line_bytes() -> usize {
+    16 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    command: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default)]
+    max_concurrent: Option<usize>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    params_schema: Option<PathBuf>,
+}
+
+// ---- stage 2: what the program uses ----
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[callbacks]`.
+    pub callbacks: CallbacksConfig,
+    /// `[jobs]`.
+    pub jobs: JobsConfig,
+    /// `[agents.NAME]`: the agent registry.
+    pub agents: BTreeMap<AgentName, Arc<AgentConfig>>,
+}
+
+/// `[server]`: the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Base URL used in `status_url`; defaults to `http://<listen>`.
+    pub public_url: Option<Url>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// `[storage]`: the shared job folders.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Folder holding `<job_id>/input` and `<job_id>/output`.
+    pub shared_root: PathBuf,
+    /// Prefix of `output_uri` (`<prefix><job_id>/output/`); defaults to a `file://` URI.
+    pub output_uri_prefix: Option<String>,
+}
+
+/// `[store]`: where job state lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// An SQLite database file (`sqlite:///path/state.db`).
+    Sqlite(PathBuf),
+}
+
+/// `[callbacks]`: how Rails is called back.
+#[derive(Debug, Clone)]
+pub struct CallbacksConfig {
+    /// Origins (`scheme://host:port`) callbacks may go to; nothing else is ever called.
+    pub allowed_origins: BTreeSet<String>,
+    /// Whether plain `http://` callback URLs are allowed (local development only).
+    pub allow_http: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Least time between two progress posts of one job.
+    pub progress_min_interval: Duration,
+    /// Retries of one progress post before it is dropped.
+    pub progress_retries: u32,
+    /// Delays between completion attempts; the last one repeats.
+    pub retry_schedule: Vec<Duration>,
+    /// Age after which an undelivered completion is dead-lettered.
+    pub max_age: Duration,
+    /// Largest `output_index` sent inline; a larger summary is replaced by a pointer.
+    pub output_index_max_bytes: usize,
+    /// `[callbacks.jwt]`.
+    pub jwt: JwtConfig,
+}
+
+/// `[callbacks.jwt]`: signing of callbacks.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// `iss` claim.
+    pub issuer: String,
+    /// `aud` claim.
+    pub audience: String,
+    /// HS256 key.
+    pub secret: Secret,
+    /// Lifetime of each token (`exp - iat`).
+    pub ttl: Duration,
+}
+
+/// `[jobs]`: what may run and how much at once.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// `job_name`s Rails may ask for; anything else is refused at trigger time.
+    pub allowed_job_names: BTreeSet<JobName>,
+    /// Jobs running at once across all agents.
+    pub max_concurrent: usize,
+    /// Time between SIGTERM and SIGKILL when an agent is stopped.
+    pub kill_grace: Duration,
+    /// Longest stdout/stderr line kept; longer lines are cut.
+    pub max_line_bytes: usize,
+}
+
+/// `[agents.NAME]`: one agent of the registry.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// argv; entries starting with `./` or `../` are relative to the config file's folder.
+    pub command: Vec<String>,
+    /// Wall-clock limit of one run.
+    pub timeout: Duration,
+    /// Runs of this agent at once.
+    pub max_concurrent: usize,
+    /// Extra environment for the agent.
+    pub env: BTreeMap<String, String>,
+    /// Schema `params` must satisfy, if any.
+    pub params_schema: Option<Arc<jsonschema::Validator>>,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `env` may hold credentials for the agent: list the names only.
+        f.debug_struct("AgentConfig")
+            .field("command", &self.command)
+            .field("timeout", &self.timeout)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("params_schema", &self.params_schema.is_some())
+            .finish()
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies `AGENT_SIDECAR__*` overrides from the environment, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        // figment treats a missing file as empty; a typo in the path must be loud.
+        std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        // Absolute, so relative paths in the file mean the same from any working directory
+        // (agents run with the job folder as theirs).
+        let absolute = path.canonicalize().map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = absolute
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Self::resolve(raw, &base)
+    }
+
+    /// Turns what was written into what is used, resolving paths against `base`.
+    pub fn resolve(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
+        let jobs = resolve_jobs(raw.jobs)?;
+        let agents = raw
+            .agents
+            .into_iter()
+            .map(|(name, agent)| resolve_agent(name, agent, base, jobs.max_concurrent))
+            .collect::<Result<_, _>>()?;
+        let cfg = Config {
+            server: resolve_server(raw.server)?,
+            storage: StorageConfig {
+                shared_root: base.join(raw.storage.shared_root),
+                output_uri_prefix: raw.storage.output_uri_prefix,
+            },
+            store: resolve_store(&raw.store.url, base)?,
+            callbacks: resolve_callbacks(raw.callbacks, base)?,
+            jobs,
+            agents,
+        };
+        if cfg.agents.is_empty() {
+            return Err(invalid("agents", "at least one [agents.NAME] is required"));
+        }
+        Ok(cfg)
+    }
+
+    /// The base of `status_url`s.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        match &self.server.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let source = match &err.metadata {
+                Some(md) => format!(" ({})", md.name),
+                None => String::new(),
+            };
+            if key.is_empty() {
+                format!("config: {}{source}", err.kind)
+            } else {
+                format!("config key `{key}`: {}{source}", err.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn resolve_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("server.listen", format!("{e} (expected host:port)")))?;
+    let public_url = raw
+        .public_url
+        .map(|u| Url::parse(&u).map_err(|e| invalid("server.public_url", e.to_string())))
+        .transpose()?;
+    Ok(ServerConfig {
+        listen,
+        public_url,
+        max_body_bytes: raw.max_body_bytes,
+    })
+}
+
+fn resolve_store(url: &str, base: &Path) -> Result<StoreConfig, ConfigError> {
+    let path = url.strip_prefix("sqlite://").ok_or_else(|| {
+        invalid(
+            "store.url",
+            "must start with sqlite:// (e.g. sqlite:///var/lib/agent-sidecar/state.db)",
+        )
+    })?;
+    if path.is_empty() {
+        return Err(invalid("store.url", "names no database file"));
+    }
+    Ok(StoreConfig::Sqlite(base.join(path)))
+}
+
+fn resolve_callbacks(raw: RawCallbacks, base: &Path) -> Result<CallbacksConfig, ConfigError> {
+    let mut allowed_origins = BTreeSet::new();
+    for origin in &raw.allowed_origins {
+        let url = Url::parse(origin)
+            .map_err(|e| invalid("callbacks.allowed_origins", format!("{origin:?}: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if raw.allow_http => {}
+            "http" => {
+                return Err(invalid(
+                    "callbacks.allowed_origins",
+                    format!(
+                        "{origin:?} is plain http; set callbacks.allow_http = true to allow it (local development only)"
+                    ),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "callbacks.allowed_origins",
+                    format!("{origin:?}: scheme {other} is not http(s)"),
+                ));
+            }
+        }
+        allowed_origins.insert(url.origin().ascii_serialization());
+    }
+    let retry_schedule = raw
+        .retry_schedule
+        .iter()
+        .map(|d| humantime::parse_duration(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("callbacks.retry_schedule", e.to_string()))?;
+    if retry_schedule.is_empty() {
+        return Err(invalid(
+            "callbacks.retry_schedule",
+            "needs at least one delay",
+        ));
+    }
+    Ok(CallbacksConfig {
+        allowed_origins,
+        allow_http: raw.allow_http,
+        timeout: raw.timeout,
+        progress_min_interval: raw.progress_min_interval,
+        progress_retries: raw.progress_retries,
+        retry_schedule,
+        max_age: raw.max_age,
+        output_index_max_bytes: raw.output_index_max_bytes,
+        jwt: resolve_jwt(raw.jwt, base)?,
+    })
+}
+
+fn resolve_jwt(raw: RawJwt, base: &Path) -> Result<JwtConfig, ConfigError> {
+    let secret = match (raw.secret, raw.secret_file) {
+        (Some(s), None) => s,
+        (None, Some(file)) => {
+            let path = base.join(file);
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    invalid(
+                        "callbacks.jwt.secret_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned()
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "callbacks.jwt",
+                "set either secret or secret_file, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "callbacks.jwt",
+                "secret or secret_file is required",
+            ));
+        }
+    };
+    if secret.len() < 32 {
+        return Err(invalid(
+            "callbacks.jwt.secret",
+            "must be at least 32 bytes for HS256",
+        ));
+    }
+    Ok(JwtConfig {
+        issuer: raw.issuer,
+        audience: raw.audience,
+        secret: Secret::new(secret),
+        ttl: raw.ttl,
+    })
+}
+
+fn resolve_jobs(raw: RawJobs) -> Result<JobsConfig, ConfigError> {
+    let allowed_job_names = raw
+        .allowed_job_names
+        .iter()
+        .map(|n| {
+            n.parse()
+                .map_err(|e| invalid("jobs.allowed_job_names", format!("{n:?} {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if raw.max_concurrent == 0 {
+        return Err(invalid("jobs.max_concurrent", "must be at least 1"));
+    }
+    if raw.max_line_bytes < 256 {
+        return Err(invalid("jobs.max_line_bytes", "must be at least 256"));
+    }
+    Ok(JobsConfig {
+        allowed_job_names,
+        max_concurrent: raw.max_concurrent,
+        kill_grace: raw.kill_grace,
+        max_line_bytes: raw.max_line_bytes,
+    })
+}
+
+fn resolve_agent(
+    name: String,
+    raw: RawAgent,
+    base: &Path,
+    global_max: usize,
+) -> Result<(AgentName, Arc<AgentConfig>), ConfigError> {
+    let key = |field: &str| format!("agents.{name}.{field}");
+    let agent_name: AgentName = name
+        .parse()
+        .map_err(|e| invalid(format!("agents.{name}"), format!("agent name {e}")))?;
+    if raw.command.is_empty() {
+        return Err(invalid(key("command"), "must name a program"));
+    }
+    let command = raw
+        .command
+        .into_iter()
+        .map(|arg| {
+            if arg.starts_with("./") || arg.starts_with("../") {
+                base.join(&arg).to_string_lossy().into_owned()
+            } else {
+                arg
+            }
+        })
+        .collect();
+    let params_schema = raw
+        .params_schema
+        .map(|file| {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(key("params_schema"), format!("{}: {e}", path.display())))?;
+            schema::compile(&text)
+                .map(Arc::new)
+                .map_err(|e| invalid(key("params_schema"), format!("{}: {e}", path.display())))
+        })
+        .transpose()?;
+    let max_concurrent = raw.max_concurrent.unwrap_or(global_max);
+    if max_concurrent == 0 {
+        return Err(invalid(key("max_concurrent"), "must be at least 1"));
+    }
+    if raw.timeout.is_zero() {
+        return Err(invalid(key("timeout"), "must be more than 0s"));
+    }
+    let agent = AgentConfig {
+        command,
+        timeout: raw.timeout,
+        max_concurrent,
+        env: raw.env,
+        params_schema,
+    };
+    Ok((agent_name, Arc::new(agent)))
+}

@@ -1,0 +1,390 @@
+//! Wire types: every payload that crosses the boundary with Rails, mirrored by `schemas/v1/`.
+//!
+//! A test (`contract::tests`) checks these against the schemas and the fixtures, so the two
+//! cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::{AgentName, DeliveryId, JobId, JobName, JobState, Priority, Timestamp};
+
+/// The version every callback and output file announces in its `version` field.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// `POST /agents/trigger` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// Rails' id for the job; also the folder name under `shared_root`.
+    pub job_id: JobId,
+    /// The user the job runs for.
+    pub user_id: String,
+    /// Which registered agent to run.
+    pub agent_name: AgentName,
+    /// The Rails handler dispatched on completion (`JobName.completed`).
+    pub job_name: JobName,
+    /// Free-form parameters handed to the agent as `AGENT_PARAMS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Map<String, Value>>,
+    /// Where progress and completion are posted.
+    pub callback_urls: CallbackUrls,
+    /// Scheduling priority (default `normal`).
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// The two Rails endpoints a job reports to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackUrls {
+    /// Receives every progress event.
+    pub progress: Url,
+    /// Receives the terminal state, exactly once per delivery id.
+    pub completion: Url,
+}
+
+/// The `202 Accepted` answer to a trigger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerAccepted {
+    /// The job's id.
+    pub job_id: JobId,
+    /// The job's current state (`queued` for a new job).
+    pub status: JobState,
+    /// Where to poll the job.
+    pub status_url: String,
+}
+
+/// `<shared_root>/<job_id>/input/manifest.json`, the authoritative job descriptor (v1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Picks the schema the manifest is checked against.
+    pub schema_version: u32,
+    /// Must equal the trigger's `job_id`.
+    pub job_id: JobId,
+    /// Must equal the trigger's `user_id`.
+    pub user_id: String,
+    /// Must equal the trigger's `agent_name`.
+    pub agent_name: AgentName,
+    /// Must equal the trigger's `job_name`.
+    pub job_name: JobName,
+    /// Parameters as Rails recorded them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Map<String, Value>>,
+    /// Input files, relative to `input/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// When Rails wrote the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+}
+
+/// One progress event as the agent reported it (before it gets a `seq`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// A short machine-friendly stage name.
+    pub stage: Option<String>,
+    /// A human-readable message.
+    pub message: Option<String>,
+    /// Completion estimate, 0 to 100.
+    pub percent: Option<f64>,
+}
+
+/// A progress event as stored and served: the agent's report with its order and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressSnapshot {
+    /// Per-job sequence number; Rails drops an event older than one it has seen.
+    pub seq: u64,
+    /// See [`Progress::stage`].
+    pub stage: Option<String>,
+    /// See [`Progress::message`].
+    pub message: Option<String>,
+    /// See [`Progress::percent`].
+    pub percent: Option<f64>,
+    /// When the agent printed it.
+    pub timestamp: Timestamp,
+}
+
+/// POSTed to `callback_urls.progress` for progress events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressCallback {
+    /// Payload version.
+    pub version: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// The job's user.
+    pub user_id: String,
+    /// The Rails handler of the job.
+    pub job_name: JobName,
+    /// The agent reporting.
+    pub agent_name: AgentName,
+    /// Per-job sequence number.
+    pub seq: u64,
+    /// Stage name, if the agent gave one.
+    pub stage: Option<String>,
+    /// Message, if any.
+    pub message: Option<String>,
+    /// Percent done, if known.
+    pub percent: Option<f64>,
+    /// When the agent printed it.
+    pub timestamp: Timestamp,
+}
+
+/// Why a job did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorReason {
+    /// The agent exited with a non-zero code.
+    ExitCode,
+    /// The agent died on a signal.
+    Signal,
+    /// The agent ran past its timeout.
+    Timeout,
+    /// The agent could not be started.
+    SpawnFailed,
+    /// The sidecar stopped while the job ran and the agent says not to retry.
+    SidecarRestarted,
+}
+
+/// The `error` of a completion: null when the job completed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobError {
+    /// A stable, machine-readable cause.
+    pub reason: ErrorReason,
+    /// A readable sentence, with the last stderr lines where they help.
+    pub message: String,
+    /// The agent's exit code, when it exited.
+    pub exit_code: Option<i32>,
+}
+
+/// Timing and correlation of a completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionMeta {
+    /// Wall time of the agent run (0 if it never started).
+    pub duration_ms: u64,
+    /// When the agent started, if it did.
+    pub started_at: Option<Timestamp>,
+    /// When the job ended.
+    pub finished_at: Timestamp,
+    /// The job's trace id, for joining logs.
+    pub trace_id: String,
+}
+
+/// POSTed to `callback_urls.completion` once the job is terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionCallback {
+    /// Payload version.
+    pub version: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// The job's user.
+    pub user_id: String,
+    /// The Rails handler to dispatch: `JobName.completed(...)`.
+    pub job_name: JobName,
+    /// The agent that ran.
+    pub agent_name: AgentName,
+    /// The terminal state.
+    pub status: JobState,
+    /// Where the outputs are (`file:///.../output/` by default).
+    pub output_uri: String,
+    /// The final summary.json, or a trimmed index with a pointer when it is large.
+    pub output_index: Value,
+    /// Why it did not complete; null when it did.
+    pub error: Option<JobError>,
+    /// Timing and correlation.
+    pub meta: CompletionMeta,
+    /// A JWT over `{sub = job_id, job_name, status, user_id}` so a stored payload stays verifiable.
+    pub sig: String,
+}
+
+/// One file under `output/artifacts/`, as indexed in summary.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Path relative to `output/`.
+    pub path: String,
+    /// Guessed from the extension.
+    pub mime: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// A path under `output/artifacts/` that was not indexed (symlink, device, fifo...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedArtifact {
+    /// Path relative to `output/`.
+    pub path: String,
+    /// Why it was not indexed.
+    pub reason: String,
+}
+
+/// When the job was queued, started and finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// When the trigger was accepted.
+    pub queued_at: Timestamp,
+    /// When the agent started.
+    pub started_at: Option<Timestamp>,
+    /// When the job ended.
+    pub finished_at: Timestamp,
+    /// Agent wall time.
+    pub duration_ms: u64,
+}
+
+/// `output/summary.json`: the agent's findings completed by the sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    /// Payload version.
+    pub version: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// The agent that ran.
+    pub agent_name: AgentName,
+    /// The terminal state.
+    pub status: JobState,
+    /// Every regular file under `output/artifacts/`.
+    pub artifacts: Vec<Artifact>,
+    /// Paths under `output/artifacts/` that were refused.
+    pub rejected_artifacts: Vec<RejectedArtifact>,
+    /// The agent's findings, as it wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Value>,
+    /// The agent's notes, as it wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<Value>,
+    /// The agent's metrics, as it wrote them in its summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Value>,
+    /// Timing of the run.
+    pub timing: Timing,
+}
+
+/// `output/metrics.json`: the agent's KPIs merged with what the sidecar measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsFile {
+    /// Payload version.
+    pub version: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// Agent wall time.
+    pub duration_ms: u64,
+    /// The agent's exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Progress events parsed from stdout (every line).
+    pub progress_events: u64,
+    /// Bytes the agent wrote to stdout.
+    pub stdout_bytes: u64,
+    /// Bytes the agent wrote to stderr.
+    pub stderr_bytes: u64,
+    /// Peak resident memory of the agent, in KiB.
+    pub max_rss_kb: Option<u64>,
+    /// The agent's own KPIs (its `output/metrics.json`); measured keys win on a clash.
+    #[serde(flatten)]
+    pub agent: Map<String, Value>,
+}
+
+impl MetricsFile {
+    /// Keys the sidecar owns; the agent's values for them are dropped.
+    pub const MEASURED_KEYS: [&'static str; 8] = [
+        "version",
+        "job_id",
+        "duration_ms",
+        "exit_code",
+        "progress_events",
+        "stdout_bytes",
+        "stderr_bytes",
+        "max_rss_kb",
+    ];
+}
+
+/// One state change of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    /// The state entered.
+    pub state: JobState,
+    /// When.
+    pub at: Timestamp,
+    /// The attempt it belongs to.
+    pub attempt: u32,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not yet acknowledged; retried on schedule.
+    Pending,
+    /// Acknowledged with a 2xx.
+    Delivered,
+    /// Given up on; needs a redrive.
+    Dead,
+}
+
+/// The completion callback's delivery, as `GET /jobs/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryStatus {
+    /// Stable across retries (JWT `jti`, `webhook-id`).
+    pub delivery_id: DeliveryId,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// HTTP status of the last attempt, if it got one.
+    pub last_status_code: Option<u16>,
+    /// Error of the last attempt, if any.
+    pub last_error: Option<String>,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: Option<Timestamp>,
+    /// When Rails acknowledged it.
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// `GET /jobs/{job_id}` (and `GET /status/{job_id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobStatus {
+    /// Payload version.
+    pub version: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// The job's user.
+    pub user_id: String,
+    /// The agent.
+    pub agent_name: AgentName,
+    /// The Rails handler.
+    pub job_name: JobName,
+    /// Scheduling priority.
+    pub priority: Priority,
+    /// Current state.
+    pub state: JobState,
+    /// Attempt number (1 for the first run; 0 while never started).
+    pub attempt: u32,
+    /// Correlation id for logs and callbacks.
+    pub trace_id: String,
+    /// Every state change, oldest first.
+    pub transitions: Vec<Transition>,
+    /// The latest progress event, if any.
+    pub last_progress: Option<ProgressSnapshot>,
+    /// The agent's exit code, once it exited.
+    pub exit_code: Option<i32>,
+    /// Why it did not complete, once terminal.
+    pub error: Option<JobError>,
+    /// The completion callback's delivery, once terminal.
+    pub delivery: Option<DeliveryStatus>,
+    /// Where the outputs are.
+    pub output_uri: String,
+    /// The final summary (or trimmed index), once terminal.
+    pub output_index: Option<Value>,
+}

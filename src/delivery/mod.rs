@@ -1,0 +1,447 @@
+//! Calling Rails back.
+//!
+//! Completions go through the durable outbox: [`Store::finish`] writes the callback in the same
+//! transaction as the terminal state, and [`Deliveries::run`] leases due rows, posts them and
+//! records every attempt, retrying on [`schedule`] until the age limit, then dead-lettering.
+//! Progress is best effort and coalesced: one poster per job sends the newest event, at most one
+//! post in flight, with a minimum interval between posts; a completion waits until the job's
+//! poster is done. Nothing a receiver does changes a job's state.
+
+pub mod schedule;
+pub mod sign;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+use url::Url;
+
+use crate::config::CallbacksConfig;
+use crate::contract::{JobId, JobState, ProgressCallback};
+use crate::store::{AttemptOutcome, AttemptRecord, Delivery, Store};
+use schedule::Failure;
+use sign::{CallbackEvent, Signer, TokenFor};
+
+/// Completion attempts in flight at once.
+const MAX_IN_FLIGHT: usize = 32;
+/// Bytes of an error response kept with the attempt.
+const ERROR_BODY_BYTES: usize = 512;
+
+/// Whether `url`'s origin is one the config allows. Checked at trigger time and again before
+/// every post, so the sidecar never calls anywhere the config did not name.
+pub fn origin_allowed(cfg: &CallbacksConfig, url: &Url) -> bool {
+    cfg.allowed_origins
+        .contains(&url.origin().ascii_serialization())
+}
+
+/// The one HTTP client for callbacks: no redirects, no proxies, bounded time.
+pub fn http_client(cfg: &CallbacksConfig) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+        .no_proxy()
+        .user_agent(concat!("agent-sidecar/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_rustls()
+        .build()
+}
+
+/// The delivery side of the sidecar: the outbox worker and the per-job progress posters.
+pub struct Deliveries {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    signer: Signer,
+    cfg: CallbacksConfig,
+    wake: Notify,
+    in_flight: Arc<Semaphore>,
+    progress_done: Mutex<HashMap<JobId, watch::Receiver<bool>>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// How one post went.
+enum PostResult {
+    Acknowledged(u16),
+    Rejected {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    Failed {
+        error: String,
+        timeout: bool,
+    },
+    Refused(String),
+}
+
+impl Deliveries {
+    /// Builds the delivery side; tasks are spawned on `tracker` and stop with `cancel`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        cfg: CallbacksConfig,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> reqwest::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            client: http_client(&cfg)?,
+            signer: Signer::new(&cfg.jwt),
+            store,
+            cfg,
+            wake: Notify::new(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            progress_done: Mutex::new(HashMap::new()),
+            tracker,
+            cancel,
+        }))
+    }
+
+    /// The signer, for the `sig` of completion bodies.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Tells the outbox worker that a new callback is waiting.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The outbox worker: leases due completions and attempts them until cancelled.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let now = crate::contract::Timestamp::now();
+            let lease_until = now.plus(self.cfg.timeout * 2 + Duration::from_secs(30));
+            match self
+                .store
+                .claim_due_deliveries(now, lease_until, MAX_IN_FLIGHT)
+                .await
+            {
+                Ok(batch) => {
+                    for delivery in batch {
+                        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                            return;
+                        };
+                        let this = Arc::clone(&self);
+                        let span = info_span!("delivery", delivery.id = %delivery.id, job.id = %delivery.job_id, job.name = %delivery.job_name);
+                        self.tracker.spawn(
+                            async move {
+                                this.attempt(delivery).await;
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+                Err(e) => error!(error = %e, "cannot read the outbox"),
+            }
+            let wait = self.until_next_due(now).await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn until_next_due(&self, now: crate::contract::Timestamp) -> Duration {
+        match self.store.next_delivery_due().await {
+            Ok(Some(at)) => {
+                Duration::from_millis(at.millis_since(now)).min(Duration::from_secs(60))
+            }
+            Ok(None) => Duration::from_secs(60),
+            Err(e) => {
+                error!(error = %e, "cannot read the outbox");
+                Duration::from_secs(5)
+            }
+        }
+    }
+
+    async fn attempt(&self, d: Delivery) {
+        self.progress_drained(d.job_id).await;
+        let at = crate::contract::Timestamp::now();
+        let started = Instant::now();
+        let token = self.signer.callback_token(
+            &TokenFor {
+                event: CallbackEvent::Completion,
+                job_id: d.job_id,
+                job_name: &d.job_name,
+                status: d.status,
+                jti: d.id.as_str(),
+                body: &d.body,
+            },
+            jsonwebtoken::get_current_timestamp(),
+        );
+        let result = self
+            .post(&d.url, d.body.clone(), &token, d.id.as_str())
+            .await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (record, outcome) = self.judge(&d, at, latency_ms, result);
+        self.log_outcome(&d, &record, outcome);
+        if let Err(e) = self.store.record_attempt(&d.id, record, outcome).await {
+            // The lease expires and the attempt is made again: at-least-once, same delivery id.
+            error!(error = %e, "cannot record a delivery attempt");
+        }
+    }
+
+    fn judge(
+        &self,
+        d: &Delivery,
+        at: crate::contract::Timestamp,
+        latency_ms: u64,
+        result: PostResult,
+    ) -> (AttemptRecord, AttemptOutcome) {
+        let mut record = AttemptRecord {
+            at,
+            status_code: None,
+            error: None,
+            latency_ms,
+        };
+        let retry = |failure, retry_after| {
+            let age = Duration::from_millis(at.millis_since(d.created_at));
+            let delay = schedule::next_delay(
+                &self.cfg.retry_schedule,
+                d.attempts + 1,
+                failure,
+                retry_after,
+                rand::random::<f64>() * 2.0 - 1.0,
+            );
+            if age + delay > self.cfg.max_age {
+                AttemptOutcome::Dead
+            } else {
+                AttemptOutcome::RetryAt(at.plus(delay))
+            }
+        };
+        let outcome = match result {
+            PostResult::Acknowledged(status) => {
+                record.status_code = Some(status);
+                AttemptOutcome::Delivered
+            }
+            PostResult::Rejected {
+                status,
+                body,
+                retry_after,
+            } => {
+                record.status_code = Some(status);
+                record.error = Some(body);
+                if schedule::is_retryable_status(status) {
+                    let failure = if status == 429 {
+                        Failure::Overloaded
+                    } else {
+                        Failure::Transient
+                    };
+                    retry(failure, retry_after)
+                } else {
+                    AttemptOutcome::Dead
+                }
+            }
+            PostResult::Failed { error, timeout } => {
+                record.error = Some(error);
+                retry(
+                    if timeout {
+                        Failure::Overloaded
+                    } else {
+                        Failure::Transient
+                    },
+                    None,
+                )
+            }
+            PostResult::Refused(reason) => {
+                record.error = Some(reason);
+                AttemptOutcome::Dead
+            }
+        };
+        (record, outcome)
+    }
+
+    fn log_outcome(&self, d: &Delivery, record: &AttemptRecord, outcome: AttemptOutcome) {
+        let destination = d.url.origin().ascii_serialization();
+        let attempt = d.attempts + 1;
+        match outcome {
+            AttemptOutcome::Delivered => {
+                info!(attempt, latency_ms = record.latency_ms, %destination, "completion delivered")
+            }
+            AttemptOutcome::RetryAt(next) => warn!(
+                attempt,
+                status = record.status_code,
+                error = record.error.as_deref(),
+                %destination,
+                next_attempt_at = %next,
+                "completion not delivered; will retry"
+            ),
+            AttemptOutcome::Dead => error!(
+                attempt,
+                status = record.status_code,
+                error = record.error.as_deref(),
+                %destination,
+                "completion dead-lettered"
+            ),
+        }
+    }
+
+    async fn post(&self, url: &Url, body: Vec<u8>, token: &str, id: &str) -> PostResult {
+        if !origin_allowed(&self.cfg, url) {
+            return PostResult::Refused(format!(
+                "origin {} is not in callbacks.allowed_origins",
+                url.origin().ascii_serialization()
+            ));
+        }
+        let sent = self
+            .client
+            .post(url.clone())
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", id)
+            .header("webhook-id", id)
+            .body(body)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                return PostResult::Failed {
+                    timeout: e.is_timeout(),
+                    error: transport_error(&e),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return PostResult::Acknowledged(status);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut head = Vec::new();
+        while head.len() < ERROR_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        head.truncate(ERROR_BODY_BYTES);
+        PostResult::Rejected {
+            status,
+            body: format!("HTTP {status}: {}", String::from_utf8_lossy(&head)),
+            retry_after,
+        }
+    }
+
+    async fn progress_drained(&self, job_id: JobId) {
+        let done = self
+            .progress_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&job_id)
+            .cloned();
+        if let Some(mut done) = done {
+            // Bounded: a poster gives up on a post after its retries, each within the timeout.
+            let limit = self.cfg.timeout * (self.cfg.progress_retries + 2);
+            let _ = tokio::time::timeout(limit, done.wait_for(|d| *d)).await;
+        }
+    }
+
+    /// Starts the progress poster of one job; dropping the returned sender finishes it after
+    /// its last event is posted or dropped.
+    pub fn progress_poster(
+        self: &Arc<Self>,
+        job_id: JobId,
+        url: Url,
+    ) -> watch::Sender<Option<ProgressCallback>> {
+        let (tx, rx) = watch::channel(None::<ProgressCallback>);
+        // Registered before any event exists, so a completion can never overtake the poster.
+        let (done_tx, done_rx) = watch::channel(false);
+        self.progress_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id, done_rx);
+        let this = Arc::clone(self);
+        self.tracker.spawn(
+            async move {
+                this.post_progress(url, rx).await;
+                let _ = done_tx.send(true);
+                this.progress_done
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&job_id);
+            }
+            .in_current_span(),
+        );
+        tx
+    }
+
+    async fn post_progress(&self, url: Url, mut rx: watch::Receiver<Option<ProgressCallback>>) {
+        while rx.changed().await.is_ok() {
+            let Some(event) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            self.post_one_progress(&url, &event).await;
+            // Coalescing: events printed meanwhile collapse into the newest one.
+            if !self.cfg.progress_min_interval.is_zero() {
+                tokio::time::sleep(self.cfg.progress_min_interval).await;
+            }
+        }
+    }
+
+    async fn post_one_progress(&self, url: &Url, event: &ProgressCallback) {
+        let body = serde_json::to_vec(event).unwrap_or_default();
+        let id = format!("prg_{}_{}", event.job_id.as_uuid().simple(), event.seq);
+        for attempt in 0..=self.cfg.progress_retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+            }
+            let token = self.signer.callback_token(
+                &TokenFor {
+                    event: CallbackEvent::Progress,
+                    job_id: event.job_id,
+                    job_name: &event.job_name,
+                    status: JobState::InProgress,
+                    jti: &id,
+                    body: &body,
+                },
+                jsonwebtoken::get_current_timestamp(),
+            );
+            match self.post(url, body.clone(), &token, &id).await {
+                PostResult::Acknowledged(_) => return,
+                PostResult::Refused(reason) => {
+                    warn!(%reason, "progress callback refused");
+                    return;
+                }
+                PostResult::Rejected { status, .. } if !schedule::is_retryable_status(status) => {
+                    debug!(
+                        status,
+                        seq = event.seq,
+                        "progress callback rejected; dropped"
+                    );
+                    return;
+                }
+                _ => debug!(seq = event.seq, attempt, "progress callback failed"),
+            }
+        }
+        debug!(seq = event.seq, "progress callback dropped after retries");
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> String {
+    // The reqwest error's Display includes the URL; keep the cause chain, which is what helps.
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

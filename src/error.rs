@@ -1,0 +1,196 @@
+//! Errors at the HTTP edge, rendered once as RFC 9457 `application/problem+json`.
+//!
+//! Library modules return their own `thiserror` enums; handlers map them into [`ApiError`] here.
+//! `anyhow` is used only in `main` and in task bodies whose errors are only logged. 5xx answers
+//! are opaque: the cause is logged once, the client learns only that it was our fault.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::contract::FieldError;
+
+/// Which document a field error points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorSource {
+    /// The request body.
+    Request,
+    /// `input/manifest.json` of the job.
+    Manifest,
+    /// A path parameter.
+    Path,
+}
+
+/// One failing field of a problem.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemField {
+    /// Which document `pointer` points into.
+    pub source: ErrorSource,
+    /// JSON pointer to the value.
+    pub pointer: String,
+    /// What is wrong with it.
+    pub detail: String,
+}
+
+/// An error answer of the API.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+    detail: String,
+    errors: Vec<ProblemField>,
+    extensions: serde_json::Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [ProblemField],
+    #[serde(flatten)]
+    extensions: &'a serde_json::Map<String, Value>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            errors: Vec::new(),
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    /// The body is not JSON.
+    pub fn malformed_json(e: &serde_json::Error) -> Self {
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            "the request body is not valid JSON",
+        );
+        err.errors.push(ProblemField {
+            source: ErrorSource::Request,
+            pointer: String::new(),
+            detail: format!("{e}"),
+        });
+        err
+    }
+
+    /// One or more fields are invalid.
+    pub fn invalid(source: ErrorSource, errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!(
+                "{} {}: {}",
+                source_name(source),
+                pointer_name(&one.pointer),
+                one.detail
+            ),
+            many => format!("{} has {} invalid fields", source_name(source), many.len()),
+        };
+        let mut err = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "Validation failed",
+            detail,
+        );
+        err.errors = errors
+            .into_iter()
+            .map(|e| ProblemField {
+                source,
+                pointer: e.pointer,
+                detail: e.detail,
+            })
+            .collect();
+        err
+    }
+
+    /// The job id exists with a different request.
+    pub fn conflict(detail: impl Into<String>, state: crate::contract::JobState) -> Self {
+        let mut err = Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail);
+        err.extensions
+            .insert("state".into(), Value::String(state.to_string()));
+        err
+    }
+
+    /// No such resource.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// The request could not be read (too large, wrong content type...).
+    pub fn unreadable_body(status: StatusCode, detail: impl Into<String>) -> Self {
+        let (slug, title) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ("payload-too-large", "Payload too large")
+        } else {
+            ("unreadable-body", "Unreadable body")
+        };
+        Self::new(status, slug, title, detail)
+    }
+
+    /// Our fault. The cause is logged here, once, and not shown to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the sidecar failed to handle the request; it has been logged",
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+fn source_name(source: ErrorSource) -> &'static str {
+    match source {
+        ErrorSource::Request => "request",
+        ErrorSource::Manifest => "manifest",
+        ErrorSource::Path => "path",
+    }
+}
+
+fn pointer_name(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "(document)"
+    } else {
+        pointer
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = Problem {
+            kind: format!("urn:agent-sidecar:problem:{}", self.slug),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            errors: &self.errors,
+            extensions: &self.extensions,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}

@@ -1,0 +1,182 @@
+//! Job folders under `shared_root`: `<job_id>/input/` written by Rails, `<job_id>/output/`
+//! written by the sidecar and the agent. Folders are resolved without following symlinks, so
+//! nothing a job folder contains can point the sidecar outside `shared_root`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::contract::JobId;
+
+/// Why a job folder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JobDirError {
+    /// A required folder or file does not exist.
+    #[error("{0} does not exist")]
+    Missing(String),
+    /// A path is a symlink; job folders are never followed out of `shared_root`.
+    #[error("{0} is a symlink, which is not allowed in a job folder")]
+    Symlink(String),
+    /// A path has the wrong type.
+    #[error("{path} is not a {expected}")]
+    WrongType {
+        /// Relative path.
+        path: String,
+        /// What it should have been.
+        expected: &'static str,
+    },
+    /// The folder resolves outside `shared_root`.
+    #[error("{0} resolves outside shared_root")]
+    Escapes(String),
+    /// The filesystem refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// Relative path.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// A job's folder, checked to be a real directory inside `shared_root`.
+#[derive(Debug, Clone)]
+pub struct JobDir {
+    root: PathBuf,
+}
+
+impl JobDir {
+    /// Resolves `<shared_root>/<job_id>` and checks `input/manifest.json` is a regular file.
+    /// `shared_root` must already be canonical.
+    pub fn open(shared_root: &Path, job_id: JobId) -> Result<Self, JobDirError> {
+        let id = job_id.to_string();
+        let root = shared_root.join(&id);
+        expect_kind(&root, &id, Kind::Dir)?;
+        expect_kind(&root.join("input"), &format!("{id}/input"), Kind::Dir)?;
+        expect_kind(
+            &root.join("input/manifest.json"),
+            &format!("{id}/input/manifest.json"),
+            Kind::File,
+        )?;
+        let output = root.join("output");
+        match std::fs::symlink_metadata(&output) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(JobDirError::Symlink(format!("{id}/output")));
+            }
+            _ => {}
+        }
+        let canonical = root.canonicalize().map_err(|source| JobDirError::Io {
+            path: id.clone(),
+            source,
+        })?;
+        if !canonical.starts_with(shared_root) {
+            return Err(JobDirError::Escapes(id));
+        }
+        Ok(Self { root: canonical })
+    }
+
+    /// The job folder itself (the agent's working directory).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `input/`.
+    pub fn input(&self) -> PathBuf {
+        self.root.join("input")
+    }
+
+    /// `input/manifest.json`.
+    pub fn manifest(&self) -> PathBuf {
+        self.root.join("input/manifest.json")
+    }
+
+    /// `output/`.
+    pub fn output(&self) -> PathBuf {
+        self.root.join("output")
+    }
+
+    /// Creates `output/` and `output/artifacts/` if missing.
+    pub fn prepare_output(&self) -> io::Result<()> {
+        std::fs::create_dir_all(self.output().join("artifacts"))
+    }
+}
+
+enum Kind {
+    Dir,
+    File,
+}
+
+fn expect_kind(path: &Path, shown: &str, kind: Kind) -> Result<(), JobDirError> {
+    let md = std::fs::symlink_metadata(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => JobDirError::Missing(shown.to_owned()),
+        _ => JobDirError::Io {
+            path: shown.to_owned(),
+            source,
+        },
+    })?;
+    if md.file_type().is_symlink() {
+        return Err(JobDirError::Symlink(shown.to_owned()));
+    }
+    let (ok, expected) = match kind {
+        Kind::Dir => (md.is_dir(), "directory"),
+        Kind::File => (md.is_file(), "regular file"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(JobDirError::WrongType {
+            path: shown.to_owned(),
+            expected,
+        })
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobId {
+        "7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f".parse().unwrap()
+    }
+
+    #[test]
+    fn a_job_folder_that_is_a_symlink_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(elsewhere.path().join("input")).unwrap();
+        std::fs::write(elsewhere.path().join("input/manifest.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join(job().to_string())).unwrap();
+        let err = JobDir::open(&root.path().canonicalize().unwrap(), job()).unwrap_err();
+        assert!(matches!(err, JobDirError::Symlink(_)), "{err}");
+    }
+
+    #[test]
+    fn a_missing_manifest_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(job().to_string()).join("input")).unwrap();
+        let err = JobDir::open(&root.path().canonicalize().unwrap(), job()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}/input/manifest.json does not exist", job())
+        );
+    }
+
+    #[test]
+    fn atomic_writes_replace_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,129 @@
+//! agent-sidecar runs a Rails app's AI agents next to it.
+//!
+//! Rails writes a job's inputs to `<shared_root>/<job_id>/input/` and POSTs `/agents/trigger`;
+//! the sidecar validates the request and the manifest against the versioned schemas, persists the
+//! job, runs the named agent as a supervised subprocess, writes `output/`, and calls Rails back
+//! with signed progress and completion callbacks.
+//!
+//! Modules, in the order a job meets them:
+//! - [`config`]: the TOML file and its environment overrides, parsed once at start.
+//! - [`api`]: the HTTP API (`/agents/trigger`, `/jobs/{id}`), errors rendered by [`error`].
+//! - [`contract`]: ids, states, wire types and JSON Schemas (pure).
+//! - [`jobdir`]: job folders under `shared_root`, resolved without following symlinks.
+//! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default).
+//! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs.
+//! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
+//! - [`demo`]: the README's first command, end to end on loopback.
+//!
+//! [`run`] wires them together; `main.rs` only parses the command line.
+
+pub mod api;
+pub mod config;
+pub mod contract;
+pub mod delivery;
+pub mod demo;
+pub mod error;
+pub mod jobdir;
+pub mod runner;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span};
+
+use config::Config;
+use delivery::Deliveries;
+use runner::Runner;
+
+/// Selects the process-wide TLS crypto provider (ring); harmless to call twice.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs the sidecar on `listener` until `shutdown` resolves, then stops every task it started.
+///
+/// On start, jobs a previous process left running are concluded and pending callbacks resume.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    install_crypto_provider();
+    let config = Arc::new(config);
+    let shared_root = config.storage.shared_root.canonicalize().with_context(|| {
+        format!(
+            "storage.shared_root {} is not usable",
+            config.storage.shared_root.display()
+        )
+    })?;
+    let store = store::open(&config.store)
+        .await
+        .context("cannot open the store")?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let deliveries = Deliveries::new(
+        Arc::clone(&store),
+        config.callbacks.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    )
+    .context("cannot build the callback HTTP client")?;
+    let runner = Runner::new(
+        Arc::clone(&store),
+        Arc::clone(&config),
+        Arc::clone(&deliveries),
+        shared_root.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    );
+    let recovered = runner
+        .recover()
+        .await
+        .context("cannot recover interrupted jobs")?;
+    if recovered > 0 {
+        info!(
+            count = recovered,
+            "concluded jobs interrupted by the previous stop"
+        );
+    }
+    tracker.spawn(
+        Arc::clone(&deliveries)
+            .run()
+            .instrument(info_span!("outbox")),
+    );
+    tracker.spawn(
+        Arc::clone(&runner)
+            .run()
+            .instrument(info_span!("scheduler")),
+    );
+
+    let addr = listener.local_addr().context("listener has no address")?;
+    let state = api::AppState::new(
+        store,
+        Arc::clone(&config),
+        runner,
+        shared_root,
+        config.public_url(addr),
+    );
+    let stop = cancel.clone();
+    info!(%addr, "listening");
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => {}
+            }
+        })
+        .await;
+    info!("shutting down");
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    served.context("HTTP server failed")
+}

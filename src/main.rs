@@ -1,0 +1,180 @@
+//! The `agent-sidecar` command: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use agent_sidecar::config::Config;
+use agent_sidecar::contract::{parse_manifest, schema};
+
+#[derive(Parser)]
+#[command(
+    name = "agent-sidecar",
+    version,
+    about = "Runs a Rails app's AI agents and calls Rails back, signed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log format on stderr.
+        #[arg(long, env = "AGENT_SIDECAR_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Run the example job end to end on loopback and print its timeline.
+    Demo {
+        /// The TOML config file.
+        #[arg(long, short, default_value = "agent-sidecar.example.toml")]
+        config: PathBuf,
+    },
+    /// Check a manifest.json against the schema its schema_version names.
+    Validate {
+        /// Path to a manifest.json.
+        manifest: PathBuf,
+    },
+    /// Check a config file (and the environment overrides) without starting anything.
+    CheckConfig {
+        /// The TOML config file.
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, log_format } => serve(config, log_format),
+        Command::Demo { config } => {
+            init_tracing(LogFormat::Text, "warn");
+            runtime().and_then(|rt| rt.block_on(agent_sidecar::demo::run_demo(&config)))
+        }
+        Command::Validate { manifest } => return validate(&manifest),
+        Command::CheckConfig { config } => check_config(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+fn serve(config: PathBuf, log_format: LogFormat) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    init_tracing(log_format, "info");
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        println!(
+            "agent-sidecar listening on http://{}",
+            listener.local_addr()?
+        );
+        agent_sidecar::run(config, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn validate(path: &PathBuf) -> ExitCode {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match parse_manifest(&bytes) {
+        Ok((version, _)) => {
+            println!("valid (schema v{version})");
+            ExitCode::SUCCESS
+        }
+        Err(invalid) => {
+            let version = invalid.version.map_or_else(
+                || {
+                    format!(
+                        "known versions: {}",
+                        schema::KNOWN_VERSIONS.map(|v| format!("v{v}")).join(", ")
+                    )
+                },
+                |v| format!("schema v{v}"),
+            );
+            println!("invalid ({version}): {} error(s)", invalid.errors.len());
+            for e in &invalid.errors {
+                let pointer = if e.pointer.is_empty() {
+                    "(document)"
+                } else {
+                    &e.pointer
+                };
+                println!("  {pointer}: {}", e.detail);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let agents: Vec<&str> = config.agents.keys().map(|a| a.as_str()).collect();
+    println!(
+        "config OK: listen {}, shared_root {}, {} agent(s): {}",
+        config.server.listen,
+        config.storage.shared_root.display(),
+        agents.len(),
+        agents.join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! One attempt of one job: spawn the agent, stream its output, enforce its timeout, finalise
+//! `output/`, and end the job in the store together with its completion callback.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{Mutex, watch};
+use tracing::{error, info, warn};
+
+use super::Runner;
+use super::lines::{LineReader, parse_progress};
+use super::outputs::{self, Measured, RunReport};
+use super::process::{AgentProcess, ExitKind, Spawn};
+use crate::config::AgentConfig;
+use crate::contract::{
+    CompletionCallback, CompletionMeta, DeliveryId, ErrorReason, JobError, JobState,
+    PAYLOAD_VERSION, ProgressCallback, Timestamp, Timing,
+};
+use crate::jobdir::JobDir;
+use crate::store::{Finish, JobRecord, NewDelivery, StoreError};
+
+/// stderr lines kept for error.log.
+const STDERR_TAIL: usize = 20;
+/// How long output pipes may stay open after the agent's group was killed (a descendant that
+/// left the group could hold them).
+const PIPE_DRAIN: Duration = Duration::from_secs(5);
+/// Environment passed through from the sidecar; nothing else of its environment is.
+const PASSED_ENV: [&str; 6] = ["PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR"];
+
+/// How an attempt ended, before the outputs are finalised.
+struct Ending {
+    state: JobState,
+    error: Option<JobError>,
+    measured: Measured,
+    stderr_tail: Vec<String>,
+}
+
+/// The newest stdout line, overwritten in place (no allocation per line).
+#[derive(Default)]
+struct LatestLine {
+    bytes: Vec<u8>,
+    truncated: bool,
+    at: Option<Timestamp>,
+}
+
+/// `output/log.txt`: the agent's stderr and the sidecar's lifecycle lines, timestamped.
+pub(super) struct JobLog {
+    file: Mutex<tokio::io::BufWriter<tokio::fs::File>>,
+}
+
+impl JobLog {
+    async fn open(path: &Path) -> std::io::Result<Self> {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        Ok(Self {
+            file: Mutex::new(tokio::io::BufWriter::new(file)),
+        })
+    }
+
+    async fn line(&self, source: &str, text: &str) {
+        let entry = format!("{} [{source}] {text}\n", Timestamp::now());
+        let mut file = self.file.lock().await;
+        if let Err(e) = file.write_all(entry.as_bytes()).await {
+            warn!(error = %e, "cannot write log.txt");
+        }
+    }
+
+    async fn flush(&self) {
+        let _ = self.file.lock().await.flush().await;
+    }
+}
+
+enum Waited {
+    Exited(std::io::Result<super::process::Exit>),
+    TimedOut,
+    Shutdown,
+}
+
+impl Runner {
+    /// Runs one claimed job to its end.
+    pub(super) async fn supervise(self: &Arc<Self>, job: JobRecord) {
+        let Some(agent) = self.config.agents.get(&job.agent_name).cloned() else {
+            let message = format!("agent {} is no longer configured", job.agent_name);
+            self.conclude_without_run(job, ErrorReason::SpawnFailed, message)
+                .await;
+            return;
+        };
+        let dir = match JobDir::open(&self.shared_root, job.job_id) {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.conclude_without_run(
+                    job,
+                    ErrorReason::SpawnFailed,
+                    format!("job folder unusable: {e}"),
+                )
+                .await;
+                return;
+            }
+        };
+        if let Err(e) = dir.prepare_output() {
+            self.conclude_without_run(
+                job,
+                ErrorReason::SpawnFailed,
+                format!("cannot create output/: {e}"),
+            )
+            .await;
+            return;
+        }
+        let log = match JobLog::open(&dir.output().join("log.txt")).await {
+            Ok(log) => Arc::new(log),
+            Err(e) => {
+                self.conclude_without_run(
+                    job,
+                    ErrorReason::SpawnFailed,
+                    format!("cannot open log.txt: {e}"),
+                )
+                .await;
+                return;
+            }
+        };
+        let Some(ending) = self.run_agent(&job, &agent, &dir, &log).await else {
+            log.line(
+                "sidecar",
+                "sidecar shutting down; agent stopped, job left for recovery",
+            )
+            .await;
+            log.flush().await;
+            return;
+        };
+        log.line(
+            "sidecar",
+            &format!("attempt {} ended: {}", job.attempt, ending.state),
+        )
+        .await;
+        log.flush().await;
+        self.conclude(job, &dir, ending).await;
+    }
+
+    /// Spawns and supervises the agent; `None` when the sidecar is shutting down.
+    async fn run_agent(
+        &self,
+        job: &JobRecord,
+        agent: &AgentConfig,
+        dir: &JobDir,
+        log: &Arc<JobLog>,
+    ) -> Option<Ending> {
+        let env = agent_env(job, agent, dir);
+        let spec = Spawn {
+            argv: &agent.command,
+            cwd: dir.root(),
+            env: &env,
+        };
+        let mut process = match AgentProcess::spawn(&spec) {
+            Ok(p) => p,
+            Err(e) => {
+                let message = format!("cannot start {:?}: {e}", agent.command[0]);
+                log.line("sidecar", &message).await;
+                return Some(failed(
+                    ErrorReason::SpawnFailed,
+                    message,
+                    Measured::default(),
+                    Vec::new(),
+                ));
+            }
+        };
+        info!(pid = process.pid(), attempt = job.attempt, "agent started");
+        log.line(
+            "sidecar",
+            &format!(
+                "attempt {} started: pid {} {}",
+                job.attempt,
+                process.pid(),
+                agent.command.join(" ")
+            ),
+        )
+        .await;
+
+        let max_line = self.config.jobs.max_line_bytes;
+        let stdout = self
+            .tracker
+            .spawn(self.stream_stdout(job, process.stdout.take(), max_line));
+        let stderr = self.tracker.spawn(read_stderr(
+            process.stderr.take(),
+            Arc::clone(log),
+            max_line,
+        ));
+
+        let waited = tokio::select! {
+            exit = process.wait() => Waited::Exited(exit),
+            () = tokio::time::sleep(agent.timeout) => Waited::TimedOut,
+            () = self.cancel.cancelled() => Waited::Shutdown,
+        };
+        let (exit, timed_out) = match waited {
+            Waited::Exited(exit) => (exit, false),
+            Waited::TimedOut => {
+                warn!(timeout = ?agent.timeout, "agent timed out; stopping its process group");
+                log.line(
+                    "sidecar",
+                    &format!(
+                        "timeout of {} reached: SIGTERM to the process group",
+                        humantime::format_duration(agent.timeout)
+                    ),
+                )
+                .await;
+                (self.terminate(&process, log).await, true)
+            }
+            Waited::Shutdown => {
+                let _ = self.terminate(&process, log).await;
+                super::process::signal_group(process.pid(), libc::SIGKILL);
+                return None;
+            }
+        };
+        // Whatever the agent left behind in its group goes with it, so the pipes close.
+        process.signal_group(libc::SIGKILL);
+        let (stdout_bytes, progress_events) = drain(stdout).await.unwrap_or_default();
+        let (stderr_bytes, stderr_tail) = drain(stderr).await.unwrap_or_default();
+        let mut measured = Measured {
+            exit_code: None,
+            progress_events,
+            stdout_bytes,
+            stderr_bytes,
+            max_rss_kb: None,
+        };
+        Some(match exit {
+            Ok(e) if timed_out => {
+                measured.max_rss_kb = Some(e.max_rss_kb);
+                let message = format!(
+                    "agent ran past its timeout of {}",
+                    humantime::format_duration(agent.timeout)
+                );
+                failed_as(
+                    JobState::TimedOut,
+                    ErrorReason::Timeout,
+                    message,
+                    measured,
+                    stderr_tail,
+                )
+            }
+            Ok(e) => ending_of(e, measured, stderr_tail),
+            Err(e) => failed(
+                ErrorReason::SpawnFailed,
+                format!("cannot wait for the agent: {e}"),
+                measured,
+                stderr_tail,
+            ),
+        })
+    }
+
+    /// SIGTERM to the group, the grace period, then SIGKILL; returns the reaped exit.
+    async fn terminate(
+        &self,
+        process: &AgentProcess,
+        log: &JobLog,
+    ) -> std::io::Result<super::process::Exit> {
+        process.signal_group(libc::SIGTERM);
+        match tokio::time::timeout(self.config.jobs.kill_grace, process.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                log.line("sidecar", "grace period over: SIGKILL to the process group")
+                    .await;
+                process.signal_group(libc::SIGKILL);
+                process.wait().await
+            }
+        }
+    }
+
+    /// Reads stdout and turns it into stored progress events and (coalesced) progress posts.
+    fn stream_stdout(
+        &self,
+        job: &JobRecord,
+        pipe: Option<pipe::Receiver>,
+        max_line: usize,
+    ) -> impl Future<Output = (u64, u64)> + Send + 'static {
+        let (latest_tx, latest_rx) = watch::channel(LatestLine::default());
+        let poster = self
+            .deliveries
+            .progress_poster(job.job_id, job.request.callback_urls.progress.clone());
+        let pump = pump_progress(Arc::clone(&self.store), job.clone(), latest_rx, poster);
+        async move {
+            let read = async move {
+                let Some(pipe) = pipe else { return (0, 0) };
+                let mut reader = LineReader::new(pipe, max_line);
+                let mut events = 0u64;
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if line.bytes.trim_ascii().is_empty() {
+                        continue;
+                    }
+                    events += 1;
+                    latest_tx.send_modify(|slot| {
+                        slot.bytes.clear();
+                        slot.bytes.extend_from_slice(line.bytes);
+                        slot.truncated = line.truncated;
+                        slot.at = Some(Timestamp::now());
+                    });
+                }
+                (reader.bytes_read(), events)
+            };
+            let (counts, ()) = tokio::join!(read, pump);
+            counts
+        }
+    }
+
+    /// Ends a job that never ran (agent gone from the config, folder unusable).
+    async fn conclude_without_run(&self, job: JobRecord, reason: ErrorReason, message: String) {
+        warn!(%message, "job cannot run");
+        let dir = JobDir::open(&self.shared_root, job.job_id).ok();
+        let ending = failed(reason, message, Measured::default(), Vec::new());
+        match dir {
+            Some(dir) if dir.prepare_output().is_ok() => self.conclude(job, &dir, ending).await,
+            _ => self.conclude_in(job, None, ending).await,
+        }
+    }
+
+    /// Ends a job whose agent died with a previous sidecar process.
+    pub(super) async fn conclude_orphan(&self, job: JobRecord) {
+        let message = "the sidecar stopped while the agent ran".to_owned();
+        let ending = failed(
+            ErrorReason::SidecarRestarted,
+            message,
+            Measured::default(),
+            Vec::new(),
+        );
+        match JobDir::open(&self.shared_root, job.job_id) {
+            Ok(dir) if dir.prepare_output().is_ok() => self.conclude(job, &dir, ending).await,
+            _ => self.conclude_in(job, None, ending).await,
+        }
+    }
+
+    async fn conclude(&self, job: JobRecord, dir: &JobDir, ending: Ending) {
+        self.conclude_in(job, Some(dir.output()), ending).await;
+    }
+
+    /// Finalises `output/` (when there is one) and ends the job with its completion callback.
+    async fn conclude_in(
+        &self,
+        job: JobRecord,
+        output: Option<std::path::PathBuf>,
+        ending: Ending,
+    ) {
+        let finished_at = Timestamp::now();
+        let timing = Timing {
+            queued_at: job.created_at,
+            started_at: job.started_at,
+            finished_at,
+            duration_ms: job.started_at.map_or(0, |s| finished_at.millis_since(s)),
+        };
+        let report = RunReport {
+            job_id: job.job_id,
+            agent_name: job.agent_name.clone(),
+            state: ending.state,
+            error: ending.error.clone(),
+            timing: timing.clone(),
+            measured: ending.measured.clone(),
+            stderr_tail: ending.stderr_tail.clone(),
+        };
+        let finalized = match output {
+            Some(output) => tokio::task::spawn_blocking(move || outputs::finalize(&output, report))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r),
+            None => Err(std::io::Error::other("no usable job folder")),
+        };
+        let output_uri = self.output_uri(&job);
+        let (state, output_index) = match finalized {
+            Ok((state, summary)) => (
+                state,
+                outputs::output_index(
+                    &summary,
+                    &output_uri,
+                    self.config.callbacks.output_index_max_bytes,
+                ),
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot write the output files");
+                (
+                    ending.state,
+                    serde_json::json!({"version": PAYLOAD_VERSION, "job_id": job.job_id, "status": ending.state, "artifacts": []}),
+                )
+            }
+        };
+        let callback = CompletionCallback {
+            version: PAYLOAD_VERSION,
+            job_id: job.job_id,
+            user_id: job.user_id.clone(),
+            job_name: job.job_name.clone(),
+            agent_name: job.agent_name.clone(),
+            status: state,
+            output_uri,
+            output_index: output_index.clone(),
+            error: ending.error.clone(),
+            meta: CompletionMeta {
+                duration_ms: timing.duration_ms,
+                started_at: timing.started_at,
+                finished_at,
+                trace_id: job.trace_id.clone(),
+            },
+            sig: self.deliveries.signer().payload_sig(
+                job.job_id,
+                &job.job_name,
+                state,
+                &job.user_id,
+                jsonwebtoken::get_current_timestamp(),
+            ),
+        };
+        let finish = Finish {
+            job_id: job.job_id,
+            from: job.state,
+            attempt: job.attempt,
+            state,
+            exit_code: ending.measured.exit_code,
+            error: ending.error,
+            output_index,
+            at: finished_at,
+            completion: NewDelivery {
+                id: DeliveryId::generate(),
+                url: job.request.callback_urls.completion.clone(),
+                body: serde_json::to_vec(&callback).unwrap_or_default(),
+            },
+        };
+        match self.store.finish(finish).await {
+            Ok(_) => {
+                info!(state = %state, duration_ms = timing.duration_ms, "job ended");
+                self.deliveries.wake();
+            }
+            Err(e @ StoreError::Stale { .. }) => {
+                warn!(error = %e, "job ended elsewhere; this attempt's result is discarded")
+            }
+            Err(e) => {
+                error!(error = %e, "cannot record the end of the job; it is recovered on restart")
+            }
+        }
+    }
+
+    /// `output_uri` of a job: the configured prefix, or a `file://` URI of its folder.
+    pub(crate) fn output_uri(&self, job: &JobRecord) -> String {
+        output_uri(
+            &self.config.storage.output_uri_prefix,
+            &self.shared_root,
+            job.job_id,
+        )
+    }
+}
+
+/// `output_uri` of a job: `<prefix><job_id>/output/`, or a `file://` URI under `shared_root`.
+pub fn output_uri(
+    prefix: &Option<String>,
+    shared_root: &Path,
+    job_id: crate::contract::JobId,
+) -> String {
+    match prefix {
+        Some(prefix) => format!("{prefix}{job_id}/output/"),
+        None => format!("file://{}/{job_id}/output/", shared_root.display()),
+    }
+}
+
+async fn drain<T>(handle: tokio::task::JoinHandle<T>) -> Option<T> {
+    let abort = handle.abort_handle();
+    match tokio::time::timeout(PIPE_DRAIN, handle).await {
+        Ok(result) => result.ok(),
+        Err(_) => {
+            abort.abort();
+            None
+        }
+    }
+}
+
+fn failed(
+    reason: ErrorReason,
+    message: String,
+    measured: Measured,
+    stderr_tail: Vec<String>,
+) -> Ending {
+    failed_as(JobState::Failed, reason, message, measured, stderr_tail)
+}
+
+fn failed_as(
+    state: JobState,
+    reason: ErrorReason,
+    message: String,
+    measured: Measured,
+    stderr_tail: Vec<String>,
+) -> Ending {
+    Ending {
+        state,
+        error: Some(JobError {
+            reason,
+            message,
+            exit_code: measured.exit_code,
+        }),
+        measured,
+        stderr_tail,
+    }
+}
+
+fn ending_of(
+    exit: super::process::Exit,
+    mut measured: Measured,
+    stderr_tail: Vec<String>,
+) -> Ending {
+    measured.max_rss_kb = Some(exit.max_rss_kb);
+    match exit.kind {
+        ExitKind::Code(0) => {
+            measured.exit_code = Some(0);
+            Ending {
+                state: JobState::Completed,
+                error: None,
+                measured,
+                stderr_tail,
+            }
+        }
+        ExitKind::Code(code) => {
+            measured.exit_code = Some(code);
+            failed(
+                ErrorReason::ExitCode,
+                format!("agent exited with code {code}"),
+                measured,
+                stderr_tail,
+            )
+        }
+        ExitKind::Signal(sig) => failed(
+            ErrorReason::Signal,
+            format!("agent was killed by signal {sig}"),
+            measured,
+            stderr_tail,
+        ),
+    }
+}
+
+/// Turns the newest stdout line into a stored event and hands it to the progress poster.
+/// Lines printed while a write is in flight collapse into the newest one.
+async fn pump_progress(
+    store: Arc<dyn crate::store::Store>,
+    job: JobRecord,
+    mut latest: watch::Receiver<LatestLine>,
+    poster: watch::Sender<Option<ProgressCallback>>,
+) {
+    while latest.changed().await.is_ok() {
+        let (bytes, truncated, at) = {
+            let slot = latest.borrow_and_update();
+            (
+                slot.bytes.clone(),
+                slot.truncated,
+                slot.at.unwrap_or_else(Timestamp::now),
+            )
+        };
+        let Some(progress) = parse_progress(&bytes, truncated) else {
+            continue;
+        };
+        match store
+            .record_progress(job.job_id, job.attempt, progress, at)
+            .await
+        {
+            Ok(snapshot) => {
+                poster.send_replace(Some(ProgressCallback {
+                    version: PAYLOAD_VERSION,
+                    job_id: job.job_id,
+                    user_id: job.user_id.clone(),
+                    job_name: job.job_name.clone(),
+                    agent_name: job.agent_name.clone(),
+                    seq: snapshot.seq,
+                    stage: snapshot.stage,
+                    message: snapshot.message,
+                    percent: snapshot.percent,
+                    timestamp: snapshot.timestamp,
+                }));
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot record progress; later progress of this attempt is dropped");
+                return;
+            }
+        }
+    }
+}
+
+/// Copies stderr into log.txt, keeping the last lines for error.log.
+async fn read_stderr(
+    pipe: Option<pipe::Receiver>,
+    log: Arc<JobLog>,
+    max_line: usize,
+) -> (u64, Vec<String>) {
+    let Some(pipe) = pipe else {
+        return (0, Vec::new());
+    };
+    let mut reader = LineReader::new(pipe, max_line);
+    let mut tail = VecDeque::with_capacity(STDERR_TAIL);
+    while let Ok(Some(line)) = reader.next_line().await {
+        let mut text = String::from_utf8_lossy(line.bytes).into_owned();
+        if line.truncated {
+            text.push_str(" [line truncated]");
+        }
+        log.line("stderr", &text).await;
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(text);
+    }
+    (reader.bytes_read(), tail.into())
+}
+
+/// The agent's whole environment: a few harmless variables of the sidecar's, the agent's own
+/// `env`, and the `AGENT_*` contract. No secret of the sidecar's is passed.
+fn agent_env(job: &JobRecord, agent: &AgentConfig, dir: &JobDir) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = PASSED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    // Python block-buffers a piped stdout; progress must stream.
+    env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    env.extend(agent.env.clone());
+    let params = job.request.params.clone().unwrap_or_default();
+    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    env.extend([
+        ("AGENT_JOB_ID".to_owned(), job.job_id.to_string()),
+        ("AGENT_NAME".to_owned(), job.agent_name.to_string()),
+        ("AGENT_JOB_NAME".to_owned(), job.job_name.to_string()),
+        ("AGENT_ATTEMPT".to_owned(), job.attempt.to_string()),
+        ("AGENT_INPUT_DIR".to_owned(), path(dir.input())),
+        ("AGENT_OUTPUT_DIR".to_owned(), path(dir.output())),
+        ("AGENT_MANIFEST".to_owned(), path(dir.manifest())),
+        (
+            "AGENT_PARAMS".to_owned(),
+            serde_json::Value::Object(params).to_string(),
+        ),
+        ("AGENT_TRACE_ID".to_owned(), job.trace_id.clone()),
+    ]);
+    env
+}

@@ -1,0 +1,296 @@
+//! Durable job state behind one narrow interface: enqueue, claim, transition, events, outbox.
+//!
+//! Everything the sidecar must not lose goes through [`Store`]. The embedded default is
+//! [`SqliteStore`]; a fleet backend implements the same trait. Every state change is a
+//! compare-and-set on `(state, attempt)`, so a writer holding a stale view changes nothing.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use url::Url;
+
+use crate::config::StoreConfig;
+use crate::contract::{
+    AgentName, DeliveryId, DeliveryStatus, JobError, JobId, JobName, JobState, JobStatus,
+    PAYLOAD_VERSION, Priority, Progress, ProgressSnapshot, Timestamp, Transition, TriggerRequest,
+};
+
+pub use sqlite::SqliteStore;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The group transaction holding this write failed to commit; nothing of it was stored.
+    #[error("database commit failed: {0}")]
+    Commit(String),
+    /// Schema migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// A stored value does not parse; the database was edited by hand or is corrupt.
+    #[error("stored value for job {job_id} is unreadable: {reason}")]
+    Corrupt {
+        /// The job.
+        job_id: String,
+        /// What failed to parse.
+        reason: String,
+    },
+    /// The job is not where the caller thought: its write was refused (fencing).
+    #[error("job {job_id} is no longer {expected} at attempt {attempt}; write refused")]
+    Stale {
+        /// The job.
+        job_id: JobId,
+        /// The state the caller expected.
+        expected: JobState,
+        /// The attempt the caller owns.
+        attempt: u32,
+    },
+    /// The store's writer has stopped (the process is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Result of the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A validated trigger, ready to be persisted.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The request as accepted.
+    pub request: TriggerRequest,
+    /// SHA-256 of the request's canonical JSON: equal bodies are idempotent replays.
+    pub request_sha256: String,
+    /// Correlation id for logs, the agent and callbacks.
+    pub trace_id: String,
+    /// Acceptance time.
+    pub at: Timestamp,
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    /// A new job, now durably queued.
+    Created(JobRecord),
+    /// The same request was seen before; nothing new was stored.
+    Duplicate(JobRecord),
+    /// The job id exists with a different request.
+    Conflict(JobRecord),
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// The job.
+    pub job_id: JobId,
+    /// Its user.
+    pub user_id: String,
+    /// Its agent.
+    pub agent_name: AgentName,
+    /// Its Rails handler.
+    pub job_name: JobName,
+    /// Its priority.
+    pub priority: Priority,
+    /// Where it is.
+    pub state: JobState,
+    /// How many times it was claimed.
+    pub attempt: u32,
+    /// The accepted trigger.
+    pub request: TriggerRequest,
+    /// SHA-256 of the accepted trigger's canonical JSON.
+    pub request_sha256: String,
+    /// Correlation id.
+    pub trace_id: String,
+    /// Acceptance time.
+    pub created_at: Timestamp,
+    /// When the current attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When the job ended.
+    pub finished_at: Option<Timestamp>,
+    /// The agent's exit code.
+    pub exit_code: Option<i32>,
+    /// Why it did not complete.
+    pub error: Option<JobError>,
+    /// The final summary (or trimmed index).
+    pub output_index: Option<Value>,
+    /// The latest progress event.
+    pub last_progress: Option<ProgressSnapshot>,
+}
+
+/// A job with its history: what `GET /jobs/{id}` shows.
+#[derive(Debug, Clone)]
+pub struct JobView {
+    /// The job.
+    pub job: JobRecord,
+    /// Every state change, oldest first.
+    pub transitions: Vec<Transition>,
+    /// The completion delivery, once the job is terminal.
+    pub delivery: Option<DeliveryStatus>,
+}
+
+impl JobView {
+    /// The public status document of the job (`GET /jobs/{id}`, `output/status.json`).
+    pub fn status(&self, output_uri: String) -> JobStatus {
+        let job = &self.job;
+        JobStatus {
+            version: PAYLOAD_VERSION,
+            job_id: job.job_id,
+            user_id: job.user_id.clone(),
+            agent_name: job.agent_name.clone(),
+            job_name: job.job_name.clone(),
+            priority: job.priority,
+            state: job.state,
+            attempt: job.attempt,
+            trace_id: job.trace_id.clone(),
+            transitions: self.transitions.clone(),
+            last_progress: job.last_progress.clone(),
+            exit_code: job.exit_code,
+            error: job.error.clone(),
+            delivery: self.delivery.clone(),
+            output_uri,
+            output_index: job.output_index.clone(),
+        }
+    }
+}
+
+/// The end of an attempt, with the completion callback to deliver.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// The job.
+    pub job_id: JobId,
+    /// The state the job must still be in (fencing).
+    pub from: JobState,
+    /// The attempt the caller owns (fencing).
+    pub attempt: u32,
+    /// The terminal state.
+    pub state: JobState,
+    /// The agent's exit code.
+    pub exit_code: Option<i32>,
+    /// Why it did not complete.
+    pub error: Option<JobError>,
+    /// The final summary (or trimmed index).
+    pub output_index: Value,
+    /// When it ended.
+    pub at: Timestamp,
+    /// The completion callback, written in the same transaction.
+    pub completion: NewDelivery,
+}
+
+/// A callback to deliver, written to the outbox.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Stable id (JWT `jti`, `webhook-id`).
+    pub id: DeliveryId,
+    /// Where it goes.
+    pub url: Url,
+    /// The exact body bytes; fixed across retries so `body_sha256` is too.
+    pub body: Vec<u8>,
+}
+
+/// A callback due for an attempt, leased to the caller.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Stable id.
+    pub id: DeliveryId,
+    /// The job.
+    pub job_id: JobId,
+    /// The job's Rails handler (a JWT claim).
+    pub job_name: JobName,
+    /// The job's terminal state (a JWT claim).
+    pub status: JobState,
+    /// Where it goes.
+    pub url: Url,
+    /// The exact body.
+    pub body: Vec<u8>,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// When it was written; its age decides dead-lettering.
+    pub created_at: Timestamp,
+}
+
+/// One delivery attempt as it happened.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// When it started.
+    pub at: Timestamp,
+    /// HTTP status, if a response came back.
+    pub status_code: Option<u16>,
+    /// Transport error or the first bytes of an error body.
+    pub error: Option<String>,
+    /// How long it took.
+    pub latency_ms: u64,
+}
+
+/// What becomes of a delivery after an attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptOutcome {
+    /// Acknowledged; done.
+    Delivered,
+    /// Try again at this time.
+    RetryAt(Timestamp),
+    /// Give up; it stays visible as a dead letter.
+    Dead,
+}
+
+/// The persistence interface. Every method is durable when it returns.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a new job as `received → queued`, or reports the existing one.
+    async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued>;
+
+    /// A job with its transitions and completion delivery.
+    async fn job_view(&self, job_id: JobId) -> StoreResult<Option<JobView>>;
+
+    /// Moves the oldest, highest-priority queued job of one of `agents` to `in_progress`,
+    /// incrementing its attempt.
+    async fn claim_next(
+        &self,
+        agents: &[AgentName],
+        at: Timestamp,
+    ) -> StoreResult<Option<JobRecord>>;
+
+    /// Jobs left `in_progress`, e.g. by a previous process that died.
+    async fn in_progress(&self) -> StoreResult<Vec<JobRecord>>;
+
+    /// Appends a progress event of `attempt` and makes it the job's latest.
+    async fn record_progress(
+        &self,
+        job_id: JobId,
+        attempt: u32,
+        progress: Progress,
+        at: Timestamp,
+    ) -> StoreResult<ProgressSnapshot>;
+
+    /// Ends an attempt and writes its completion callback to the outbox, atomically.
+    async fn finish(&self, finish: Finish) -> StoreResult<JobRecord>;
+
+    /// Leases up to `limit` pending deliveries due at `now` until `lease_until`.
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// When the next pending delivery is due, if any.
+    async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>>;
+
+    /// Records an attempt and what follows from it.
+    async fn record_attempt(
+        &self,
+        id: &DeliveryId,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()>;
+}
+
+/// Opens the store the config names, creating and migrating it as needed.
+pub async fn open(config: &StoreConfig) -> StoreResult<Arc<dyn Store>> {
+    match config {
+        StoreConfig::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+    }
+}

@@ -1,0 +1,656 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that commits them in groups: every write waiting
+//! when a transaction starts joins it, and all of them are acknowledged after the single fsync
+//! of its COMMIT. Each write runs in its own savepoint, so one failing write does not undo the
+//! others. Reads use a small pool of read-only connections on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, mpsc};
+
+use async_trait::async_trait;
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
+use rusqlite_migration::{M, Migrations};
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::contract::DeliveryState;
+
+/// Writes waiting when a transaction starts join it, up to this many.
+const MAX_GROUP: usize = 512;
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type WriteOp = Box<dyn FnOnce(&mut Transaction<'_>) -> Reply + Send>;
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!(
+        "../../migrations/sqlite/0001_jobs_events_outbox.sql"
+    ))])
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let path = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || open_writer(&path).map(|c| (c, path)))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        let (conn, path) = conn;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Runs `f` in the next group transaction; returns once that transaction is durable.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<StoreResult<T>>();
+        let op: WriteOp = Box::new(move |txn| {
+            let result = in_savepoint(txn, f);
+            Box::new(move |commit: Result<(), String>| {
+                let outcome = match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Commit(e)),
+                };
+                let _ = tx.send(outcome);
+            })
+        });
+        self.writer.send(op).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read-only connection.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl ReadPool {
+    fn take(&self) -> StoreResult<Connection> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                Ok(conn)
+            }
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+    }
+}
+
+fn open_writer(path: &Path) -> StoreResult<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
+            job_id: String::new(),
+            reason: format!("cannot create {}: {e}", dir.display()),
+        })?;
+    }
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a COMMIT is on disk before the trigger is answered 202.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrations().to_latest(&mut conn)?;
+    Ok(conn)
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut txn = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Dropping the ops drops their reply channels: each caller gets `StoreError::Closed`.
+                tracing::error!(error = %e, "store: cannot begin a transaction");
+                continue;
+            }
+        };
+        let replies: Vec<Reply> = batch.into_iter().map(|op| op(&mut txn)).collect();
+        let commit = txn.commit().map_err(|e| e.to_string());
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "store: commit failed");
+        }
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+fn in_savepoint<T>(
+    txn: &mut Transaction<'_>,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let sp = txn.savepoint()?;
+    let result = f(&sp);
+    if result.is_ok() {
+        sp.commit()?;
+    }
+    result
+}
+
+// ---- row mapping ----
+
+const JOB_COLUMNS: &str = "job_id, user_id, agent_name, job_name, priority, state, attempt, request, \
+     trace_id, created_at, started_at, finished_at, exit_code, error, output_index, last_progress, request_sha256";
+
+fn conversion(col: usize, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        col,
+        rusqlite::types::Type::Text,
+        e.to_string().into(),
+    )
+}
+
+fn parsed<T: FromStr>(row: &Row<'_>, col: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    row.get::<_, String>(col)?
+        .parse()
+        .map_err(|e| conversion(col, e))
+}
+
+fn json_col<T: DeserializeOwned>(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<T>> {
+    row.get::<_, Option<String>>(col)?
+        .map(|text| serde_json::from_str(&text).map_err(|e| conversion(col, e)))
+        .transpose()
+}
+
+fn ts(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<Timestamp>> {
+    Ok(row.get::<_, Option<i64>>(col)?.map(Timestamp::from_unix_ms))
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        job_id: parsed(row, 0)?,
+        user_id: row.get(1)?,
+        agent_name: parsed(row, 2)?,
+        job_name: parsed(row, 3)?,
+        priority: Priority::from_rank(row.get(4)?),
+        state: parsed(row, 5)?,
+        attempt: row.get(6)?,
+        request: json_col(row, 7)?.ok_or_else(|| conversion(7, "request is NULL"))?,
+        trace_id: row.get(8)?,
+        created_at: Timestamp::from_unix_ms(row.get(9)?),
+        started_at: ts(row, 10)?,
+        finished_at: ts(row, 11)?,
+        exit_code: row.get(12)?,
+        error: json_col(row, 13)?,
+        output_index: json_col(row, 14)?,
+        last_progress: json_col(row, 15)?,
+        request_sha256: row.get(16)?,
+    })
+}
+
+fn load_job(conn: &Connection, job_id: JobId) -> StoreResult<Option<JobRecord>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([job_id.to_string()], job_from_row)
+        .optional()?)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Our own types always serialize; a failure here is a programming error caught by tests.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Appends an event to the job's history, returning its seq.
+fn append_event(
+    conn: &Connection,
+    job_id: JobId,
+    attempt: u32,
+    kind: &str,
+    data: &str,
+    at: Timestamp,
+) -> StoreResult<u64> {
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE jobs SET last_seq = last_seq + 1, updated_at = ?2 WHERE job_id = ?1 RETURNING last_seq",
+        )?
+        .query_row(params![job_id.to_string(), at.unix_ms()], |r| r.get(0))?;
+    conn.prepare_cached(
+        "INSERT INTO job_events (job_id, seq, at, attempt, kind, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![job_id.to_string(), seq, at.unix_ms(), attempt, kind, data])?;
+    Ok(u64::try_from(seq).unwrap_or_default())
+}
+
+fn append_state(
+    conn: &Connection,
+    job_id: JobId,
+    attempt: u32,
+    state: JobState,
+    at: Timestamp,
+) -> StoreResult<u64> {
+    append_event(conn, job_id, attempt, "state", &to_json(&state), at)
+}
+
+fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
+    let r = &job.request;
+    conn.prepare_cached(
+        "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
+         trace_id, created_at, queued_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9)",
+    )?
+    .execute(params![
+        r.job_id.to_string(),
+        r.user_id,
+        r.agent_name.as_str(),
+        r.job_name.as_str(),
+        r.priority.rank(),
+        to_json(r),
+        job.request_sha256,
+        job.trace_id,
+        job.at.unix_ms(),
+    ])?;
+    append_state(conn, r.job_id, 0, JobState::Received, job.at)?;
+    append_state(conn, r.job_id, 0, JobState::Queued, job.at)?;
+    Ok(())
+}
+
+fn enqueue_in(conn: &Connection, job: NewJob) -> StoreResult<Enqueued> {
+    let job_id = job.request.job_id;
+    let existing: Option<String> = conn
+        .prepare_cached("SELECT request_sha256 FROM jobs WHERE job_id = ?1")?
+        .query_row([job_id.to_string()], |r| r.get(0))
+        .optional()?;
+    let missing = || StoreError::Corrupt {
+        job_id: job_id.to_string(),
+        reason: "job vanished inside its transaction".into(),
+    };
+    match existing {
+        Some(sha) => {
+            let record = load_job(conn, job_id)?.ok_or_else(missing)?;
+            Ok(if sha == job.request_sha256 {
+                Enqueued::Duplicate(record)
+            } else {
+                Enqueued::Conflict(record)
+            })
+        }
+        None => {
+            insert_job(conn, &job)?;
+            Ok(Enqueued::Created(
+                load_job(conn, job_id)?.ok_or_else(missing)?,
+            ))
+        }
+    }
+}
+
+fn claim_in(
+    conn: &Connection,
+    agents: &[AgentName],
+    at: Timestamp,
+) -> StoreResult<Option<JobRecord>> {
+    if agents.is_empty() {
+        return Ok(None);
+    }
+    let placeholders = vec!["?"; agents.len()].join(", ");
+    let sql = format!(
+        "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = ?, updated_at = ? \
+         WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' AND agent_name IN ({placeholders}) \
+                         ORDER BY priority, queued_at, job_id LIMIT 1) \
+         RETURNING {JOB_COLUMNS}"
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![at.unix_ms().into(), at.unix_ms().into()];
+    args.extend(agents.iter().map(|a| a.as_str().to_owned().into()));
+    let job = conn
+        .prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(args), job_from_row)
+        .optional()?;
+    if let Some(job) = &job {
+        append_state(conn, job.job_id, job.attempt, JobState::InProgress, at)?;
+    }
+    Ok(job)
+}
+
+fn fenced(conn: &Connection, job_id: JobId, expected: JobState, attempt: u32) -> StoreResult<()> {
+    let current: Option<(String, u32)> = conn
+        .prepare_cached("SELECT state, attempt FROM jobs WHERE job_id = ?1")?
+        .query_row([job_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match current {
+        Some((state, a)) if state == expected.as_str() && a == attempt => Ok(()),
+        _ => Err(StoreError::Stale {
+            job_id,
+            expected,
+            attempt,
+        }),
+    }
+}
+
+fn progress_in(
+    conn: &Connection,
+    job_id: JobId,
+    attempt: u32,
+    progress: Progress,
+    at: Timestamp,
+) -> StoreResult<ProgressSnapshot> {
+    fenced(conn, job_id, JobState::InProgress, attempt)?;
+    let mut snapshot = ProgressSnapshot {
+        seq: 0,
+        stage: progress.stage,
+        message: progress.message,
+        percent: progress.percent,
+        timestamp: at,
+    };
+    snapshot.seq = append_event(conn, job_id, attempt, "progress", "null", at)?;
+    let json = to_json(&snapshot);
+    conn.prepare_cached("UPDATE job_events SET data = ?3 WHERE job_id = ?1 AND seq = ?2")?
+        .execute(params![job_id.to_string(), snapshot.seq as i64, json])?;
+    conn.prepare_cached("UPDATE jobs SET last_progress = ?2 WHERE job_id = ?1")?
+        .execute(params![job_id.to_string(), json])?;
+    Ok(snapshot)
+}
+
+fn finish_in(conn: &Connection, f: Finish) -> StoreResult<JobRecord> {
+    fenced(conn, f.job_id, f.from, f.attempt)?;
+    if !f.from.can_become(f.state) {
+        return Err(StoreError::Stale {
+            job_id: f.job_id,
+            expected: f.from,
+            attempt: f.attempt,
+        });
+    }
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, finished_at = ?3, updated_at = ?3, exit_code = ?4, error = ?5, \
+         output_index = ?6 WHERE job_id = ?1",
+    )?
+    .execute(params![
+        f.job_id.to_string(),
+        f.state.as_str(),
+        f.at.unix_ms(),
+        f.exit_code,
+        f.error.as_ref().map(to_json),
+        to_json(&f.output_index),
+    ])?;
+    append_state(conn, f.job_id, f.attempt, f.state, f.at)?;
+    conn.prepare_cached(
+        "INSERT INTO deliveries (delivery_id, job_id, kind, url, body, state, created_at, next_attempt_at) \
+         VALUES (?1, ?2, 'completion', ?3, ?4, 'pending', ?5, ?5)",
+    )?
+    .execute(params![
+        f.completion.id.as_str(),
+        f.job_id.to_string(),
+        f.completion.url.as_str(),
+        f.completion.body,
+        f.at.unix_ms(),
+    ])?;
+    load_job(conn, f.job_id)?.ok_or(StoreError::Stale {
+        job_id: f.job_id,
+        expected: f.from,
+        attempt: f.attempt,
+    })
+}
+
+fn view_in(conn: &Connection, job_id: JobId) -> StoreResult<Option<JobView>> {
+    let Some(job) = load_job(conn, job_id)? else {
+        return Ok(None);
+    };
+    let transitions = conn
+        .prepare_cached("SELECT data, at, attempt FROM job_events WHERE job_id = ?1 AND kind = 'state' ORDER BY seq")?
+        .query_map([job_id.to_string()], |r| {
+            let state: JobState = serde_json::from_str(&r.get::<_, String>(0)?).map_err(|e| conversion(0, e))?;
+            Ok(Transition {
+                state,
+                at: Timestamp::from_unix_ms(r.get(1)?),
+                attempt: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let delivery = conn
+        .prepare_cached(
+            "SELECT delivery_id, state, attempts, last_status_code, last_error, next_attempt_at, delivered_at \
+             FROM deliveries WHERE job_id = ?1 AND kind = 'completion' ORDER BY created_at DESC LIMIT 1",
+        )?
+        .query_row([job_id.to_string()], |r| {
+            let state: String = r.get(1)?;
+            let state = match state.as_str() {
+                "pending" => DeliveryState::Pending,
+                "delivered" => DeliveryState::Delivered,
+                _ => DeliveryState::Dead,
+            };
+            Ok(DeliveryStatus {
+                delivery_id: r.get::<_, String>(0)?.parse().map_err(|e| conversion(0, e))?,
+                state,
+                attempts: r.get(2)?,
+                last_status_code: r.get(3)?,
+                last_error: r.get(4)?,
+                next_attempt_at: ts(r, 5)?.filter(|_| state == DeliveryState::Pending),
+                delivered_at: ts(r, 6)?,
+            })
+        })
+        .optional()?;
+    Ok(Some(JobView {
+        job,
+        transitions,
+        delivery,
+    }))
+}
+
+fn claim_deliveries_in(
+    conn: &Connection,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: usize,
+) -> StoreResult<Vec<Delivery>> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deliveries SET lease_until = ?2 WHERE delivery_id IN ( \
+             SELECT delivery_id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 \
+             AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_attempt_at LIMIT ?3) \
+         RETURNING delivery_id, job_id, url, body, attempts, created_at",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![now.unix_ms(), lease_until.unix_ms(), limit as i64],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(id, job_id, url, body, attempts, created_at)| {
+            let corrupt = |reason: String| StoreError::Corrupt {
+                job_id: job_id.clone(),
+                reason,
+            };
+            let job: JobId = job_id
+                .parse()
+                .map_err(|e: crate::contract::IdError| corrupt(e.to_string()))?;
+            let record =
+                load_job(conn, job)?.ok_or_else(|| corrupt("delivery of a missing job".into()))?;
+            Ok(Delivery {
+                id: id
+                    .parse()
+                    .map_err(|e: std::convert::Infallible| corrupt(e.to_string()))?,
+                job_id: job,
+                job_name: record.job_name,
+                status: record.state,
+                url: url
+                    .parse()
+                    .map_err(|e: url::ParseError| corrupt(e.to_string()))?,
+                body,
+                attempts,
+                created_at: Timestamp::from_unix_ms(created_at),
+            })
+        })
+        .collect()
+}
+
+fn record_attempt_in(
+    conn: &Connection,
+    id: &DeliveryId,
+    attempt: AttemptRecord,
+    outcome: AttemptOutcome,
+) -> StoreResult<()> {
+    let n: u32 = conn
+        .prepare_cached(
+            "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL, last_status_code = ?2, last_error = ?3 \
+             WHERE delivery_id = ?1 RETURNING attempts",
+        )?
+        .query_row(params![id.as_str(), attempt.status_code, attempt.error], |r| r.get(0))?;
+    conn.prepare_cached(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, latency_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        id.as_str(),
+        n,
+        attempt.at.unix_ms(),
+        attempt.status_code,
+        attempt.error,
+        attempt.latency_ms as i64,
+    ])?;
+    let (state, next, delivered) = match outcome {
+        AttemptOutcome::Delivered => ("delivered", None, Some(attempt.at.unix_ms())),
+        AttemptOutcome::RetryAt(at) => ("pending", Some(at.unix_ms()), None),
+        AttemptOutcome::Dead => ("dead", None, None),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, next_attempt_at = ?3, delivered_at = ?4 WHERE delivery_id = ?1",
+    )?
+    .execute(params![id.as_str(), state, next, delivered])?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued> {
+        self.write(move |conn| enqueue_in(conn, job)).await
+    }
+
+    async fn job_view(&self, job_id: JobId) -> StoreResult<Option<JobView>> {
+        self.read(move |conn| view_in(conn, job_id)).await
+    }
+
+    async fn claim_next(
+        &self,
+        agents: &[AgentName],
+        at: Timestamp,
+    ) -> StoreResult<Option<JobRecord>> {
+        let agents = agents.to_vec();
+        self.write(move |conn| claim_in(conn, &agents, at)).await
+    }
+
+    async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' ORDER BY started_at"
+            );
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_map([], job_from_row)?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn record_progress(
+        &self,
+        job_id: JobId,
+        attempt: u32,
+        progress: Progress,
+        at: Timestamp,
+    ) -> StoreResult<ProgressSnapshot> {
+        self.write(move |conn| progress_in(conn, job_id, attempt, progress, at))
+            .await
+    }
+
+    async fn finish(&self, finish: Finish) -> StoreResult<JobRecord> {
+        self.write(move |conn| finish_in(conn, finish)).await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.write(move |conn| claim_deliveries_in(conn, now, lease_until, limit))
+            .await
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>> {
+        self.read(|conn| {
+            let next: Option<i64> = conn
+                .prepare_cached("SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries WHERE state = 'pending'")?
+                .query_row([], |r| r.get(0))?;
+            Ok(next.map(Timestamp::from_unix_ms))
+        })
+        .await
+    }
+
+    async fn record_attempt(
+        &self,
+        id: &DeliveryId,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()> {
+        let id = id.clone();
+        self.write(move |conn| record_attempt_in(conn, &id, attempt, outcome))
+            .await
+    }
+}
