@@ -129,7 +129,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn validate(path: &PathBuf) -> ExitCode {
+fn validate(path: &std::path::Path) -> ExitCode {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -166,7 +166,7 @@ fn validate(path: &PathBuf) -> ExitCode {
     }
 }
 
-fn check_config(path: &PathBuf) -> anyhow::Result<()> {
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let agents: Vec<&str> = config.agents.keys().map(|a| a.as_str()).collect();
     println!(

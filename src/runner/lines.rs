@@ -84,22 +84,21 @@ pub fn parse_progress(line: &[u8], truncated: bool) -> Option<Progress> {
     if text.trim().is_empty() {
         return None;
     }
-    if !truncated && text.trim_start().starts_with('{') {
-        if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) {
-            if ["stage", "message", "percent"]
-                .iter()
-                .any(|k| obj.contains_key(*k))
-            {
-                return Some(Progress {
-                    stage: obj.get("stage").and_then(as_text),
-                    message: obj.get("message").and_then(as_text),
-                    percent: obj
-                        .get("percent")
-                        .and_then(Value::as_f64)
-                        .map(|p| p.clamp(0.0, 100.0)),
-                });
-            }
-        }
+    if !truncated
+        && text.trim_start().starts_with('{')
+        && let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text)
+        && ["stage", "message", "percent"]
+            .iter()
+            .any(|k| obj.contains_key(*k))
+    {
+        return Some(Progress {
+            stage: obj.get("stage").and_then(as_text),
+            message: obj.get("message").and_then(as_text),
+            percent: obj
+                .get("percent")
+                .and_then(Value::as_f64)
+                .map(|p| p.clamp(0.0, 100.0)),
+        });
     }
     let message = if truncated {
         format!("{text} [line truncated]")

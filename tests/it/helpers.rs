@@ -1,0 +1,421 @@
+//! Test harness: a real `agent-sidecar serve` process on a scratch root, a real recording
+//! receiver on loopback, and job folders written the way Rails writes them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+pub const ISSUER: &str = "agent-sidecar";
+pub const AUDIENCE: &str = "rails-test";
+/// Generous upper bound for anything a test waits on; reaching it fails the test.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Hit {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("callback body is JSON")
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    hits: Vec<Hit>,
+}
+
+/// A recording webhook receiver on 127.0.0.1.
+#[derive(Clone)]
+pub struct Receiver {
+    pub origin: String,
+    recorded: Arc<Mutex<Recorded>>,
+    changed: Arc<Notify>,
+    _server: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let recorded = Arc::new(Mutex::new(Recorded::default()));
+        let changed = Arc::new(Notify::new());
+        let state = (Arc::clone(&recorded), Arc::clone(&changed));
+        let app = Router::new()
+            .route("/progress", post(record))
+            .route("/completion", post(record))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service())
+                .await
+                .unwrap();
+        });
+        Self {
+            origin,
+            recorded,
+            changed,
+            _server: Arc::new(server),
+        }
+    }
+
+    pub fn hits(&self, path: &str) -> Vec<Hit> {
+        self.recorded
+            .lock()
+            .unwrap()
+            .hits
+            .iter()
+            .filter(|h| h.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (event-driven) until `done` holds for the recorded hits.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                {
+                    let rec = self.recorded.lock().unwrap();
+                    if done(&rec.hits) {
+                        return rec.hits.clone();
+                    }
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// Waits for the completion callback of `job_id`.
+    pub async fn completion(&self, job_id: &str) -> Hit {
+        let hits = self
+            .wait_until("a completion", |hits| {
+                hits.iter()
+                    .any(|h| h.path == "/completion" && h.json()["job_id"] == job_id)
+            })
+            .await;
+        hits.into_iter()
+            .find(|h| h.path == "/completion" && h.json()["job_id"] == job_id)
+            .unwrap()
+    }
+}
+
+async fn record(
+    State((recorded, changed)): State<(Arc<Mutex<Recorded>>, Arc<Notify>)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let hit = Hit {
+        path: uri.path().to_owned(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        headers,
+        body,
+    };
+    recorded.lock().unwrap().hits.push(hit);
+    changed.notify_waiters();
+    StatusCode::OK
+}
+
+/// A running `agent-sidecar serve`.
+pub struct Sidecar {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub shared_root: PathBuf,
+    pub config_path: PathBuf,
+    child: Child,
+}
+
+/// Agents every test sidecar knows, by registry name.
+fn agents_toml() -> String {
+    let ex = repo().join("examples/agents");
+    let t = repo().join("tests/agents");
+    let agent = |name: &str, script: PathBuf, timeout: &str| {
+        format!(
+            "[agents.{name}]\ncommand = [\"python3\", {:?}]\ntimeout = \"{timeout}\"\n",
+            script.display().to_string()
+        )
+    };
+    [
+        agent("summarizer_v2", ex.join("summarizer.py"), "60s")
+            + &format!(
+                "params_schema = {:?}\n",
+                ex.join("summarizer.params.schema.json")
+                    .display()
+                    .to_string()
+            ),
+        agent("failing_agent", ex.join("failing.py"), "60s"),
+        agent("sleeper", ex.join("sleeper.py"), "1s"),
+        agent("with_child", t.join("with_child.py"), "1s"),
+        agent("chatty", t.join("chatty.py"), "120s"),
+        agent("symlinker", t.join("symlinker.py"), "60s"),
+        agent("env_dump", t.join("env_dump.py"), "60s")
+            + "env = { AGENT_EXTRA = \"from-config\" }\n",
+    ]
+    .join("\n")
+}
+
+impl Sidecar {
+    pub fn config_text(shared_root: &Path, db: &Path, receiver: &Receiver) -> String {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 8192
+
+[storage]
+shared_root = {shared_root:?}
+
+[store]
+url = "sqlite://{db}"
+
+[callbacks]
+allowed_origins = ["{origin}"]
+allow_http = true
+timeout = "5s"
+progress_min_interval = "0s"
+retry_schedule = ["0s", "200ms", "500ms"]
+
+[callbacks.jwt]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+secret = "{SECRET}"
+
+[jobs]
+allowed_job_names = ["ReportCompileJob", "OtherJob"]
+max_concurrent = 4
+kill_grace = "500ms"
+max_line_bytes = 4096
+
+{agents}
+"#,
+            shared_root = shared_root.display().to_string(),
+            db = db.display(),
+            origin = receiver.origin,
+            agents = agents_toml(),
+        )
+    }
+
+    pub async fn start(receiver: &Receiver) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let shared_root = dir.path().join("shared_root");
+        std::fs::create_dir_all(&shared_root).unwrap();
+        let config_path = dir.path().join("sidecar.toml");
+        std::fs::write(
+            &config_path,
+            Self::config_text(&shared_root, &dir.path().join("state.db"), receiver),
+        )
+        .unwrap();
+        Self::spawn(dir, shared_root, config_path)
+    }
+
+    /// SIGKILLs the process (a crash) and starts another on the same folder, database and
+    /// config.
+    pub fn crash_and_restart(mut self) -> Self {
+        self.kill_hard();
+        let dir = tempfile::tempdir().unwrap();
+        let old_dir = std::mem::replace(&mut self.dir, dir);
+        let shared_root = self.shared_root.clone();
+        let config_path = self.config_path.clone();
+        Self::spawn(old_dir, shared_root, config_path)
+    }
+
+    fn spawn(dir: tempfile::TempDir, shared_root: PathBuf, config_path: PathBuf) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("sidecar.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("AGENT_SIDECAR_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let base = first
+            .trim()
+            .strip_prefix("agent-sidecar listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {first:?}; log: {}",
+                    std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Self {
+            base,
+            dir,
+            shared_root,
+            config_path,
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process dies without cleaning up.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn job_dir(&self, job_id: &str) -> PathBuf {
+        self.shared_root.join(job_id)
+    }
+
+    /// Writes `<job_id>/input/` with a manifest agreeing with `trigger` and a text file.
+    pub fn write_job(&self, trigger: &Value) -> PathBuf {
+        let manifest = json!({
+            "schema_version": 1,
+            "job_id": trigger["job_id"],
+            "user_id": trigger["user_id"],
+            "agent_name": trigger["agent_name"],
+            "job_name": trigger["job_name"],
+        });
+        self.write_manifest(trigger["job_id"].as_str().unwrap(), &manifest.to_string())
+    }
+
+    pub fn write_manifest(&self, job_id: &str, text: &str) -> PathBuf {
+        let input = self.job_dir(job_id).join("input");
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(input.join("manifest.json"), text).unwrap();
+        std::fs::write(
+            input.join("notes.txt"),
+            "The quarter went well. Revenue grew. Costs fell.\n",
+        )
+        .unwrap();
+        self.job_dir(job_id)
+    }
+
+    pub async fn post_trigger(&self, body: &Value) -> (StatusCode, Value) {
+        self.post_raw("/agents/trigger", serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let response = client()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let is_problem = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v == "application/problem+json");
+        let value: Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null);
+        if status.is_client_error() {
+            assert!(is_problem, "{status} without problem+json: {value}");
+        }
+        (StatusCode::from_u16(status.as_u16()).unwrap(), value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = client()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        (
+            status,
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null),
+        )
+    }
+}
+
+impl Drop for Sidecar {
+    /// SIGTERM first, so the sidecar stops its agents' process groups; SIGKILL if it lingers.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for talking to the sidecar.
+pub fn client() -> reqwest::Client {
+    agent_sidecar::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// A trigger body for `agent` reporting to `receiver`.
+pub fn trigger(receiver: &Receiver, agent: &str) -> Value {
+    json!({
+        "job_id": uuid::Uuid::new_v4().to_string(),
+        "user_id": "42",
+        "agent_name": agent,
+        "job_name": "ReportCompileJob",
+        "callback_urls": {
+            "progress": format!("{}/progress", receiver.origin),
+            "completion": format!("{}/completion", receiver.origin),
+        }
+    })
+}
+
+/// Triggers a job whose folder is written first; asserts 202.
+pub async fn run_job(sidecar: &Sidecar, receiver: &Receiver, body: &Value) -> Hit {
+    sidecar.write_job(body);
+    let (status, answer) = sidecar.post_trigger(body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    receiver.completion(body["job_id"].as_str().unwrap()).await
+}
+
+/// Validates `doc` against `schemas/v1/<file>`.
+pub fn assert_valid(file: &str, doc: &Value) {
+    let text = std::fs::read_to_string(repo().join("schemas/v1").join(file)).unwrap();
+    let validator = agent_sidecar::contract::schema::compile(&text).unwrap();
+    if let Err(errors) = agent_sidecar::contract::schema::check(&validator, doc) {
+        panic!("{file} invalid: {errors:?}\n{doc:#}");
+    }
+}
+
+pub fn verifier() -> agent_sidecar::delivery::sign::Verifier {
+    agent_sidecar::delivery::sign::Verifier::hs256(SECRET.as_bytes(), ISSUER, AUDIENCE)
+}

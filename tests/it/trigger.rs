@@ -1,0 +1,269 @@
+//! `POST /agents/trigger`: every rejection names its field; valid triggers are durable and
+//! idempotent.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Asserts a 4xx problem+json whose `errors` name `pointer` in `source`.
+fn assert_names(answer: &Value, source: &str, pointer: &str) {
+    let errors = answer["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in {answer}"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["source"] == source && e["pointer"] == pointer),
+        "expected {source} {pointer} in {answer:#}"
+    );
+    assert!(answer["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+async fn setup() -> (Receiver, Sidecar) {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    (receiver, sidecar)
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_problem() {
+    let (_r, sidecar) = setup().await;
+    let (status, answer) = sidecar
+        .post_raw("/agents/trigger", b"{\"job_id\": ".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_names(&answer, "request", "");
+}
+
+#[tokio::test]
+async fn a_missing_field_is_422_naming_it() {
+    let (r, sidecar) = setup().await;
+    let mut body = trigger(&r, "summarizer_v2");
+    body.as_object_mut().unwrap().remove("job_name");
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "request", "/job_name");
+}
+
+#[tokio::test]
+async fn a_job_id_that_is_not_a_uuid_is_422_naming_it() {
+    let (r, sidecar) = setup().await;
+    let mut body = trigger(&r, "summarizer_v2");
+    body["job_id"] = json!("../../etc");
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "request", "/job_id");
+}
+
+#[tokio::test]
+async fn an_unknown_agent_is_422_listing_the_known_ones() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "no_such_agent");
+    sidecar.write_job(&body);
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "request", "/agent_name");
+    assert!(answer.to_string().contains("summarizer_v2"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_job_name_outside_the_allowlist_is_422() {
+    let (r, sidecar) = setup().await;
+    let mut body = trigger(&r, "summarizer_v2");
+    body["job_name"] = json!("DropTablesJob");
+    sidecar.write_job(&body);
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "request", "/job_name");
+}
+
+#[tokio::test]
+async fn a_callback_origin_outside_the_allowlist_is_422_and_never_called() {
+    let (r, sidecar) = setup().await;
+    let mut body = trigger(&r, "summarizer_v2");
+    body["callback_urls"]["completion"] = json!("http://169.254.169.254/latest/meta-data");
+    sidecar.write_job(&body);
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "request", "/callback_urls/completion");
+    let (status, _) = sidecar
+        .get(&format!("/jobs/{}", body["job_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused trigger stores nothing"
+    );
+}
+
+#[tokio::test]
+async fn params_violating_the_agent_params_schema_are_422() {
+    let (r, sidecar) = setup().await;
+    let mut body = trigger(&r, "summarizer_v2");
+    body["params"] = json!({"max_sentences": 500});
+    sidecar.write_job(&body);
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "request", "/params/max_sentences");
+}
+
+#[tokio::test]
+async fn a_missing_manifest_is_422_naming_the_manifest() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "");
+    assert!(
+        answer["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn an_unparseable_manifest_is_422() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    sidecar.write_manifest(body["job_id"].as_str().unwrap(), "{ not json");
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "");
+}
+
+#[tokio::test]
+async fn a_manifest_invalid_for_its_schema_is_422_naming_the_field() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let manifest = json!({"schema_version": 1, "job_id": body["job_id"], "user_id": "42", "agent_name": "summarizer_v2"});
+    sidecar.write_manifest(body["job_id"].as_str().unwrap(), &manifest.to_string());
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/job_name");
+}
+
+#[tokio::test]
+async fn a_manifest_of_an_unknown_schema_version_is_422_listing_known_versions() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let manifest = json!({"schema_version": 9, "job_id": body["job_id"], "user_id": "42", "agent_name": "summarizer_v2", "job_name": "ReportCompileJob"});
+    sidecar.write_manifest(body["job_id"].as_str().unwrap(), &manifest.to_string());
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/schema_version");
+    assert!(answer.to_string().contains("known versions: 1"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_manifest_contradicting_the_request_is_422_naming_each_field() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let manifest = json!({"schema_version": 1, "job_id": body["job_id"], "user_id": "7", "agent_name": "summarizer_v2", "job_name": "OtherJob"});
+    sidecar.write_manifest(body["job_id"].as_str().unwrap(), &manifest.to_string());
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/user_id");
+    assert_names(&answer, "manifest", "/job_name");
+}
+
+#[tokio::test]
+async fn a_body_over_the_size_limit_is_413() {
+    let (r, sidecar) = setup().await;
+    let mut body = trigger(&r, "summarizer_v2");
+    body["params"] = json!({"blob": "x".repeat(20_000)});
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer["status"], 413);
+}
+
+#[tokio::test]
+async fn a_job_folder_symlinked_out_of_shared_root_is_refused() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(outside.path().join("input")).unwrap();
+    let manifest = json!({"schema_version": 1, "job_id": body["job_id"], "user_id": "42", "agent_name": "summarizer_v2", "job_name": "ReportCompileJob"});
+    std::fs::write(
+        outside.path().join("input/manifest.json"),
+        manifest.to_string(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path(),
+        sidecar.job_dir(body["job_id"].as_str().unwrap()),
+    )
+    .unwrap();
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        answer["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("symlink"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_trigger_is_202_queued_with_a_status_url() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "sleeper");
+    sidecar.write_job(&body);
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job_id = body["job_id"].as_str().unwrap();
+    assert_eq!(answer["job_id"], job_id);
+    assert_eq!(answer["status"], "queued");
+    assert_eq!(
+        answer["status_url"],
+        format!("{}/jobs/{job_id}", sidecar.base)
+    );
+}
+
+#[tokio::test]
+async fn the_same_trigger_twice_runs_once_and_a_different_body_is_409() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let completion = run_job(&sidecar, &r, &body).await;
+    let (status, again) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        again["status"],
+        completion.json()["status"],
+        "a replay reports the current state"
+    );
+
+    let mut changed = body.clone();
+    changed["user_id"] = json!("43");
+    let (status, conflict) = sidecar.post_trigger(&changed).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["state"], "completed");
+
+    let (_, job) = sidecar
+        .get(&format!("/jobs/{}", body["job_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["attempt"], 1, "ran once: {job}");
+    let log = std::fs::read_to_string(
+        sidecar
+            .job_dir(body["job_id"].as_str().unwrap())
+            .join("output/log.txt"),
+    )
+    .unwrap();
+    assert_eq!(log.matches("started: pid").count(), 1, "{log}");
+    assert_eq!(r.hits("/completion").len(), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_job_is_404() {
+    let (_r, sidecar) = setup().await;
+    let (status, answer) = sidecar
+        .get(&format!("/jobs/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(answer["status"], 404);
+    let (status, _) = sidecar.get("/status/not-a-uuid").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
