@@ -12,7 +12,7 @@ fn cli(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
+fn text_of(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -26,7 +26,7 @@ fn validate_accepts_the_example_manifest() {
         "validate",
         "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/manifest.json",
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "valid (schema v1)"
@@ -44,7 +44,7 @@ fn validate_lists_every_error_with_its_pointer_and_exits_1() {
     .unwrap();
     let out = cli(&["validate", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    let t = text(&out);
+    let t = text_of(&out);
     for pointer in ["/job_id", "/agent_name", "/job_name"] {
         assert!(
             t.contains(&format!("  {pointer}: ")),
@@ -62,17 +62,17 @@ fn validate_names_an_unknown_schema_version() {
     let out = cli(&["validate", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("unknown schema version 3; known versions: 1"),
+        text_of(&out).contains("unknown schema version 3; known versions: 1"),
         "{}",
-        text(&out)
+        text_of(&out)
     );
 }
 
 #[test]
 fn check_config_accepts_the_example() {
     let out = cli(&["check-config", "agent-sidecar.example.toml"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("3 agent(s)"), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
+    assert!(text_of(&out).contains("3 agent(s)"), "{}", text_of(&out));
 }
 
 fn write_config(extra: &str) -> (tempfile::TempDir, String) {
@@ -103,7 +103,7 @@ fn check_config_names_an_unknown_key_in_one_line() {
     let (_dir, path) = write_config("\n[server2]\nlisten = 1\n");
     let out = cli(&["check-config", &path]);
     assert_eq!(out.status.code(), Some(1));
-    let t = text(&out);
+    let t = text_of(&out);
     assert!(t.contains("server2"), "{t}");
     assert_eq!(t.trim().lines().count(), 1, "{t}");
 }
@@ -117,7 +117,11 @@ fn environment_overrides_are_applied_and_checked() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("jobs.max_concurrent"), "{}", text(&out));
+    assert!(
+        text_of(&out).contains("jobs.max_concurrent"),
+        "{}",
+        text_of(&out)
+    );
 }
 
 #[test]
@@ -132,7 +136,7 @@ fn a_short_secret_is_refused_and_never_printed() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let t = text(&out);
+    let t = text_of(&out);
     assert!(t.contains("callbacks.jwt.secret"), "{t}");
     assert!(!t.contains("short-secret-value"), "{t}");
 }
@@ -141,9 +145,31 @@ fn a_short_secret_is_refused_and_never_printed() {
 fn a_missing_config_file_is_one_readable_line() {
     let out = cli(&["check-config", "/nonexistent/agent-sidecar.toml"]);
     assert_eq!(out.status.code(), Some(1));
-    let t = text(&out);
+    let t = text_of(&out);
     assert!(
         t.starts_with("error: cannot read config file /nonexistent/agent-sidecar.toml"),
         "{t}"
+    );
+}
+
+#[test]
+fn the_jwt_secret_can_come_from_a_file() {
+    let (dir, path) = write_config("");
+    let secret_file = dir.path().join("jwt.secret");
+    std::fs::write(&secret_file, "a-secret-from-a-file-0123456789abcdef\n").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "secret = \"example-secret-change-me-0123456789abcdef\"",
+        &format!("secret_file = {:?}", secret_file.display().to_string()),
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = cli(&["check-config", &path]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    std::fs::write(&secret_file, "short\n").unwrap();
+    let out = cli(&["check-config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text_of(&out).contains("callbacks.jwt.secret"),
+        "{}",
+        text_of(&out)
     );
 }

@@ -40,9 +40,10 @@ impl Hit {
     }
 }
 
-#[derive(Default)]
 struct Recorded {
     hits: Vec<Hit>,
+    /// What the receiver answers on `/completion`.
+    completion_status: StatusCode,
 }
 
 /// A recording webhook receiver on 127.0.0.1.
@@ -56,7 +57,15 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Self {
-        let recorded = Arc::new(Mutex::new(Recorded::default()));
+        Self::answering(StatusCode::OK).await
+    }
+
+    /// A receiver that answers `status` to every completion.
+    pub async fn answering(completion_status: StatusCode) -> Self {
+        let recorded = Arc::new(Mutex::new(Recorded {
+            hits: Vec::new(),
+            completion_status,
+        }));
         let changed = Arc::new(Notify::new());
         let state = (Arc::clone(&recorded), Arc::clone(&changed));
         let app = Router::new()
@@ -137,9 +146,17 @@ async fn record(
         headers,
         body,
     };
-    recorded.lock().unwrap().hits.push(hit);
+    let status = {
+        let mut rec = recorded.lock().unwrap();
+        rec.hits.push(hit);
+        if uri.path() == "/completion" {
+            rec.completion_status
+        } else {
+            StatusCode::OK
+        }
+    };
     changed.notify_waiters();
-    StatusCode::OK
+    status
 }
 
 /// A running `agent-sidecar serve`.
@@ -405,6 +422,20 @@ pub async fn run_job(sidecar: &Sidecar, receiver: &Receiver, body: &Value) -> Hi
     let (status, answer) = sidecar.post_trigger(body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     receiver.completion(body["job_id"].as_str().unwrap()).await
+}
+
+/// Asserts `doc` carries every property `schemas/v1/<file>` lists, required or not.
+pub fn assert_all_properties(file: &str, doc: &Value) {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/v1").join(file)).unwrap(),
+    )
+    .unwrap();
+    for key in schema["properties"].as_object().unwrap().keys() {
+        assert!(
+            doc.get(key).is_some(),
+            "{file}: property {key} missing from {doc}"
+        );
+    }
 }
 
 /// Validates `doc` against `schemas/v1/<file>`.

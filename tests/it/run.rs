@@ -60,6 +60,7 @@ async fn the_example_job_runs_end_to_end_with_signed_ordered_callbacks_and_valid
     }
     for hit in &progress {
         assert_valid("progress-callback.json", &hit.json());
+        assert_all_properties("progress-callback.json", &hit.json());
         assert_eq!(hit.json()["job_name"], "ReportCompileJob");
     }
     let seqs: Vec<u64> = progress
@@ -327,4 +328,42 @@ async fn a_job_running_when_the_sidecar_crashes_is_failed_on_restart_with_a_comp
         .get(&format!("/jobs/{}", body["job_id"].as_str().unwrap()))
         .await;
     assert_eq!(job["state"], "failed");
+}
+
+#[tokio::test]
+async fn a_receiver_answering_500_changes_nothing_about_the_job_and_the_completion_is_retried() {
+    let receiver = Receiver::answering(axum::http::StatusCode::INTERNAL_SERVER_ERROR).await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let body = trigger(&receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    let first = run_job(&sidecar, &receiver, &body).await;
+    let hits = receiver
+        .wait_until("a retried completion", |hits| {
+            hits.iter().filter(|h| h.path == "/completion").count() >= 2
+        })
+        .await;
+    let completions: Vec<_> = hits.iter().filter(|h| h.path == "/completion").collect();
+    let jti = |h: &Hit| {
+        verifier()
+            .verify_callback(h.authorization.as_deref(), &h.body)
+            .unwrap()
+            .jti
+    };
+    assert_eq!(
+        jti(completions[0]),
+        jti(completions[1]),
+        "the delivery id is stable across retries"
+    );
+    assert_eq!(
+        completions[0].body, first.body,
+        "the body is byte-identical across retries"
+    );
+    let (_, job) = sidecar.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(
+        job["state"], "failed",
+        "the job's own state is untouched: {job}"
+    );
+    assert!(job["delivery"]["attempts"].as_u64().unwrap() >= 1, "{job}");
+    assert_eq!(job["delivery"]["last_status_code"], 500, "{job}");
+    assert_ne!(job["delivery"]["state"], "delivered", "{job}");
 }
