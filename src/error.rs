@@ -21,6 +21,8 @@ pub enum ErrorSource {
     Manifest,
     /// A path parameter.
     Path,
+    /// A query string parameter.
+    Query,
 }
 
 /// One failing field of a problem.
@@ -119,8 +121,8 @@ impl ApiError {
         err
     }
 
-    /// The job id exists with a different request.
-    pub fn conflict(detail: impl Into<String>, state: crate::contract::JobState) -> Self {
+    /// The resource is in a state that forbids the request; `state` says which.
+    pub fn conflict(detail: impl Into<String>, state: impl std::fmt::Display) -> Self {
         let mut err = Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail);
         err.extensions
             .insert("state".into(), Value::String(state.to_string()));
@@ -164,6 +166,7 @@ fn source_name(source: ErrorSource) -> &'static str {
         ErrorSource::Request => "request",
         ErrorSource::Manifest => "manifest",
         ErrorSource::Path => "path",
+        ErrorSource::Query => "query",
     }
 }
 

@@ -92,6 +92,16 @@ pub async fn run(
             "concluded jobs interrupted by the previous stop"
         );
     }
+    let released = store
+        .release_leases()
+        .await
+        .context("cannot recover the outbox")?;
+    if released > 0 {
+        info!(
+            count = released,
+            "resuming callback attempts interrupted by the previous stop"
+        );
+    }
     tracker.spawn(
         Arc::clone(&deliveries)
             .run()
@@ -104,13 +114,14 @@ pub async fn run(
     );
 
     let addr = listener.local_addr().context("listener has no address")?;
-    let state = api::AppState::new(
+    let state = api::AppState::new(api::Parts {
         store,
-        Arc::clone(&config),
+        config: Arc::clone(&config),
         runner,
+        deliveries,
         shared_root,
-        config.public_url(addr),
-    );
+        public_url: config.public_url(addr),
+    });
     let stop = cancel.clone();
     info!(%addr, "listening");
     let served = axum::serve(listener, api::router(state))

@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use agent_sidecar::config::Config;
-use agent_sidecar::contract::{parse_manifest, schema};
+use agent_sidecar::contract::{DeliveryStatus, parse_manifest, schema};
+use agent_sidecar::store::{self, DeliveryFilter, DeliveryQuery};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,37 @@ enum Command {
         /// The TOML config file.
         config: PathBuf,
     },
+    /// Inspect and redrive callback deliveries (works with the daemon running or stopped).
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// List deliveries, newest first (e.g. `--state dead`).
+    List {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        query: DeliveryQuery,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead deliveries back in the outbox (one by --id, or all matching the filters).
+    Redrive {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The delivery to redrive.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        query: DeliveryQuery,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +99,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { manifest } => return validate(&manifest),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Deliveries { action } => runtime().and_then(|rt| rt.block_on(deliveries(action))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,4 +210,74 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         agents.join(", ")
     );
     Ok(())
+}
+
+async fn deliveries(action: DeliveriesCommand) -> anyhow::Result<()> {
+    match action {
+        DeliveriesCommand::List {
+            config,
+            query,
+            json,
+        } => {
+            let filter = parse_filter(query)?;
+            let store = store::open(&Config::load(&config)?.store).await?;
+            for d in store.list_deliveries(filter).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else {
+                    println!("{}", delivery_line(&d));
+                }
+            }
+            Ok(())
+        }
+        DeliveriesCommand::Redrive { config, id, query } => {
+            let mut filter = parse_filter(query)?;
+            filter.id = id.map(|i| i.parse().unwrap_or_else(|never| match never {}));
+            let store = store::open(&Config::load(&config)?.store).await?;
+            let redriven = store.redrive(filter).await?;
+            for id in &redriven {
+                println!("redriven {id}");
+            }
+            println!(
+                "{} delivery(ies) back in the outbox; a running sidecar sends them within a minute",
+                redriven.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn parse_filter(query: DeliveryQuery) -> anyhow::Result<DeliveryFilter> {
+    query.into_filter().map_err(|errors| {
+        let reasons: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "--{}: {}",
+                    e.pointer.trim_start_matches('/').replace('_', "-"),
+                    e.detail
+                )
+            })
+            .collect();
+        anyhow::anyhow!(reasons.join("; "))
+    })
+}
+
+fn delivery_line(d: &DeliveryStatus) -> String {
+    let last = match (d.last_status_code, &d.last_error) {
+        (Some(code), _) => format!("HTTP {code}"),
+        (None, Some(error)) => error.clone(),
+        (None, None) => "-".to_owned(),
+    };
+    format!(
+        "{}  {:<9}  attempts {:<3}  last {:<10}  {}  job {}  {}  created {}",
+        d.delivery_id,
+        d.state.as_str(),
+        d.attempts,
+        last,
+        d.job_name,
+        d.job_id,
+        d.destination,
+        d.created_at
+    )
 }

@@ -43,6 +43,7 @@ CREATE TABLE deliveries (
     job_id           TEXT NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
     kind             TEXT NOT NULL,          -- 'completion'
     url              TEXT NOT NULL,
+    destination      TEXT NOT NULL,          -- origin of url, for filtering
     body             BLOB NOT NULL,
     state            TEXT NOT NULL,          -- 'pending' | 'delivered' | 'dead'
     attempts         INTEGER NOT NULL DEFAULT 0,
@@ -51,11 +52,13 @@ CREATE TABLE deliveries (
     lease_until      INTEGER,
     last_status_code INTEGER,
     last_error       TEXT,
-    delivered_at     INTEGER
+    delivered_at     INTEGER,
+    redriven_at      INTEGER                 -- age limit counts from here after a redrive
 ) STRICT;
 
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX deliveries_job ON deliveries (job_id);
+CREATE INDEX deliveries_state_created ON deliveries (state, created_at);
 
 CREATE TABLE delivery_attempts (
     delivery_id TEXT NOT NULL REFERENCES deliveries (delivery_id) ON DELETE CASCADE,

@@ -1,5 +1,6 @@
 //! The HTTP API. Each module exposes `router()` with its routes next to their handlers.
 
+mod deliveries;
 mod jobs;
 mod trigger;
 
@@ -10,6 +11,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
 use crate::config::Config;
+use crate::delivery::Deliveries;
 use crate::error::ApiError;
 use crate::runner::Runner;
 use crate::store::Store;
@@ -24,26 +26,38 @@ struct Inner {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     runner: Arc<Runner>,
+    deliveries: Arc<Deliveries>,
     shared_root: PathBuf,
     public_url: String,
 }
 
+/// The running parts the API drives.
+pub struct Parts {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The scheduler, woken by triggers.
+    pub runner: Arc<Runner>,
+    /// The outbox worker, woken by redrives.
+    pub deliveries: Arc<Deliveries>,
+    /// Canonical `shared_root`.
+    pub shared_root: PathBuf,
+    /// Base of `status_url`s.
+    pub public_url: String,
+}
+
 impl AppState {
-    /// State over the running parts of the sidecar; `shared_root` must be canonical.
-    pub fn new(
-        store: Arc<dyn Store>,
-        config: Arc<Config>,
-        runner: Arc<Runner>,
-        shared_root: PathBuf,
-        public_url: String,
-    ) -> Self {
+    /// State over the running parts of the sidecar.
+    pub fn new(parts: Parts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
-                config,
-                runner,
-                shared_root,
-                public_url,
+                store: parts.store,
+                config: parts.config,
+                runner: parts.runner,
+                deliveries: parts.deliveries,
+                shared_root: parts.shared_root,
+                public_url: parts.public_url,
             }),
         }
     }
@@ -55,6 +69,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(trigger::router())
         .merge(jobs::router())
+        .merge(deliveries::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -331,16 +331,59 @@ pub enum DeliveryState {
     Dead,
 }
 
-/// The completion callback's delivery, as `GET /jobs/{id}` shows it.
+impl DeliveryState {
+    /// The wire and storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Pending, Self::Delivered, Self::Dead]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery state {s:?}; known: pending, delivered, dead"))
+    }
+}
+
+/// One delivery attempt as it happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryAttempt {
+    /// When it started.
+    pub at: Timestamp,
+    /// HTTP status, if a response came back.
+    pub status_code: Option<u16>,
+    /// Transport error, or the status and first bytes of an error body.
+    pub error: Option<String>,
+    /// How long it took.
+    pub latency_ms: u64,
+}
+
+/// A callback delivery: its stable id, where it stands, and every attempt made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryStatus {
     /// Stable across retries (JWT `jti`, `webhook-id`).
     pub delivery_id: DeliveryId,
+    /// The job it reports.
+    pub job_id: JobId,
+    /// The job's Rails handler.
+    pub job_name: JobName,
+    /// Origin (`scheme://host:port`) it goes to.
+    pub destination: String,
     /// Where it stands.
     pub state: DeliveryState,
     /// Attempts made so far.
     pub attempts: u32,
+    /// When it was written to the outbox.
+    pub created_at: Timestamp,
     /// HTTP status of the last attempt, if it got one.
     pub last_status_code: Option<u16>,
     /// Error of the last attempt, if any.
@@ -349,6 +392,24 @@ pub struct DeliveryStatus {
     pub next_attempt_at: Option<Timestamp>,
     /// When Rails acknowledged it.
     pub delivered_at: Option<Timestamp>,
+    /// Every attempt, oldest first.
+    pub history: Vec<DeliveryAttempt>,
+}
+
+/// `GET /deliveries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryList {
+    /// Matching deliveries, newest first.
+    pub deliveries: Vec<DeliveryStatus>,
+}
+
+/// `POST /deliveries/redrive`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveResult {
+    /// Ids of the deliveries put back in the outbox.
+    pub redriven: Vec<DeliveryId>,
 }
 
 /// `GET /jobs/{job_id}` (and `GET /status/{job_id}`).

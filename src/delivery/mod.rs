@@ -22,8 +22,9 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use url::Url;
 
 use crate::config::CallbacksConfig;
+use crate::contract::DeliveryAttempt;
 use crate::contract::{JobId, JobState, ProgressCallback};
-use crate::store::{AttemptOutcome, AttemptRecord, Delivery, Store};
+use crate::store::{AttemptOutcome, DueDelivery, Store};
 use schedule::Failure;
 use sign::{CallbackEvent, Signer, TokenFor};
 
@@ -160,7 +161,7 @@ impl Deliveries {
         }
     }
 
-    async fn attempt(&self, d: Delivery) {
+    async fn attempt(&self, d: DueDelivery) {
         self.progress_drained(d.job_id).await;
         let at = crate::contract::Timestamp::now();
         let started = Instant::now();
@@ -181,27 +182,29 @@ impl Deliveries {
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (record, outcome) = self.judge(&d, at, latency_ms, result);
         self.log_outcome(&d, &record, outcome);
-        if let Err(e) = self.store.record_attempt(&d.id, record, outcome).await {
+        match self.store.record_attempt(&d.id, record, outcome).await {
+            // The worker slept until this lease's end; the retry may be due much sooner.
+            Ok(()) => self.wake(),
             // The lease expires and the attempt is made again: at-least-once, same delivery id.
-            error!(error = %e, "cannot record a delivery attempt");
+            Err(e) => error!(error = %e, "cannot record a delivery attempt"),
         }
     }
 
     fn judge(
         &self,
-        d: &Delivery,
+        d: &DueDelivery,
         at: crate::contract::Timestamp,
         latency_ms: u64,
         result: PostResult,
-    ) -> (AttemptRecord, AttemptOutcome) {
-        let mut record = AttemptRecord {
+    ) -> (DeliveryAttempt, AttemptOutcome) {
+        let mut record = DeliveryAttempt {
             at,
             status_code: None,
             error: None,
             latency_ms,
         };
         let retry = |failure, retry_after| {
-            let age = Duration::from_millis(at.millis_since(d.created_at));
+            let age = Duration::from_millis(at.millis_since(d.age_from));
             let delay = schedule::next_delay(
                 &self.cfg.retry_schedule,
                 d.attempts + 1,
@@ -257,7 +260,7 @@ impl Deliveries {
         (record, outcome)
     }
 
-    fn log_outcome(&self, d: &Delivery, record: &AttemptRecord, outcome: AttemptOutcome) {
+    fn log_outcome(&self, d: &DueDelivery, record: &DeliveryAttempt, outcome: AttemptOutcome) {
         let destination = d.url.origin().ascii_serialization();
         let attempt = d.attempts + 1;
         match outcome {

@@ -14,8 +14,9 @@ use url::Url;
 
 use crate::config::StoreConfig;
 use crate::contract::{
-    AgentName, DeliveryId, DeliveryStatus, JobError, JobId, JobName, JobState, JobStatus,
-    PAYLOAD_VERSION, Priority, Progress, ProgressSnapshot, Timestamp, Transition, TriggerRequest,
+    AgentName, DeliveryAttempt, DeliveryId, DeliveryState, DeliveryStatus, JobError, JobId,
+    JobName, JobState, JobStatus, PAYLOAD_VERSION, Priority, Progress, ProgressSnapshot, Timestamp,
+    Transition, TriggerRequest,
 };
 
 pub use sqlite::SqliteStore;
@@ -193,7 +194,7 @@ pub struct NewDelivery {
 
 /// A callback due for an attempt, leased to the caller.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub struct DueDelivery {
     /// Stable id.
     pub id: DeliveryId,
     /// The job.
@@ -208,21 +209,111 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// Attempts made before this one.
     pub attempts: u32,
-    /// When it was written; its age decides dead-lettering.
-    pub created_at: Timestamp,
+    /// When it was written, or last redriven: the age limit counts from here.
+    pub age_from: Timestamp,
 }
 
-/// One delivery attempt as it happened.
-#[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    /// When it started.
-    pub at: Timestamp,
-    /// HTTP status, if a response came back.
-    pub status_code: Option<u16>,
-    /// Transport error or the first bytes of an error body.
-    pub error: Option<String>,
-    /// How long it took.
-    pub latency_ms: u64,
+/// Which deliveries to list or redrive.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this delivery.
+    pub id: Option<DeliveryId>,
+    /// Only deliveries in this state.
+    pub state: Option<DeliveryState>,
+    /// Only deliveries of jobs with this handler.
+    pub job_name: Option<JobName>,
+    /// Only deliveries to this origin (`scheme://host:port`).
+    pub destination: Option<String>,
+    /// Only deliveries written at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only deliveries written before this time.
+    pub until: Option<Timestamp>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// A delivery filter as written on a query string or a command line, parsed by
+/// [`DeliveryQuery::into_filter`].
+#[derive(Debug, Clone, Default, serde::Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    /// pending, delivered or dead.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only deliveries of jobs with this handler.
+    #[arg(long)]
+    pub job_name: Option<String>,
+    /// Only deliveries to this origin, e.g. https://rails.internal:443.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Only deliveries written at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only deliveries written before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl DeliveryQuery {
+    /// Parses every field; each failure names its field.
+    pub fn into_filter(self) -> Result<DeliveryFilter, Vec<crate::contract::FieldError>> {
+        use crate::contract::FieldError;
+        let mut errors = Vec::new();
+        let mut parse = |name: &str, value: Option<String>| -> Option<Timestamp> {
+            let text = value?;
+            text.parse()
+                .map_err(|_| {
+                    errors.push(FieldError::new(
+                        format!("/{name}"),
+                        format!("{text:?} is not an RFC 3339 time"),
+                    ))
+                })
+                .ok()
+        };
+        let since = parse("since", self.since);
+        let until = parse("until", self.until);
+        let state = self.state.and_then(|s| {
+            s.parse()
+                .map_err(|e: String| errors.push(FieldError::new("/state", e)))
+                .ok()
+        });
+        let job_name = self.job_name.and_then(|n| {
+            n.parse()
+                .map_err(|e: crate::contract::IdError| {
+                    errors.push(FieldError::new("/job_name", e.to_string()))
+                })
+                .ok()
+        });
+        let destination = self.destination.and_then(|d| match Url::parse(&d) {
+            Ok(url) => Some(url.origin().ascii_serialization()),
+            Err(e) => {
+                errors.push(FieldError::new(
+                    "/destination",
+                    format!("{d:?} is not an origin: {e}"),
+                ));
+                None
+            }
+        });
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            errors.push(FieldError::new("/limit", "must be between 1 and 1000"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(DeliveryFilter {
+            id: None,
+            state,
+            job_name,
+            destination,
+            since,
+            until,
+            limit,
+        })
+    }
 }
 
 /// What becomes of a delivery after an attempt.
@@ -274,7 +365,11 @@ pub trait Store: Send + Sync {
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
-    ) -> StoreResult<Vec<Delivery>>;
+    ) -> StoreResult<Vec<DueDelivery>>;
+
+    /// Releases the delivery leases a previous process of this sidecar held, so its
+    /// interrupted attempts are made again at once; returns how many.
+    async fn release_leases(&self) -> StoreResult<usize>;
 
     /// When the next pending delivery is due, if any.
     async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>>;
@@ -283,9 +378,19 @@ pub trait Store: Send + Sync {
     async fn record_attempt(
         &self,
         id: &DeliveryId,
-        attempt: AttemptRecord,
+        attempt: DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<()>;
+
+    /// Deliveries matching `filter`, newest first, each with its attempts.
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> StoreResult<Vec<DeliveryStatus>>;
+
+    /// Puts dead deliveries matching `filter` back in the outbox, due now, with the same id;
+    /// returns their ids.
+    async fn redrive(&self, filter: DeliveryFilter) -> StoreResult<Vec<DeliveryId>>;
+
+    /// One delivery with its attempts.
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<DeliveryStatus>>;
 }
 
 /// Opens the store the config names, creating and migrating it as needed.

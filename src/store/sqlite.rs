@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::contract::DeliveryState;
+use crate::contract::{DeliveryAttempt, DeliveryState};
 
 /// Writes waiting when a transaction starts join it, up to this many.
 const MAX_GROUP: usize = 512;
@@ -422,13 +422,14 @@ fn finish_in(conn: &Connection, f: Finish) -> StoreResult<JobRecord> {
     ])?;
     append_state(conn, f.job_id, f.attempt, f.state, f.at)?;
     conn.prepare_cached(
-        "INSERT INTO deliveries (delivery_id, job_id, kind, url, body, state, created_at, next_attempt_at) \
-         VALUES (?1, ?2, 'completion', ?3, ?4, 'pending', ?5, ?5)",
+        "INSERT INTO deliveries (delivery_id, job_id, kind, url, destination, body, state, created_at, next_attempt_at) \
+         VALUES (?1, ?2, 'completion', ?3, ?4, ?5, 'pending', ?6, ?6)",
     )?
     .execute(params![
         f.completion.id.as_str(),
         f.job_id.to_string(),
         f.completion.url.as_str(),
+        f.completion.url.origin().ascii_serialization(),
         f.completion.body,
         f.at.unix_ms(),
     ])?;
@@ -454,29 +455,13 @@ fn view_in(conn: &Connection, job_id: JobId) -> StoreResult<Option<JobView>> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let delivery = conn
-        .prepare_cached(
-            "SELECT delivery_id, state, attempts, last_status_code, last_error, next_attempt_at, delivered_at \
-             FROM deliveries WHERE job_id = ?1 AND kind = 'completion' ORDER BY created_at DESC LIMIT 1",
-        )?
-        .query_row([job_id.to_string()], |r| {
-            let state: String = r.get(1)?;
-            let state = match state.as_str() {
-                "pending" => DeliveryState::Pending,
-                "delivered" => DeliveryState::Delivered,
-                _ => DeliveryState::Dead,
-            };
-            Ok(DeliveryStatus {
-                delivery_id: r.get::<_, String>(0)?.parse().map_err(|e| conversion(0, e))?,
-                state,
-                attempts: r.get(2)?,
-                last_status_code: r.get(3)?,
-                last_error: r.get(4)?,
-                next_attempt_at: ts(r, 5)?.filter(|_| state == DeliveryState::Pending),
-                delivered_at: ts(r, 6)?,
-            })
-        })
-        .optional()?;
+    let filter = DeliveryFilter {
+        limit: 1,
+        ..DeliveryFilter::default()
+    };
+    let delivery = deliveries_in(conn, &filter, Some(job_id))?
+        .into_iter()
+        .next();
     Ok(Some(JobView {
         job,
         transitions,
@@ -489,12 +474,12 @@ fn claim_deliveries_in(
     now: Timestamp,
     lease_until: Timestamp,
     limit: usize,
-) -> StoreResult<Vec<Delivery>> {
+) -> StoreResult<Vec<DueDelivery>> {
     let mut stmt = conn.prepare_cached(
         "UPDATE deliveries SET lease_until = ?2 WHERE delivery_id IN ( \
              SELECT delivery_id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 \
              AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_attempt_at LIMIT ?3) \
-         RETURNING delivery_id, job_id, url, body, attempts, created_at",
+         RETURNING delivery_id, job_id, url, body, attempts, coalesce(redriven_at, created_at)",
     )?;
     let rows = stmt
         .query_map(
@@ -512,7 +497,7 @@ fn claim_deliveries_in(
         )?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(id, job_id, url, body, attempts, created_at)| {
+        .map(|(id, job_id, url, body, attempts, age_from)| {
             let corrupt = |reason: String| StoreError::Corrupt {
                 job_id: job_id.clone(),
                 reason,
@@ -522,7 +507,7 @@ fn claim_deliveries_in(
                 .map_err(|e: crate::contract::IdError| corrupt(e.to_string()))?;
             let record =
                 load_job(conn, job)?.ok_or_else(|| corrupt("delivery of a missing job".into()))?;
-            Ok(Delivery {
+            Ok(DueDelivery {
                 id: id
                     .parse()
                     .map_err(|e: std::convert::Infallible| corrupt(e.to_string()))?,
@@ -534,7 +519,7 @@ fn claim_deliveries_in(
                     .map_err(|e: url::ParseError| corrupt(e.to_string()))?,
                 body,
                 attempts,
-                created_at: Timestamp::from_unix_ms(created_at),
+                age_from: Timestamp::from_unix_ms(age_from),
             })
         })
         .collect()
@@ -543,7 +528,7 @@ fn claim_deliveries_in(
 fn record_attempt_in(
     conn: &Connection,
     id: &DeliveryId,
-    attempt: AttemptRecord,
+    attempt: DeliveryAttempt,
     outcome: AttemptOutcome,
 ) -> StoreResult<()> {
     let n: u32 = conn
@@ -574,6 +559,118 @@ fn record_attempt_in(
     )?
     .execute(params![id.as_str(), state, next, delivered])?;
     Ok(())
+}
+
+/// `WHERE` clause and arguments of a delivery filter (`d` is deliveries, `j` jobs).
+fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>) -> (String, Vec<rusqlite::types::Value>) {
+    let mut clauses = vec!["1 = 1".to_owned()];
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |clause: &str, value: rusqlite::types::Value| {
+        clauses.push(clause.to_owned());
+        args.push(value);
+    };
+    if let Some(job_id) = job_id {
+        add("d.job_id = ?", job_id.to_string().into());
+    }
+    if let Some(id) = &f.id {
+        add("d.delivery_id = ?", id.as_str().to_owned().into());
+    }
+    if let Some(state) = f.state {
+        add("d.state = ?", state.as_str().to_owned().into());
+    }
+    if let Some(job_name) = &f.job_name {
+        add("j.job_name = ?", job_name.as_str().to_owned().into());
+    }
+    if let Some(destination) = &f.destination {
+        add("d.destination = ?", destination.clone().into());
+    }
+    if let Some(since) = f.since {
+        add("d.created_at >= ?", since.unix_ms().into());
+    }
+    if let Some(until) = f.until {
+        add("d.created_at < ?", until.unix_ms().into());
+    }
+    (clauses.join(" AND "), args)
+}
+
+fn deliveries_in(
+    conn: &Connection,
+    f: &DeliveryFilter,
+    job_id: Option<JobId>,
+) -> StoreResult<Vec<DeliveryStatus>> {
+    let (filter, mut args) = filter_sql(f, job_id);
+    args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
+    let sql = format!(
+        "SELECT d.delivery_id, d.job_id, j.job_name, d.destination, d.state, d.attempts, d.created_at, \
+                d.last_status_code, d.last_error, d.next_attempt_at, d.delivered_at \
+         FROM deliveries d JOIN jobs j ON j.job_id = d.job_id WHERE {filter} \
+         ORDER BY d.created_at DESC, d.delivery_id DESC LIMIT ?"
+    );
+    let mut found = conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            let state: DeliveryState = parsed(r, 4)?;
+            Ok(DeliveryStatus {
+                delivery_id: parsed(r, 0)?,
+                job_id: parsed(r, 1)?,
+                job_name: parsed(r, 2)?,
+                destination: r.get(3)?,
+                state,
+                attempts: r.get(5)?,
+                created_at: Timestamp::from_unix_ms(r.get(6)?),
+                last_status_code: r.get(7)?,
+                last_error: r.get(8)?,
+                next_attempt_at: ts(r, 9)?.filter(|_| state == DeliveryState::Pending),
+                delivered_at: ts(r, 10)?,
+                history: Vec::new(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for delivery in &mut found {
+        delivery.history = history_in(conn, &delivery.delivery_id)?;
+    }
+    Ok(found)
+}
+
+fn history_in(conn: &Connection, id: &DeliveryId) -> StoreResult<Vec<DeliveryAttempt>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT at, status_code, error, latency_ms FROM delivery_attempts WHERE delivery_id = ?1 ORDER BY attempt",
+        )?
+        .query_map([id.as_str()], |r| {
+            Ok(DeliveryAttempt {
+                at: Timestamp::from_unix_ms(r.get(0)?),
+                status_code: r.get(1)?,
+                error: r.get(2)?,
+                latency_ms: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn redrive_in(
+    conn: &Connection,
+    f: &DeliveryFilter,
+    now: Timestamp,
+) -> StoreResult<Vec<DeliveryId>> {
+    let dead = DeliveryFilter {
+        state: Some(DeliveryState::Dead),
+        ..f.clone()
+    };
+    let (filter, mut args) = filter_sql(&dead, None);
+    args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
+    args.insert(0, now.unix_ms().into());
+    let sql = format!(
+        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, redriven_at = next_attempt_at, lease_until = NULL \
+         WHERE delivery_id IN (SELECT d.delivery_id FROM deliveries d JOIN jobs j ON j.job_id = d.job_id \
+                               WHERE {filter} ORDER BY d.created_at LIMIT ?) \
+         RETURNING delivery_id"
+    );
+    let ids = conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |r| parsed(r, 0))?
+        .collect::<Result<Vec<DeliveryId>, _>>()?;
+    Ok(ids)
 }
 
 #[async_trait]
@@ -628,7 +725,7 @@ impl Store for SqliteStore {
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
-    ) -> StoreResult<Vec<Delivery>> {
+    ) -> StoreResult<Vec<DueDelivery>> {
         self.write(move |conn| claim_deliveries_in(conn, now, lease_until, limit))
             .await
     }
@@ -646,11 +743,41 @@ impl Store for SqliteStore {
     async fn record_attempt(
         &self,
         id: &DeliveryId,
-        attempt: AttemptRecord,
+        attempt: DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<()> {
         let id = id.clone();
         self.write(move |conn| record_attempt_in(conn, &id, attempt, outcome))
+            .await
+    }
+
+    async fn release_leases(&self) -> StoreResult<usize> {
+        // One process owns an SQLite file, so every lease in it belonged to a dead process.
+        self.write(|conn| {
+            Ok(conn
+                .prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE state = 'pending' AND lease_until IS NOT NULL")?
+                .execute([])?)
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> StoreResult<Vec<DeliveryStatus>> {
+        self.read(move |conn| deliveries_in(conn, &filter, None))
+            .await
+    }
+
+    async fn redrive(&self, filter: DeliveryFilter) -> StoreResult<Vec<DeliveryId>> {
+        let now = Timestamp::now();
+        self.write(move |conn| redrive_in(conn, &filter, now)).await
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<DeliveryStatus>> {
+        let filter = DeliveryFilter {
+            id: Some(id),
+            limit: 1,
+            ..DeliveryFilter::default()
+        };
+        self.read(move |conn| Ok(deliveries_in(conn, &filter, None)?.into_iter().next()))
             .await
     }
 }

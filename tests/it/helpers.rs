@@ -60,8 +60,23 @@ impl Receiver {
         Self::answering(StatusCode::OK).await
     }
 
+    /// A receiver answering 200 on `addr` (a port reserved earlier).
+    pub async fn start_on(addr: std::net::SocketAddr) -> Self {
+        Self::serve(
+            tokio::net::TcpListener::bind(addr).await.unwrap(),
+            StatusCode::OK,
+        )
+    }
+
     /// A receiver that answers `status` to every completion.
     pub async fn answering(completion_status: StatusCode) -> Self {
+        Self::serve(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            completion_status,
+        )
+    }
+
+    fn serve(listener: tokio::net::TcpListener, completion_status: StatusCode) -> Self {
         let recorded = Arc::new(Mutex::new(Recorded {
             hits: Vec::new(),
             completion_status,
@@ -72,7 +87,6 @@ impl Receiver {
             .route("/progress", post(record))
             .route("/completion", post(record))
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, app.into_make_service())
@@ -85,6 +99,11 @@ impl Receiver {
             changed,
             _server: Arc::new(server),
         }
+    }
+
+    /// Changes what the receiver answers to completions from now on.
+    pub fn set_completion_status(&self, status: StatusCode) {
+        self.recorded.lock().unwrap().completion_status = status;
     }
 
     pub fn hits(&self, path: &str) -> Vec<Hit> {
@@ -165,6 +184,7 @@ pub struct Sidecar {
     pub dir: tempfile::TempDir,
     pub shared_root: PathBuf,
     pub config_path: PathBuf,
+    env: Vec<(String, String)>,
     child: Child,
 }
 
@@ -239,6 +259,15 @@ max_line_bytes = 4096
     }
 
     pub async fn start(receiver: &Receiver) -> Self {
+        Self::start_with_env(receiver, &[]).await
+    }
+
+    /// Starts with `AGENT_SIDECAR__*` overrides, e.g. `("CALLBACKS__MAX_AGE", "1s")`.
+    pub async fn start_with_env(receiver: &Receiver, env: &[(&str, &str)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| (format!("AGENT_SIDECAR__{k}"), (*v).to_owned()))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let shared_root = dir.path().join("shared_root");
         std::fs::create_dir_all(&shared_root).unwrap();
@@ -248,7 +277,7 @@ max_line_bytes = 4096
             Self::config_text(&shared_root, &dir.path().join("state.db"), receiver),
         )
         .unwrap();
-        Self::spawn(dir, shared_root, config_path)
+        Self::spawn(dir, shared_root, config_path, env)
     }
 
     /// SIGKILLs the process (a crash) and starts another on the same folder, database and
@@ -259,10 +288,20 @@ max_line_bytes = 4096
         let old_dir = std::mem::replace(&mut self.dir, dir);
         let shared_root = self.shared_root.clone();
         let config_path = self.config_path.clone();
-        Self::spawn(old_dir, shared_root, config_path)
+        Self::spawn(
+            old_dir,
+            shared_root,
+            config_path,
+            std::mem::take(&mut self.env),
+        )
     }
 
-    fn spawn(dir: tempfile::TempDir, shared_root: PathBuf, config_path: PathBuf) -> Self {
+    fn spawn(
+        dir: tempfile::TempDir,
+        shared_root: PathBuf,
+        config_path: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -273,6 +312,7 @@ max_line_bytes = 4096
             .arg(&config_path)
             .env("AGENT_SIDECAR_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -296,6 +336,7 @@ max_line_bytes = 4096
             dir,
             shared_root,
             config_path,
+            env,
             child,
         }
     }
@@ -393,6 +434,23 @@ impl Drop for Sidecar {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Re-checks `check` every 50 ms until it yields a value; fails the test after [`PATIENCE`].
+/// For conditions no event announces (a row the sidecar wrote).
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

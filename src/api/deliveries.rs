@@ -1,0 +1,122 @@
+//! Dead letters, visible and recoverable: `GET /deliveries`, `GET /deliveries/{id}`,
+//! `POST /deliveries/{id}/redrive` and the bulk `POST /deliveries/redrive`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use super::AppState;
+use crate::contract::{
+    DeliveryId, DeliveryList, DeliveryState, DeliveryStatus, FieldError, RedriveResult,
+};
+use crate::error::{ApiError, ErrorSource};
+use crate::store::{DeliveryFilter, DeliveryQuery};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/deliveries", get(list))
+        .route("/deliveries/redrive", post(redrive_matching))
+        .route("/deliveries/{delivery_id}", get(one))
+        .route("/deliveries/{delivery_id}/redrive", post(redrive_one))
+}
+
+fn filter(query: Result<Query<DeliveryQuery>, QueryRejection>) -> Result<DeliveryFilter, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::invalid(ErrorSource::Query, vec![FieldError::new("", e.body_text())])
+    })?;
+    query
+        .into_filter()
+        .map_err(|e| ApiError::invalid(ErrorSource::Query, e))
+}
+
+async fn list(
+    State(app): State<AppState>,
+    query: Result<Query<DeliveryQuery>, QueryRejection>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let deliveries = app
+        .inner
+        .store
+        .list_deliveries(filter(query)?)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(DeliveryList { deliveries }))
+}
+
+async fn one(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryStatus>, ApiError> {
+    find(&app, id).await.map(Json)
+}
+
+async fn find(app: &AppState, id: String) -> Result<DeliveryStatus, ApiError> {
+    let id: DeliveryId = id.parse().unwrap_or_else(|never| match never {});
+    app.inner
+        .store
+        .delivery(id.clone())
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))
+}
+
+/// Redrives one dead delivery; it keeps its delivery id.
+async fn redrive_one(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
+    let delivery = find(&app, id).await?;
+    if delivery.state != DeliveryState::Dead {
+        return Err(ApiError::conflict(
+            format!(
+                "delivery {} is {}, only dead deliveries are redriven",
+                delivery.delivery_id,
+                delivery.state.as_str()
+            ),
+            delivery.state.as_str(),
+        ));
+    }
+    let filter = DeliveryFilter {
+        id: Some(delivery.delivery_id),
+        limit: 1,
+        ..DeliveryFilter::default()
+    };
+    redrive(&app, filter).await
+}
+
+/// Redrives every dead delivery matching the query (`state`, if given, must be `dead`).
+async fn redrive_matching(
+    State(app): State<AppState>,
+    query: Result<Query<DeliveryQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
+    let filter = filter(query)?;
+    if filter.state.is_some_and(|s| s != DeliveryState::Dead) {
+        return Err(ApiError::invalid(
+            ErrorSource::Query,
+            vec![FieldError::new(
+                "/state",
+                "only dead deliveries are redriven",
+            )],
+        ));
+    }
+    redrive(&app, filter).await
+}
+
+async fn redrive(
+    app: &AppState,
+    filter: DeliveryFilter,
+) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
+    let redriven = app
+        .inner
+        .store
+        .redrive(filter)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    if !redriven.is_empty() {
+        tracing::info!(count = redriven.len(), "dead deliveries redriven");
+        app.inner.deliveries.wake();
+    }
+    Ok((StatusCode::ACCEPTED, Json(RedriveResult { redriven })))
+}

@@ -1,0 +1,261 @@
+//! The completion outbox: retries on schedule with a stable delivery id, dead letters that are
+//! visible and recoverable, and nothing lost across a crash.
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+async fn job_status(sidecar: &Sidecar, job_id: &str) -> Value {
+    sidecar.get(&format!("/jobs/{job_id}")).await.1
+}
+
+/// Waits until the job's completion delivery is in `state`.
+async fn delivery_in_state(sidecar: &Sidecar, job_id: &str, state: &str) -> Value {
+    eventually(&format!("delivery {state}"), || async {
+        let job = job_status(sidecar, job_id).await;
+        (job["delivery"]["state"] == state).then(|| job["delivery"].clone())
+    })
+    .await
+}
+
+fn jti(hit: &Hit) -> String {
+    verifier()
+        .verify_callback(hit.authorization.as_deref(), &hit.body)
+        .unwrap()
+        .jti
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_the_completion_once_it_is_up_with_the_same_id_on_a_backoff_schedule()
+ {
+    // Reserve a port, then free it: connections are refused until the receiver starts there.
+    let placeholder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = placeholder.local_addr().unwrap();
+    drop(placeholder);
+    let receiver_stub = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(
+        &receiver_stub,
+        &[
+            (
+                "CALLBACKS__ALLOWED_ORIGINS",
+                &format!("[\"http://{addr}\"]"),
+            ),
+            (
+                "CALLBACKS__RETRY_SCHEDULE",
+                "[\"0s\", \"300ms\", \"600ms\", \"900ms\"]",
+            ),
+        ],
+    )
+    .await;
+    let mut body = trigger(&receiver_stub, "failing_agent");
+    body["callback_urls"]["progress"] = format!("http://{addr}/progress").into();
+    body["callback_urls"]["completion"] = format!("http://{addr}/completion").into();
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    sidecar.write_job(&body);
+    assert_eq!(sidecar.post_trigger(&body).await.0, StatusCode::ACCEPTED);
+
+    let refused = eventually("three refused attempts", || async {
+        let job = job_status(&sidecar, &job_id).await;
+        (job["delivery"]["attempts"].as_u64() >= Some(3)).then_some(job["delivery"].clone())
+    })
+    .await;
+    let receiver = Receiver::start_on(addr).await;
+    let hit = receiver.completion(&job_id).await;
+    let delivered = delivery_in_state(&sidecar, &job_id, "delivered").await;
+    assert_eq!(
+        jti(&hit),
+        delivered["delivery_id"].as_str().unwrap(),
+        "jti is the delivery id"
+    );
+    assert_eq!(
+        hit.headers["webhook-id"],
+        delivered["delivery_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        refused["delivery_id"], delivered["delivery_id"],
+        "one delivery id across retries"
+    );
+
+    // Attempt times follow the schedule (each gap at least the scheduled delay less 20% jitter).
+    let times: Vec<i64> = delivered["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a["at"]
+                .as_str()
+                .unwrap()
+                .parse::<agent_sidecar::contract::Timestamp>()
+                .unwrap()
+                .unix_ms()
+        })
+        .collect();
+    let schedule_ms = [300, 600, 900, 900, 900, 900];
+    for (i, gap) in times.windows(2).map(|w| w[1] - w[0]).enumerate() {
+        assert!(
+            gap >= schedule_ms[i] * 8 / 10,
+            "gap {i} was {gap} ms, schedule says {} ms: {times:?}",
+            schedule_ms[i]
+        );
+    }
+    let history = delivered["history"].as_array().unwrap();
+    assert!(
+        history[0]["error"].as_str().unwrap().contains("connection"),
+        "{history:?}"
+    );
+    assert_eq!(history.last().unwrap()["status_code"], 200);
+}
+
+#[tokio::test]
+async fn a_receiver_answering_422_dead_letters_at_once_with_the_code_recorded() {
+    let receiver = Receiver::answering(StatusCode::UNPROCESSABLE_ENTITY).await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let body = trigger(&receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    run_job(&sidecar, &receiver, &body).await;
+    let dead = delivery_in_state(&sidecar, &job_id, "dead").await;
+    assert_eq!(
+        dead["attempts"], 1,
+        "a permanent error is not retried: {dead}"
+    );
+    assert_eq!(dead["last_status_code"], 422);
+    let (_, listed) = sidecar
+        .get("/deliveries?state=dead&job_name=ReportCompileJob")
+        .await;
+    let ids: Vec<&str> = listed["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["delivery_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [dead["delivery_id"].as_str().unwrap()]);
+    assert_eq!(receiver.hits("/completion").len(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_failing_past_its_age_limit_is_dead_lettered_and_a_redrive_delivers_it_with_its_id()
+ {
+    let receiver = Receiver::answering(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[("CALLBACKS__MAX_AGE", "1s")]).await;
+    let body = trigger(&receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    run_job(&sidecar, &receiver, &body).await;
+    let dead = delivery_in_state(&sidecar, &job_id, "dead").await;
+    assert_eq!(dead["last_status_code"], 500);
+    assert_eq!(
+        job_status(&sidecar, &job_id).await["state"],
+        "failed",
+        "the job's state is untouched"
+    );
+
+    receiver.set_completion_status(StatusCode::OK);
+    let id = dead["delivery_id"].as_str().unwrap();
+    let (status, redriven) = sidecar
+        .post_raw(&format!("/deliveries/{id}/redrive"), Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{redriven}");
+    let delivered = delivery_in_state(&sidecar, &job_id, "delivered").await;
+    assert_eq!(delivered["delivery_id"], id);
+    let last = receiver.hits("/completion").into_iter().last().unwrap();
+    assert_eq!(jti(&last), id, "a redriven delivery keeps its id");
+    assert_eq!(
+        last.body,
+        receiver.hits("/completion")[0].body,
+        "and its body"
+    );
+
+    let (status, again) = sidecar
+        .post_raw(&format!("/deliveries/{id}/redrive"), Vec::new())
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "only dead deliveries are redriven: {again}"
+    );
+}
+
+#[tokio::test]
+async fn bulk_redrive_by_filter_and_the_cli_see_the_same_dead_letters() {
+    let receiver = Receiver::answering(StatusCode::GONE).await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let body = trigger(&receiver, "failing_agent");
+        run_job(&sidecar, &receiver, &body).await;
+        ids.push(delivery_in_state(&sidecar, body["job_id"].as_str().unwrap(), "dead").await["delivery_id"].clone());
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(["deliveries", "list", "--state", "dead", "--config"])
+        .arg(&sidecar.config_path)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in &ids {
+        assert!(
+            listed.contains(id.as_str().unwrap()),
+            "{id} missing from {listed}"
+        );
+    }
+    assert!(listed.contains("HTTP 410"), "{listed}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(["deliveries", "list", "--state", "buried", "--config"])
+        .arg(&sidecar.config_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--state"),
+        "the bad flag is named"
+    );
+
+    receiver.set_completion_status(StatusCode::OK);
+    let (status, result) = sidecar
+        .post_raw(
+            "/deliveries/redrive?state=dead&job_name=ReportCompileJob",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(result["redriven"].as_array().unwrap().len(), 2, "{result}");
+    receiver
+        .wait_until("both redriven completions", |hits| {
+            hits.iter().filter(|h| h.path == "/completion").count() >= 4
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_completion_pending_when_the_sidecar_is_killed_is_delivered_after_restart() {
+    let receiver = Receiver::answering(StatusCode::SERVICE_UNAVAILABLE).await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let body = trigger(&receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    let refused = run_job(&sidecar, &receiver, &body).await;
+    receiver.set_completion_status(StatusCode::OK);
+    let sidecar = sidecar.crash_and_restart();
+    let delivered = delivery_in_state(&sidecar, &job_id, "delivered").await;
+    let last = receiver.hits("/completion").into_iter().last().unwrap();
+    assert_eq!(
+        jti(&last),
+        jti(&refused),
+        "the same delivery id after the restart"
+    );
+    assert_eq!(delivered["delivery_id"], jti(&last).as_str());
+}
+
+#[tokio::test]
+async fn a_bad_delivery_query_names_the_parameter() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let (status, answer) = sidecar.get("/deliveries?since=yesterday").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["errors"][0]["source"], "query");
+    assert_eq!(answer["errors"][0]["pointer"], "/since");
+}
