@@ -211,6 +211,7 @@ fn agents_toml() -> String {
         agent("with_child", t.join("with_child.py"), "1s"),
         agent("chatty", t.join("chatty.py"), "120s"),
         agent("symlinker", t.join("symlinker.py"), "60s"),
+        agent("burst", t.join("burst.py"), "60s"),
         agent("env_dump", t.join("env_dump.py"), "60s")
             + "env = { AGENT_EXTRA = \"from-config\" }\n",
     ]
