@@ -150,7 +150,59 @@ struct RawCallbacks {
     max_age: Duration,
     #[serde(default = "default_index_max")]
     output_index_max_bytes: usize,
+    #[serde(default)]
+    allowed_networks: Vec<String>,
+    #[serde(default = "default_breaker_threshold")]
+    breaker_threshold: u32,
+    #[serde(default = "default_breaker_cooldown", with = "humantime_serde")]
+    breaker_cooldown: Duration,
+    #[serde(default = "default_per_destination")]
+    per_destination_concurrency: usize,
     jwt: RawJwt,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    standard_webhooks: RawStandardWebhooks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    client_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStandardWebhooks {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    secrets: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: String,
+    algorithm: String,
+    private_key_file: PathBuf,
+    #[serde(default)]
+    signing: bool,
+}
+
+fn default_breaker_threshold() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_per_destination() -> usize {
+    8
 }
 
 fn default_timeout() -> Duration {
@@ -185,6 +237,8 @@ struct RawJwt {
     secret_file: Option<PathBuf>,
     #[serde(default = "default_jwt_ttl", with = "humantime_serde")]
     ttl: Duration,
+    #[serde(default)]
+    keys: Vec<RawKey>,
 }
 
 fn default_jwt_ttl() -> Duration {
@@ -244,6 +298,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// `[agents.NAME]`: the agent registry.
     pub agents: BTreeMap<AgentName, Arc<AgentConfig>>,
+    /// The file this was loaded from (reloaded on SIGHUP).
+    pub source: Option<PathBuf>,
 }
 
 /// `[server]`: the HTTP API.
@@ -292,8 +348,22 @@ pub struct CallbacksConfig {
     pub max_age: Duration,
     /// Largest `output_index` sent inline; a larger summary is replaced by a pointer.
     pub output_index_max_bytes: usize,
+    /// Private, loopback and link-local networks a callback host may resolve to; any other
+    /// such address is refused (DNS rebinding). Origins written as IP literals are allowed as
+    /// written.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    /// Consecutive failures to one origin that open its circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker holds deliveries to its origin.
+    pub breaker_cooldown: Duration,
+    /// Attempts in flight to one origin at once.
+    pub per_destination_concurrency: usize,
     /// `[callbacks.jwt]`.
     pub jwt: JwtConfig,
+    /// `[callbacks.tls]`.
+    pub tls: TlsConfig,
+    /// `[callbacks.standard_webhooks]`.
+    pub standard_webhooks: StandardWebhooksConfig,
 }
 
 /// `[callbacks.jwt]`: signing of callbacks.
@@ -303,10 +373,69 @@ pub struct JwtConfig {
     pub issuer: String,
     /// `aud` claim.
     pub audience: String,
-    /// HS256 key.
-    pub secret: Secret,
+    /// HS256 key; signs when no asymmetric key is marked `signing`.
+    pub secret: Option<Secret>,
     /// Lifetime of each token (`exp - iat`).
     pub ttl: Duration,
+    /// `[[callbacks.jwt.keys]]`: asymmetric keys, all published in the JWKS.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// Algorithms of asymmetric signing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    Rs256,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "RS256" => Ok(Self::Rs256),
+            "ES256" => Ok(Self::Es256),
+            "EdDSA" => Ok(Self::EdDsa),
+            other => Err(format!("{other:?} is not one of RS256, ES256, EdDSA")),
+        }
+    }
+}
+
+/// One asymmetric key; its private key file is read when the transport is built (and reread
+/// on reload), so rotating a key is replacing a file and sending SIGHUP.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// Key id (`kid`), published in the JWKS and set in each token's header.
+    pub kid: String,
+    /// Its algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// PEM (PKCS#8, or PKCS#1 for RSA) private key.
+    pub private_key_file: PathBuf,
+    /// Whether this key signs; the others are only published.
+    pub signing: bool,
+}
+
+/// `[callbacks.tls]`: the client side of mutual TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// PEM bundle of the CAs trusted for callback servers; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to Rails.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// `[callbacks.standard_webhooks]`: optional Standard Webhooks signature headers.
+#[derive(Debug, Clone, Default)]
+pub struct StandardWebhooksConfig {
+    /// Whether `webhook-timestamp` and `webhook-signature` are sent.
+    pub enabled: bool,
+    /// `whsec_…` secrets; each signs (`v1,…`) so rotation is seamless.
+    pub secrets: Vec<Secret>,
 }
 
 /// `[jobs]`: what may run and how much at once.
@@ -394,6 +523,7 @@ impl Config {
             callbacks: resolve_callbacks(raw.callbacks, base)?,
             jobs,
             agents,
+            source: None,
         };
         if cfg.agents.is_empty() {
             return Err(invalid("agents", "at least one [agents.NAME] is required"));
@@ -503,24 +633,64 @@ fn resolve_callbacks(raw: RawCallbacks, base: &Path) -> Result<CallbacksConfig, 
         retry_schedule,
         max_age: raw.max_age,
         output_index_max_bytes: raw.output_index_max_bytes,
+        allowed_networks: raw
+            .allowed_networks
+            .iter()
+            .map(|n| {
+                n.parse().map_err(|e| {
+                    invalid(
+                        "callbacks.allowed_networks",
+                        format!("{n:?}: {e} (expected a CIDR such as 10.0.0.0/8)"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        breaker_threshold: raw.breaker_threshold.max(1),
+        breaker_cooldown: raw.breaker_cooldown,
+        per_destination_concurrency: raw.per_destination_concurrency.max(1),
         jwt: resolve_jwt(raw.jwt, base)?,
+        tls: TlsConfig {
+            ca_file: raw.tls.ca_file.map(|p| base.join(p)),
+            client_cert_file: raw.tls.client_cert_file.map(|p| base.join(p)),
+            client_key_file: raw.tls.client_key_file.map(|p| base.join(p)),
+        },
+        standard_webhooks: resolve_standard_webhooks(raw.standard_webhooks)?,
+    })
+}
+
+fn resolve_standard_webhooks(
+    raw: RawStandardWebhooks,
+) -> Result<StandardWebhooksConfig, ConfigError> {
+    if raw.enabled && raw.secrets.is_empty() {
+        return Err(invalid(
+            "callbacks.standard_webhooks.secrets",
+            "at least one whsec_ secret is required when enabled",
+        ));
+    }
+    if let Some(bad) = raw.secrets.iter().position(|s| !s.starts_with("whsec_")) {
+        return Err(invalid(
+            "callbacks.standard_webhooks.secrets",
+            format!("entry {bad} does not start with whsec_"),
+        ));
+    }
+    Ok(StandardWebhooksConfig {
+        enabled: raw.enabled,
+        secrets: raw.secrets.into_iter().map(Secret::new).collect(),
     })
 }
 
 fn resolve_jwt(raw: RawJwt, base: &Path) -> Result<JwtConfig, ConfigError> {
     let secret = match (raw.secret, raw.secret_file) {
-        (Some(s), None) => s,
+        (Some(s), None) => Some(s),
         (None, Some(file)) => {
             let path = base.join(file);
-            std::fs::read_to_string(&path)
-                .map_err(|e| {
-                    invalid(
-                        "callbacks.jwt.secret_file",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned()
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "callbacks.jwt.secret_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
         }
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -528,24 +698,51 @@ fn resolve_jwt(raw: RawJwt, base: &Path) -> Result<JwtConfig, ConfigError> {
                 "set either secret or secret_file, not both",
             ));
         }
-        (None, None) => {
-            return Err(invalid(
-                "callbacks.jwt",
-                "secret or secret_file is required",
-            ));
-        }
+        (None, None) => None,
     };
-    if secret.len() < 32 {
+    if secret.as_ref().is_some_and(|s| s.len() < 32) {
         return Err(invalid(
             "callbacks.jwt.secret",
             "must be at least 32 bytes for HS256",
         ));
     }
+    let keys: Vec<KeyConfig> = raw
+        .keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            Ok(KeyConfig {
+                algorithm: k
+                    .algorithm
+                    .parse()
+                    .map_err(|e| invalid(format!("callbacks.jwt.keys[{i}].algorithm"), e))?,
+                kid: k.kid,
+                private_key_file: base.join(k.private_key_file),
+                signing: k.signing,
+            })
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    match keys.iter().filter(|k| k.signing).count() {
+        0 if secret.is_none() => {
+            return Err(invalid(
+                "callbacks.jwt",
+                "needs a secret (HS256) or a key with signing = true",
+            ));
+        }
+        0 | 1 => {}
+        _ => {
+            return Err(invalid(
+                "callbacks.jwt.keys",
+                "only one key may have signing = true",
+            ));
+        }
+    }
     Ok(JwtConfig {
         issuer: raw.issuer,
         audience: raw.audience,
-        secret: Secret::new(secret),
+        secret: secret.map(Secret::new),
         ttl: raw.ttl,
+        keys,
     })
 }
 

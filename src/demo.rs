@@ -154,7 +154,11 @@ async fn start_receiver(
     config: &Config,
 ) -> anyhow::Result<(String, mpsc::UnboundedReceiver<Received>)> {
     let jwt = &config.callbacks.jwt;
-    let verifier = Verifier::hs256(jwt.secret.expose().as_bytes(), &jwt.issuer, &jwt.audience);
+    let secret = jwt
+        .secret
+        .as_ref()
+        .context("the demo verifies HS256 tokens: set callbacks.jwt.secret")?;
+    let verifier = Verifier::hs256(secret.expose().as_bytes(), &jwt.issuer, &jwt.audience);
     let (tx, rx) = mpsc::unbounded_channel();
     let state = Receiver {
         verifier: std::sync::Arc::new(verifier),

@@ -67,13 +67,8 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let deliveries = Deliveries::new(
-        Arc::clone(&store),
-        config.callbacks.clone(),
-        tracker.clone(),
-        cancel.clone(),
-    )
-    .context("cannot build the callback HTTP client")?;
+    let deliveries = Deliveries::new(Arc::clone(&store), &config, tracker.clone(), cancel.clone())
+        .context("cannot load the callback keys and certificates")?;
     let runner = Runner::new(
         Arc::clone(&store),
         Arc::clone(&config),
@@ -107,6 +102,7 @@ pub async fn run(
             .run()
             .instrument(info_span!("outbox")),
     );
+    tracker.spawn(reload_on_sighup(Arc::clone(&deliveries), cancel.clone()));
     tracker.spawn(
         Arc::clone(&runner)
             .run()
@@ -137,4 +133,24 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     served.context("HTTP server failed")
+}
+
+/// Reloads callback keys and certificates on SIGHUP (`systemctl reload`); a failed reload keeps
+/// the ones in force and says why.
+async fn reload_on_sighup(deliveries: Arc<Deliveries>, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Err(reason) = deliveries.reload() {
+                    tracing::error!(%reason, "reload refused; the current keys and certificates stay in force");
+                }
+            }
+            () = cancel.cancelled() => return,
+        }
+    }
 }

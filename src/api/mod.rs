@@ -2,6 +2,7 @@
 
 mod deliveries;
 mod jobs;
+mod keys;
 mod trigger;
 
 use std::path::PathBuf;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(trigger::router())
         .merge(jobs::router())
         .merge(deliveries::router())
+        .merge(keys::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -3,32 +3,35 @@
 //! Completions go through the durable outbox: [`Store::finish`] writes the callback in the same
 //! transaction as the terminal state, and [`Deliveries::run`] leases due rows, posts them and
 //! records every attempt, retrying on [`schedule`] until the age limit, then dead-lettering.
-//! Progress is best effort and coalesced: one poster per job sends the newest event, at most one
-//! post in flight, with a minimum interval between posts; a completion waits until the job's
-//! poster is done. Nothing a receiver does changes a job's state.
+//! Each origin has a concurrency limit and a circuit breaker. Progress is best effort and
+//! coalesced: one poster per job sends the newest event, at most one post in flight, with a
+//! minimum interval between posts; a completion waits until the job's poster is done. Nothing a
+//! receiver does changes a job's state.
 
 pub mod schedule;
 pub mod sign;
+pub mod transport;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use url::Url;
 
-use crate::config::CallbacksConfig;
-use crate::contract::DeliveryAttempt;
-use crate::contract::{JobId, JobState, ProgressCallback};
+use crate::config::{CallbacksConfig, Config};
+use crate::contract::{DeliveryAttempt, JobId, JobState, ProgressCallback, Timestamp};
 use crate::store::{AttemptOutcome, DueDelivery, Store};
 use schedule::Failure;
-use sign::{CallbackEvent, Signer, TokenFor};
+use sign::{CallbackEvent, TokenFor};
+pub use transport::{Transport, TransportError};
 
-/// Completion attempts in flight at once.
+/// Completion attempts in flight at once, across destinations.
 const MAX_IN_FLIGHT: usize = 32;
 /// Bytes of an error response kept with the attempt.
 const ERROR_BODY_BYTES: usize = 512;
@@ -40,26 +43,22 @@ pub fn origin_allowed(cfg: &CallbacksConfig, url: &Url) -> bool {
         .contains(&url.origin().ascii_serialization())
 }
 
-/// The one HTTP client for callbacks: no redirects, no proxies, bounded time.
-pub fn http_client(cfg: &CallbacksConfig) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(cfg.timeout)
-        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
-        .no_proxy()
-        .user_agent(concat!("agent-sidecar/", env!("CARGO_PKG_VERSION")))
-        .tls_backend_rustls()
-        .build()
+/// Per-origin state: a concurrency limit and a circuit breaker.
+struct Destination {
+    slots: Arc<Semaphore>,
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
 }
 
 /// The delivery side of the sidecar: the outbox worker and the per-job progress posters.
 pub struct Deliveries {
     store: Arc<dyn Store>,
-    client: reqwest::Client,
-    signer: Signer,
+    transport: RwLock<Arc<Transport>>,
+    source: Option<PathBuf>,
     cfg: CallbacksConfig,
     wake: Notify,
     in_flight: Arc<Semaphore>,
+    destinations: Mutex<HashMap<String, Destination>>,
     progress_done: Mutex<HashMap<JobId, watch::Receiver<bool>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -80,30 +79,56 @@ enum PostResult {
     Refused(String),
 }
 
+impl PostResult {
+    /// Whether this counts against the destination's circuit breaker.
+    fn is_destination_failure(&self) -> bool {
+        match self {
+            Self::Acknowledged(_) | Self::Refused(_) => false,
+            Self::Rejected { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            Self::Failed { .. } => true,
+        }
+    }
+}
+
 impl Deliveries {
-    /// Builds the delivery side; tasks are spawned on `tracker` and stop with `cancel`.
+    /// Builds the delivery side from `config` (reloaded from `config.source` on
+    /// [`Deliveries::reload`]); tasks are spawned on `tracker` and stop with `cancel`.
     pub fn new(
         store: Arc<dyn Store>,
-        cfg: CallbacksConfig,
+        config: &Config,
         tracker: TaskTracker,
         cancel: CancellationToken,
-    ) -> reqwest::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, TransportError> {
         Ok(Arc::new(Self {
-            client: http_client(&cfg)?,
-            signer: Signer::new(&cfg.jwt),
+            transport: RwLock::new(Arc::new(Transport::build(&config.callbacks)?)),
+            source: config.source.clone(),
+            cfg: config.callbacks.clone(),
             store,
-            cfg,
             wake: Notify::new(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            destinations: Mutex::new(HashMap::new()),
             progress_done: Mutex::new(HashMap::new()),
             tracker,
             cancel,
         }))
     }
 
-    /// The signer, for the `sig` of completion bodies.
-    pub fn signer(&self) -> &Signer {
-        &self.signer
+    /// The current client and keys (for the `sig` of completion bodies and the JWKS).
+    pub fn transport(&self) -> Arc<Transport> {
+        Arc::clone(&self.transport.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Rereads the config file's keys and certificates and switches to them; on any error the
+    /// current ones stay in force.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(source) = &self.source else {
+            return Err("no config file to reload from".into());
+        };
+        let config = Config::load(source).map_err(|e| e.to_string())?;
+        let fresh = Transport::build(&config.callbacks).map_err(|e| e.to_string())?;
+        *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        info!("callback keys and certificates reloaded");
+        Ok(())
     }
 
     /// Tells the outbox worker that a new callback is waiting.
@@ -114,7 +139,7 @@ impl Deliveries {
     /// The outbox worker: leases due completions and attempts them until cancelled.
     pub async fn run(self: Arc<Self>) {
         loop {
-            let now = crate::contract::Timestamp::now();
+            let now = Timestamp::now();
             let lease_until = now.plus(self.cfg.timeout * 2 + Duration::from_secs(30));
             match self
                 .store
@@ -123,18 +148,9 @@ impl Deliveries {
             {
                 Ok(batch) => {
                     for delivery in batch {
-                        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                        if !self.dispatch(delivery).await {
                             return;
-                        };
-                        let this = Arc::clone(&self);
-                        let span = info_span!("delivery", delivery.id = %delivery.id, job.id = %delivery.job_id, job.name = %delivery.job_name);
-                        self.tracker.spawn(
-                            async move {
-                                this.attempt(delivery).await;
-                                drop(permit);
-                            }
-                            .instrument(span),
-                        );
+                        }
                     }
                 }
                 Err(e) => error!(error = %e, "cannot read the outbox"),
@@ -148,7 +164,66 @@ impl Deliveries {
         }
     }
 
-    async fn until_next_due(&self, now: crate::contract::Timestamp) -> Duration {
+    /// Starts one attempt, or defers it while its destination's breaker is open. `false` when
+    /// shutting down.
+    async fn dispatch(self: &Arc<Self>, delivery: DueDelivery) -> bool {
+        let origin = delivery.url.origin().ascii_serialization();
+        let (slots, open_until) = self.destination(&origin);
+        if let Some(until) = open_until {
+            let wait = until.saturating_duration_since(Instant::now());
+            let resume = Timestamp::now().plus(wait);
+            debug!(delivery.id = %delivery.id, %origin, "circuit open; delivery deferred");
+            if let Err(e) = self.store.defer(&delivery.id, resume).await {
+                error!(error = %e, "cannot defer a delivery");
+            }
+            return true;
+        }
+        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            return false;
+        };
+        let this = Arc::clone(self);
+        let span = info_span!("delivery", delivery.id = %delivery.id, job.id = %delivery.job_id, job.name = %delivery.job_name);
+        self.tracker.spawn(
+            async move {
+                // Waiting for a slot of this origin does not hold up other origins.
+                if let Ok(slot) = slots.acquire_owned().await {
+                    this.attempt(delivery, origin, slot).await;
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+        true
+    }
+
+    fn destination(&self, origin: &str) -> (Arc<Semaphore>, Option<Instant>) {
+        let mut all = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let d = all.entry(origin.to_owned()).or_insert_with(|| Destination {
+            slots: Arc::new(Semaphore::new(self.cfg.per_destination_concurrency)),
+            consecutive_failures: 0,
+            open_until: None,
+        });
+        let open = d.open_until.filter(|until| *until > Instant::now());
+        (Arc::clone(&d.slots), open)
+    }
+
+    /// Counts a result against its origin's breaker; opens it after too many failures in a row.
+    fn count(&self, origin: &str, failed: bool) {
+        let mut all = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = all.get_mut(origin) else { return };
+        if !failed {
+            d.consecutive_failures = 0;
+            d.open_until = None;
+            return;
+        }
+        d.consecutive_failures += 1;
+        if d.consecutive_failures >= self.cfg.breaker_threshold {
+            d.open_until = Some(Instant::now() + self.cfg.breaker_cooldown);
+            warn!(%origin, failures = d.consecutive_failures, cooldown = ?self.cfg.breaker_cooldown, "circuit breaker open: holding deliveries to this origin");
+        }
+    }
+
+    async fn until_next_due(&self, now: Timestamp) -> Duration {
         match self.store.next_delivery_due().await {
             Ok(Some(at)) => {
                 Duration::from_millis(at.millis_since(now)).min(Duration::from_secs(60))
@@ -161,11 +236,12 @@ impl Deliveries {
         }
     }
 
-    async fn attempt(&self, d: DueDelivery) {
+    async fn attempt(&self, d: DueDelivery, origin: String, _slot: OwnedSemaphorePermit) {
         self.progress_drained(d.job_id).await;
-        let at = crate::contract::Timestamp::now();
+        let at = Timestamp::now();
         let started = Instant::now();
-        let token = self.signer.callback_token(
+        let transport = self.transport();
+        let token = transport.signer.callback_token(
             &TokenFor {
                 event: CallbackEvent::Completion,
                 job_id: d.job_id,
@@ -177,9 +253,10 @@ impl Deliveries {
             jsonwebtoken::get_current_timestamp(),
         );
         let result = self
-            .post(&d.url, d.body.clone(), &token, d.id.as_str())
+            .post(&transport, &d.url, d.body.clone(), &token, d.id.as_str())
             .await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.count(&origin, result.is_destination_failure());
         let (record, outcome) = self.judge(&d, at, latency_ms, result);
         self.log_outcome(&d, &record, outcome);
         match self.store.record_attempt(&d.id, record, outcome).await {
@@ -193,7 +270,7 @@ impl Deliveries {
     fn judge(
         &self,
         d: &DueDelivery,
-        at: crate::contract::Timestamp,
+        at: Timestamp,
         latency_ms: u64,
         result: PostResult,
     ) -> (DeliveryAttempt, AttemptOutcome) {
@@ -222,6 +299,13 @@ impl Deliveries {
             PostResult::Acknowledged(status) => {
                 record.status_code = Some(status);
                 AttemptOutcome::Delivered
+            }
+            PostResult::Rejected {
+                status: 401, body, ..
+            } => {
+                record.status_code = Some(401);
+                record.error = Some(body);
+                self.after_unauthorized(d, at)
             }
             PostResult::Rejected {
                 status,
@@ -260,6 +344,18 @@ impl Deliveries {
         (record, outcome)
     }
 
+    /// A 401 may mean Rails rotated keys before we did: reload ours and retry once, at once.
+    /// A second 401 in a row is permanent.
+    fn after_unauthorized(&self, d: &DueDelivery, at: Timestamp) -> AttemptOutcome {
+        if d.last_status_code == Some(401) {
+            return AttemptOutcome::Dead;
+        }
+        if let Err(reason) = self.reload() {
+            warn!(%reason, "401 from the receiver; keys not reloaded");
+        }
+        AttemptOutcome::RetryAt(at)
+    }
+
     fn log_outcome(&self, d: &DueDelivery, record: &DeliveryAttempt, outcome: AttemptOutcome) {
         let destination = d.url.origin().ascii_serialization();
         let attempt = d.attempts + 1;
@@ -285,24 +381,34 @@ impl Deliveries {
         }
     }
 
-    async fn post(&self, url: &Url, body: Vec<u8>, token: &str, id: &str) -> PostResult {
+    async fn post(
+        &self,
+        transport: &Transport,
+        url: &Url,
+        body: Vec<u8>,
+        token: &str,
+        id: &str,
+    ) -> PostResult {
         if !origin_allowed(&self.cfg, url) {
             return PostResult::Refused(format!(
                 "origin {} is not in callbacks.allowed_origins",
                 url.origin().ascii_serialization()
             ));
         }
-        let sent = self
+        let mut request = transport
             .client
             .post(url.clone())
             .header(AUTHORIZATION, format!("Bearer {token}"))
             .header(CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", id)
-            .header("webhook-id", id)
-            .body(body)
-            .send()
-            .await;
-        let mut response = match sent {
+            .header("webhook-id", id);
+        let timestamp = jsonwebtoken::get_current_timestamp();
+        if let Some(signature) = transport.signer.webhook_signature(id, timestamp, &body) {
+            request = request
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature);
+        }
+        let mut response = match request.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
                 return PostResult::Failed {
@@ -399,7 +505,8 @@ impl Deliveries {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
             }
-            let token = self.signer.callback_token(
+            let transport = self.transport();
+            let token = transport.signer.callback_token(
                 &TokenFor {
                     event: CallbackEvent::Progress,
                     job_id: event.job_id,
@@ -410,7 +517,7 @@ impl Deliveries {
                 },
                 jsonwebtoken::get_current_timestamp(),
             );
-            match self.post(url, body.clone(), &token, &id).await {
+            match self.post(&transport, url, body.clone(), &token, &id).await {
                 PostResult::Acknowledged(_) => return,
                 PostResult::Refused(reason) => {
                     warn!(%reason, "progress callback refused");

@@ -1,12 +1,19 @@
-//! Callback signatures (pure, no IO): the `Authorization: Bearer` JWT minted per attempt, the
-//! `sig` JWT inside the completion body, and their verification (used by the demo receiver and
-//! by tests; Rails does the same with ruby-jwt).
+//! Callback signatures (pure, no network): the `Authorization: Bearer` JWT minted per attempt,
+//! the `sig` JWT inside the completion body, the JWKS that publishes the public keys, the
+//! optional Standard Webhooks headers, and verification (used by the demo receiver and tests;
+//! Rails does the same with ruby-jwt).
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::JwtConfig;
+use crate::config::{CallbacksConfig, KeyAlgorithm, KeyConfig};
 use crate::contract::{JobId, JobName, JobState};
 use crate::runner::outputs::hex;
 
@@ -64,12 +71,44 @@ pub struct SigClaims {
     pub user_id: String,
 }
 
+/// Why the signing keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A key file could not be read.
+    #[error("key {kid}: cannot read {path}: {source}")]
+    Read {
+        /// Key id.
+        kid: String,
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A key file is not a key of its configured algorithm.
+    #[error("key {kid}: {reason}")]
+    Invalid {
+        /// Key id.
+        kid: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A Standard Webhooks secret is not `whsec_` + base64.
+    #[error("callbacks.standard_webhooks.secrets[{index}] is not whsec_ followed by base64")]
+    WebhookSecret {
+        /// Position in the list.
+        index: usize,
+    },
+}
+
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// No `Authorization: Bearer` header.
     #[error("missing bearer token")]
     Missing,
+    /// The token names a key the verifier does not know.
+    #[error("unknown signing key {0:?}")]
+    UnknownKey(Option<String>),
     /// Bad signature, expired, wrong audience or issuer...
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
@@ -78,12 +117,27 @@ pub enum VerifyError {
     BodyMismatch,
 }
 
-/// Signs callbacks with the configured HS256 key.
-pub struct Signer {
+struct SigningKey {
     key: EncodingKey,
+    algorithm: Algorithm,
+    kid: Option<String>,
+}
+
+/// Signs callbacks: one signing key (HS256 secret or an asymmetric key), every asymmetric key
+/// published in the JWKS, and the Standard Webhooks keys.
+pub struct Signer {
+    signing: SigningKey,
     issuer: String,
     audience: String,
     ttl_secs: u64,
+    jwks: JwkSet,
+    webhooks: Option<WebhookKeys>,
+}
+
+/// Keys of the Standard Webhooks `webhook-signature` header: every active key signs.
+struct WebhookKeys {
+    hmac: Vec<ring::hmac::Key>,
+    ed25519: Vec<Ed25519KeyPair>,
 }
 
 /// What one callback token covers.
@@ -102,15 +156,121 @@ pub struct TokenFor<'a> {
     pub body: &'a [u8],
 }
 
+fn jwt_algorithm(a: KeyAlgorithm) -> Algorithm {
+    match a {
+        KeyAlgorithm::Rs256 => Algorithm::RS256,
+        KeyAlgorithm::Es256 => Algorithm::ES256,
+        KeyAlgorithm::EdDsa => Algorithm::EdDSA,
+    }
+}
+
+/// A private key file: its PEM text and the DER inside (PKCS#8, or PKCS#1 for RSA).
+fn read_key(k: &KeyConfig) -> Result<(Vec<u8>, Vec<u8>), KeyError> {
+    let pem = std::fs::read(&k.private_key_file).map_err(|source| KeyError::Read {
+        kid: k.kid.clone(),
+        path: k.private_key_file.display().to_string(),
+        source,
+    })?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| KeyError::Invalid {
+        kid: k.kid.clone(),
+        reason: format!("not a PEM private key: {e}"),
+    })?;
+    let der = der.secret_der().to_vec();
+    Ok((pem, der))
+}
+
+fn encoding_key(k: &KeyConfig, pem: &[u8], der: &[u8]) -> Result<EncodingKey, KeyError> {
+    let key = match k.algorithm {
+        KeyAlgorithm::Rs256 => EncodingKey::from_rsa_pem(pem),
+        KeyAlgorithm::Es256 => EncodingKey::from_ec_pem(pem),
+        KeyAlgorithm::EdDsa => Ok(EncodingKey::from_ed_der(der)),
+    };
+    key.map_err(|e| KeyError::Invalid {
+        kid: k.kid.clone(),
+        reason: e.to_string(),
+    })
+}
+
+fn public_jwk(k: &KeyConfig, key: &EncodingKey) -> Result<Jwk, KeyError> {
+    let mut jwk =
+        Jwk::from_encoding_key(key, jwt_algorithm(k.algorithm)).map_err(|e| KeyError::Invalid {
+            kid: k.kid.clone(),
+            reason: format!("not a {:?} private key: {e}", k.algorithm),
+        })?;
+    jwk.common.key_id = Some(k.kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok(jwk)
+}
+
 impl Signer {
-    /// A signer for `[callbacks.jwt]`.
-    pub fn new(cfg: &JwtConfig) -> Self {
-        Self {
-            key: EncodingKey::from_secret(cfg.secret.expose().as_bytes()),
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
-            ttl_secs: cfg.ttl.as_secs().max(1),
+    /// Loads every configured key (reading key files now).
+    pub fn load(cfg: &CallbacksConfig) -> Result<Self, KeyError> {
+        let jwt = &cfg.jwt;
+        let mut signing = jwt.secret.as_ref().map(|secret| SigningKey {
+            key: EncodingKey::from_secret(secret.expose().as_bytes()),
+            algorithm: Algorithm::HS256,
+            kid: None,
+        });
+        let mut jwks = JwkSet { keys: Vec::new() };
+        let mut ed25519 = Vec::new();
+        for k in &jwt.keys {
+            let (pem, der) = read_key(k)?;
+            let key = encoding_key(k, &pem, &der)?;
+            jwks.keys.push(public_jwk(k, &key)?);
+            if k.algorithm == KeyAlgorithm::EdDsa {
+                ed25519.push(
+                    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| {
+                        KeyError::Invalid {
+                            kid: k.kid.clone(),
+                            reason: format!("not an Ed25519 PKCS#8 key: {e}"),
+                        }
+                    })?,
+                );
+            }
+            if k.signing {
+                signing = Some(SigningKey {
+                    key,
+                    algorithm: jwt_algorithm(k.algorithm),
+                    kid: Some(k.kid.clone()),
+                });
+            }
         }
+        let webhooks = if cfg.standard_webhooks.enabled {
+            let hmac = cfg
+                .standard_webhooks
+                .secrets
+                .iter()
+                .enumerate()
+                .map(|(index, s)| {
+                    let bytes = s
+                        .expose()
+                        .strip_prefix("whsec_")
+                        .and_then(|b| B64.decode(b).ok())
+                        .ok_or(KeyError::WebhookSecret { index })?;
+                    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+                })
+                .collect::<Result<_, KeyError>>()?;
+            Some(WebhookKeys { hmac, ed25519 })
+        } else {
+            None
+        };
+        let signing = signing.ok_or_else(|| KeyError::Invalid {
+            kid: String::new(),
+            reason: "no signing key: set callbacks.jwt.secret or a key with signing = true".into(),
+        })?;
+        Ok(Self {
+            signing,
+            issuer: jwt.issuer.clone(),
+            audience: jwt.audience.clone(),
+            ttl_secs: jwt.ttl.as_secs().max(1),
+            jwks,
+            webhooks,
+        })
+    }
+
+    /// The public keys, for `GET /.well-known/jwks.json`.
+    pub fn jwks(&self) -> &JwkSet {
+        &self.jwks
     }
 
     /// A fresh bearer token for one attempt, issued at `now` (Unix seconds).
@@ -150,9 +310,40 @@ impl Signer {
         })
     }
 
+    /// The Standard Webhooks `webhook-signature` value for `id.timestamp.body`, when enabled:
+    /// `v1,<HMAC>` per secret and `v1a,<Ed25519>` per Ed25519 key, space-separated.
+    pub fn webhook_signature(&self, id: &str, timestamp: u64, body: &[u8]) -> Option<String> {
+        let keys = self.webhooks.as_ref()?;
+        let mut signed = format!("{id}.{timestamp}.").into_bytes();
+        signed.extend_from_slice(body);
+        let hmac = keys
+            .hmac
+            .iter()
+            .map(|k| format!("v1,{}", B64.encode(ring::hmac::sign(k, &signed).as_ref())));
+        let ed = keys
+            .ed25519
+            .iter()
+            .map(|k| format!("v1a,{}", B64.encode(k.sign(&signed).as_ref())));
+        Some(hmac.chain(ed).collect::<Vec<_>>().join(" "))
+    }
+
+    /// Base64 Ed25519 public keys used for `v1a` signatures.
+    pub fn webhook_ed25519_public_keys(&self) -> Vec<String> {
+        self.webhooks
+            .iter()
+            .flat_map(|w| {
+                w.ed25519
+                    .iter()
+                    .map(|k| B64.encode(k.public_key().as_ref()))
+            })
+            .collect()
+    }
+
     fn encode<T: Serialize>(&self, claims: &T) -> String {
-        // HS256 encoding of a serde struct cannot fail: no key parsing, no fallible fields.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.key).unwrap_or_default()
+        let mut header = Header::new(self.signing.algorithm);
+        header.kid = self.signing.kid.clone();
+        // The key was parsed and checked when the signer was built; serde structs always encode.
+        jsonwebtoken::encode(&header, claims, &self.signing.key).unwrap_or_default()
     }
 }
 
@@ -161,23 +352,64 @@ pub fn body_sha256(body: &[u8]) -> String {
     hex(&Sha256::digest(body))
 }
 
-/// Verifies callbacks the way a receiver does.
+/// Verifies callbacks the way a receiver does: with the shared secret or the published JWKS.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Vec<(Option<String>, DecodingKey, Algorithm)>,
+    issuer: String,
+    audience: String,
 }
 
 impl Verifier {
     /// A verifier for HS256 tokens from `issuer` to `audience`.
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_audience(&[audience]);
-        validation.set_issuer(&[issuer]);
-        validation.leeway = 5;
         Self {
-            key: DecodingKey::from_secret(secret),
-            validation,
+            keys: vec![(None, DecodingKey::from_secret(secret), Algorithm::HS256)],
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
         }
+    }
+
+    /// A verifier for the keys of a JWKS (`GET /.well-known/jwks.json`), chosen by `kid`.
+    pub fn from_jwks(jwks: &JwkSet, issuer: &str, audience: &str) -> Result<Self, VerifyError> {
+        let keys = jwks
+            .keys
+            .iter()
+            .map(|jwk| {
+                let alg = jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+                    .unwrap_or(Algorithm::RS256);
+                Ok((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)?, alg))
+            })
+            .collect::<Result<_, jsonwebtoken::errors::Error>>()?;
+        Ok(Self {
+            keys,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        require_exp: bool,
+    ) -> Result<T, VerifyError> {
+        let kid = jsonwebtoken::decode_header(token)?.kid;
+        let (_, key, alg) = self
+            .keys
+            .iter()
+            .find(|(k, _, _)| kid.is_none() || *k == kid)
+            .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?;
+        let mut validation = Validation::new(*alg);
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.leeway = 5;
+        if !require_exp {
+            validation.required_spec_claims.remove("exp");
+            validation.validate_exp = false;
+        }
+        Ok(jsonwebtoken::decode::<T>(token, key, &validation)?.claims)
     }
 
     /// Checks an `Authorization` header value against the body it came with.
@@ -189,8 +421,7 @@ impl Verifier {
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(VerifyError::Missing)?;
-        let claims =
-            jsonwebtoken::decode::<CallbackClaims>(token, &self.key, &self.validation)?.claims;
+        let claims: CallbackClaims = self.decode(token, true)?;
         if claims.body_sha256 != body_sha256(body) {
             return Err(VerifyError::BodyMismatch);
         }
@@ -199,104 +430,9 @@ impl Verifier {
 
     /// Checks the `sig` of a stored completion body.
     pub fn verify_sig(&self, sig: &str) -> Result<SigClaims, VerifyError> {
-        let mut validation = self.validation.clone();
-        validation.required_spec_claims.remove("exp");
-        validation.validate_exp = false;
-        Ok(jsonwebtoken::decode::<SigClaims>(sig, &self.key, &validation)?.claims)
+        self.decode(sig, false)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Secret;
-    use std::time::Duration;
-
-    fn signer() -> Signer {
-        Signer::new(&JwtConfig {
-            issuer: "agent-sidecar".into(),
-            audience: "rails".into(),
-            secret: Secret::new("0123456789abcdef0123456789abcdef"),
-            ttl: Duration::from_secs(300),
-        })
-    }
-
-    fn verifier() -> Verifier {
-        Verifier::hs256(
-            b"0123456789abcdef0123456789abcdef",
-            "agent-sidecar",
-            "rails",
-        )
-    }
-
-    fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
-    }
-
-    fn token(body: &[u8]) -> String {
-        let job_name: JobName = "ReportCompileJob".parse().unwrap();
-        let t = TokenFor {
-            event: CallbackEvent::Completion,
-            job_id: "7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f".parse().unwrap(),
-            job_name: &job_name,
-            status: JobState::Completed,
-            jti: "dlv_1",
-            body,
-        };
-        format!("Bearer {}", signer().callback_token(&t, now()))
-    }
-
-    #[test]
-    fn a_callback_token_verifies_with_the_secret_and_binds_the_body() {
-        let claims = verifier()
-            .verify_callback(Some(&token(b"{}")), b"{}")
-            .unwrap();
-        assert_eq!(claims.jti, "dlv_1");
-        assert_eq!(claims.job_name, "ReportCompileJob");
-        assert_eq!(claims.status, "completed");
-        assert!(matches!(
-            verifier().verify_callback(Some(&token(b"{}")), b"{ }"),
-            Err(VerifyError::BodyMismatch)
-        ));
-    }
-
-    #[test]
-    fn a_token_for_another_audience_or_key_is_refused() {
-        let other = Verifier::hs256(
-            b"0123456789abcdef0123456789abcdef",
-            "agent-sidecar",
-            "billing",
-        );
-        assert!(other.verify_callback(Some(&token(b"{}")), b"{}").is_err());
-        let wrong_key = Verifier::hs256(
-            b"another-secret-another-secret-xx",
-            "agent-sidecar",
-            "rails",
-        );
-        assert!(
-            wrong_key
-                .verify_callback(Some(&token(b"{}")), b"{}")
-                .is_err()
-        );
-        assert!(matches!(
-            verifier().verify_callback(None, b"{}"),
-            Err(VerifyError::Missing)
-        ));
-    }
-
-    #[test]
-    fn the_payload_sig_verifies_without_expiry() {
-        let job_name: JobName = "ReportCompileJob".parse().unwrap();
-        let job_id = "7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f".parse().unwrap();
-        let sig = signer().payload_sig(job_id, &job_name, JobState::Failed, "42", 1);
-        let claims = verifier().verify_sig(&sig).unwrap();
-        assert_eq!(
-            (
-                claims.sub.as_str(),
-                claims.status.as_str(),
-                claims.user_id.as_str()
-            ),
-            ("7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f", "failed", "42")
-        );
-    }
-}
+mod tests;

@@ -401,7 +401,7 @@ impl Runner {
                 finished_at,
                 trace_id: job.trace_id.clone(),
             },
-            sig: self.deliveries.signer().payload_sig(
+            sig: self.deliveries.transport().signer.payload_sig(
                 job.job_id,
                 &job.job_name,
                 state,

@@ -209,6 +209,8 @@ pub struct DueDelivery {
     pub body: Vec<u8>,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// HTTP status of the previous attempt, if any.
+    pub last_status_code: Option<u16>,
     /// When it was written, or last redriven: the age limit counts from here.
     pub age_from: Timestamp,
 }
@@ -366,6 +368,10 @@ pub trait Store: Send + Sync {
         lease_until: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<DueDelivery>>;
+
+    /// Pushes a pending delivery back to `until` without counting an attempt (its
+    /// destination's circuit breaker is open).
+    async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()>;
 
     /// Releases the delivery leases a previous process of this sidecar held, so its
     /// interrupted attempts are made again at once; returns how many.

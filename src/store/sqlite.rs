@@ -479,7 +479,7 @@ fn claim_deliveries_in(
         "UPDATE deliveries SET lease_until = ?2 WHERE delivery_id IN ( \
              SELECT delivery_id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 \
              AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_attempt_at LIMIT ?3) \
-         RETURNING delivery_id, job_id, url, body, attempts, coalesce(redriven_at, created_at)",
+         RETURNING delivery_id, job_id, url, body, attempts, coalesce(redriven_at, created_at), last_status_code",
     )?;
     let rows = stmt
         .query_map(
@@ -492,36 +492,40 @@ fn claim_deliveries_in(
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, u32>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, Option<u16>>(6)?,
                 ))
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(id, job_id, url, body, attempts, age_from)| {
-            let corrupt = |reason: String| StoreError::Corrupt {
-                job_id: job_id.clone(),
-                reason,
-            };
-            let job: JobId = job_id
-                .parse()
-                .map_err(|e: crate::contract::IdError| corrupt(e.to_string()))?;
-            let record =
-                load_job(conn, job)?.ok_or_else(|| corrupt("delivery of a missing job".into()))?;
-            Ok(DueDelivery {
-                id: id
+        .map(
+            |(id, job_id, url, body, attempts, age_from, last_status_code)| {
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    job_id: job_id.clone(),
+                    reason,
+                };
+                let job: JobId = job_id
                     .parse()
-                    .map_err(|e: std::convert::Infallible| corrupt(e.to_string()))?,
-                job_id: job,
-                job_name: record.job_name,
-                status: record.state,
-                url: url
-                    .parse()
-                    .map_err(|e: url::ParseError| corrupt(e.to_string()))?,
-                body,
-                attempts,
-                age_from: Timestamp::from_unix_ms(age_from),
-            })
-        })
+                    .map_err(|e: crate::contract::IdError| corrupt(e.to_string()))?;
+                let record = load_job(conn, job)?
+                    .ok_or_else(|| corrupt("delivery of a missing job".into()))?;
+                Ok(DueDelivery {
+                    id: id
+                        .parse()
+                        .map_err(|e: std::convert::Infallible| corrupt(e.to_string()))?,
+                    job_id: job,
+                    job_name: record.job_name,
+                    status: record.state,
+                    url: url
+                        .parse()
+                        .map_err(|e: url::ParseError| corrupt(e.to_string()))?,
+                    body,
+                    attempts,
+                    last_status_code,
+                    age_from: Timestamp::from_unix_ms(age_from),
+                })
+            },
+        )
         .collect()
 }
 
@@ -749,6 +753,18 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.write(move |conn| record_attempt_in(conn, &id, attempt, outcome))
             .await
+    }
+
+    async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()> {
+        let id = id.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE deliveries SET next_attempt_at = ?2, lease_until = NULL WHERE delivery_id = ?1 AND state = 'pending'",
+            )?
+            .execute(params![id.as_str(), until.unix_ms()])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn release_leases(&self) -> StoreResult<usize> {

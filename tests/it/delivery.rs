@@ -261,23 +261,41 @@ async fn a_bad_delivery_query_names_the_parameter() {
 }
 
 #[tokio::test]
-async fn ten_thousand_progress_lines_are_coalesced_into_few_ordered_posts_ending_with_the_last_line() {
+async fn ten_thousand_progress_lines_are_coalesced_into_few_ordered_posts_ending_with_the_last_line()
+ {
     let receiver = Receiver::start().await;
-    let sidecar = Sidecar::start_with_env(&receiver, &[("CALLBACKS__PROGRESS_MIN_INTERVAL", "50ms")]).await;
+    let sidecar =
+        Sidecar::start_with_env(&receiver, &[("CALLBACKS__PROGRESS_MIN_INTERVAL", "50ms")]).await;
     let mut body = trigger(&receiver, "burst");
     body["params"] = serde_json::json!({"lines": 10_000});
     let completion = run_job(&sidecar, &receiver, &body).await;
     let posts = receiver.hits("/progress");
-    assert!(!posts.is_empty() && posts.len() < 1_000, "{} progress posts for 10,000 lines", posts.len());
-    let seqs: Vec<u64> = posts.iter().map(|h| h.json()["seq"].as_u64().unwrap()).collect();
+    assert!(
+        !posts.is_empty() && posts.len() < 1_000,
+        "{} progress posts for 10,000 lines",
+        posts.len()
+    );
+    let seqs: Vec<u64> = posts
+        .iter()
+        .map(|h| h.json()["seq"].as_u64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert_eq!(posts.last().unwrap().json()["message"], "line 9999");
     let metrics: Value = serde_json::from_slice(
-        &std::fs::read(sidecar.job_dir(body["job_id"].as_str().unwrap()).join("output/metrics.json")).unwrap(),
+        &std::fs::read(
+            sidecar
+                .job_dir(body["job_id"].as_str().unwrap())
+                .join("output/metrics.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(metrics["progress_events"], 10_000, "every line was read");
     assert_eq!(completion.json()["status"], "completed");
     let all = receiver.wait_until("all callbacks", |_| true).await;
-    assert_eq!(all.last().unwrap().path, "/completion", "the completion comes after the last progress post");
+    assert_eq!(
+        all.last().unwrap().path,
+        "/completion",
+        "the completion comes after the last progress post"
+    );
 }

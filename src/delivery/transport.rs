@@ -1,0 +1,198 @@
+//! What a callback attempt needs that a reload replaces: the HTTP client (its mTLS identity,
+//! its trusted CAs, its guarded resolver) and the signing keys. Built from files, so rotating a
+//! certificate or key is replacing files and sending SIGHUP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use super::sign::{KeyError, Signer};
+use crate::config::CallbacksConfig;
+
+/// Why a transport could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Signing keys.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// A TLS file is missing or not PEM of the right kind.
+    #[error("callbacks.tls.{key}: {reason}")]
+    Tls {
+        /// The config key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The HTTP client refused the settings.
+    #[error("cannot build the callback HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// The client and the keys callbacks are sent with.
+pub struct Transport {
+    /// The one HTTP client for callbacks.
+    pub client: reqwest::Client,
+    /// The signing keys.
+    pub signer: Signer,
+}
+
+impl Transport {
+    /// Reads every key and certificate file now and builds the client.
+    pub fn build(cfg: &CallbacksConfig) -> Result<Self, TransportError> {
+        Ok(Self {
+            signer: Signer::load(cfg)?,
+            client: http_client(cfg)?,
+        })
+    }
+}
+
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|e| TransportError::Tls {
+        key,
+        reason: format!("{}: {e}", path.display()),
+    })
+}
+
+/// The HTTP client: no redirects, no proxies, bounded time, mTLS when configured, and a
+/// resolver that refuses private addresses the config did not allow.
+fn http_client(cfg: &CallbacksConfig) -> Result<reqwest::Client, TransportError> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+        .no_proxy()
+        .user_agent(concat!("agent-sidecar/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(GuardedResolver {
+            allowed: cfg.allowed_networks.clone(),
+        })
+        .tls_backend_rustls();
+    if let Some(ca) = &cfg.tls.ca_file {
+        let certs = reqwest::Certificate::from_pem_bundle(&read("ca_file", ca)?).map_err(|e| {
+            TransportError::Tls {
+                key: "ca_file",
+                reason: format!("{}: {e}", ca.display()),
+            }
+        })?;
+        if certs.is_empty() {
+            return Err(TransportError::Tls {
+                key: "ca_file",
+                reason: format!("{} holds no certificate", ca.display()),
+            });
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    match (&cfg.tls.client_cert_file, &cfg.tls.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read("client_cert_file", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("client_key_file", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| TransportError::Tls {
+                key: "client_key_file",
+                reason: format!("{} / {}: {e}", cert.display(), key.display()),
+            })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(TransportError::Tls {
+                key: "client_cert_file",
+                reason: "client_cert_file and client_key_file go together".into(),
+            });
+        }
+    }
+    Ok(builder.build()?)
+}
+
+/// Resolves callback hosts, dropping addresses that are private, loopback, link-local or
+/// otherwise special unless `callbacks.allowed_networks` covers them. The connection uses only
+/// the addresses checked here, which defeats DNS rebinding. Origins written as IP literals are
+/// never resolved: the allowlist named them explicitly.
+struct GuardedResolver {
+    allowed: Vec<IpNet>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let usable: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| permitted(a.ip(), &allowed))
+                .collect();
+            if usable.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to private, loopback or link-local addresses outside callbacks.allowed_networks"
+                )
+                .into());
+            }
+            Ok(Box::new(usable.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Whether a resolved address may be called.
+pub fn permitted(ip: IpAddr, allowed: &[IpNet]) -> bool {
+    !is_special(ip) || allowed.iter().any(|net| net.contains(&ip))
+}
+
+fn is_special(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_special(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80 // link-local
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_loopback_and_link_local_addresses_are_refused_unless_allowed() {
+        for ip in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "127.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "100.64.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(!permitted(ip.parse().unwrap(), &[]), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
+            assert!(permitted(ip.parse().unwrap(), &[]), "{ip}");
+        }
+        let allowed: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(permitted("10.1.2.3".parse().unwrap(), &allowed));
+        assert!(!permitted("192.168.0.1".parse().unwrap(), &allowed));
+    }
+}
