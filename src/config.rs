@@ -502,7 +502,9 @@ impl Config {
             .parent()
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("/"));
-        Self::resolve(raw, &base)
+        let mut config = Self::resolve(raw, &base)?;
+        config.source = Some(absolute);
+        Ok(config)
     }
 
     /// Turns what was written into what is used, resolving paths against `base`.

@@ -46,93 +46,130 @@ pub fn install_crypto_provider() {
 }
 
 /// Runs the sidecar on `listener` until `shutdown` resolves, then stops every task it started.
-///
-/// On start, jobs a previous process left running are concluded and pending callbacks resume.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    install_crypto_provider();
-    let config = Arc::new(config);
-    let shared_root = config.storage.shared_root.canonicalize().with_context(|| {
-        format!(
-            "storage.shared_root {} is not usable",
-            config.storage.shared_root.display()
-        )
-    })?;
-    let store = store::open(&config.store)
+    Sidecar::start(config, listener)
+        .await?
+        .serve(shutdown)
         .await
-        .context("cannot open the store")?;
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
+}
 
-    let deliveries = Deliveries::new(Arc::clone(&store), &config, tracker.clone(), cancel.clone())
-        .context("cannot load the callback keys and certificates")?;
-    let runner = Runner::new(
-        Arc::clone(&store),
-        Arc::clone(&config),
-        Arc::clone(&deliveries),
-        shared_root.clone(),
-        tracker.clone(),
-        cancel.clone(),
-    );
-    let recovered = runner
-        .recover()
-        .await
-        .context("cannot recover interrupted jobs")?;
-    if recovered > 0 {
-        info!(
-            count = recovered,
-            "concluded jobs interrupted by the previous stop"
-        );
-    }
-    let released = store
-        .release_leases()
-        .await
-        .context("cannot recover the outbox")?;
-    if released > 0 {
-        info!(
-            count = released,
-            "resuming callback attempts interrupted by the previous stop"
-        );
-    }
-    tracker.spawn(
-        Arc::clone(&deliveries)
-            .run()
-            .instrument(info_span!("outbox")),
-    );
-    tracker.spawn(reload_on_sighup(Arc::clone(&deliveries), cancel.clone()));
-    tracker.spawn(
-        Arc::clone(&runner)
-            .run()
-            .instrument(info_span!("scheduler")),
-    );
+/// A started sidecar: store open, keys loaded, interrupted work recovered, background tasks
+/// running; [`Sidecar::serve`] answers HTTP until shutdown.
+pub struct Sidecar {
+    listener: TcpListener,
+    router: axum::Router,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
 
-    let addr = listener.local_addr().context("listener has no address")?;
-    let state = api::AppState::new(api::Parts {
-        store,
-        config: Arc::clone(&config),
-        runner,
-        deliveries,
-        shared_root,
-        public_url: config.public_url(addr),
-    });
-    let stop = cancel.clone();
-    info!(%addr, "listening");
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = stop.cancelled() => {}
-            }
+impl Sidecar {
+    /// Does everything that can fail before the first request: a sidecar that starts is ready.
+    ///
+    /// Jobs a previous process left running are concluded and pending callbacks resume.
+    pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let config = Arc::new(config);
+        let shared_root = config.storage.shared_root.canonicalize().with_context(|| {
+            format!(
+                "storage.shared_root {} is not usable",
+                config.storage.shared_root.display()
+            )
+        })?;
+        let store = store::open(&config.store)
+            .await
+            .context("cannot open the store")?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let deliveries =
+            Deliveries::new(Arc::clone(&store), &config, tracker.clone(), cancel.clone())
+                .context("cannot load the callback keys and certificates")?;
+        let runner = Runner::new(
+            Arc::clone(&store),
+            Arc::clone(&config),
+            Arc::clone(&deliveries),
+            shared_root.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        );
+        let recovered = runner
+            .recover()
+            .await
+            .context("cannot recover interrupted jobs")?;
+        if recovered > 0 {
+            info!(
+                count = recovered,
+                "concluded jobs interrupted by the previous stop"
+            );
+        }
+        let released = store
+            .release_leases()
+            .await
+            .context("cannot recover the outbox")?;
+        if released > 0 {
+            info!(
+                count = released,
+                "resuming callback attempts interrupted by the previous stop"
+            );
+        }
+        tracker.spawn(
+            Arc::clone(&deliveries)
+                .run()
+                .instrument(info_span!("outbox")),
+        );
+        tracker.spawn(reload_on_sighup(Arc::clone(&deliveries), cancel.clone()));
+        tracker.spawn(
+            Arc::clone(&runner)
+                .run()
+                .instrument(info_span!("scheduler")),
+        );
+
+        let addr = listener.local_addr().context("listener has no address")?;
+        let router = api::router(api::AppState::new(api::Parts {
+            store,
+            config: Arc::clone(&config),
+            runner,
+            deliveries,
+            shared_root,
+            public_url: config.public_url(addr),
+        }));
+        Ok(Self {
+            listener,
+            router,
+            cancel,
+            tracker,
         })
-        .await;
-    info!("shutting down");
-    cancel.cancel();
-    tracker.close();
-    tracker.wait().await;
-    served.context("HTTP server failed")
+    }
+
+    /// The address the API listens on.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Answers HTTP until `shutdown` resolves, then stops and awaits every background task.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = self.cancel.clone();
+        info!(addr = %self.local_addr()?, "listening");
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = stop.cancelled() => {}
+                }
+            })
+            .await;
+        info!("shutting down");
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        served.context("HTTP server failed")
+    }
 }
 
 /// Reloads callback keys and certificates on SIGHUP (`systemctl reload`); a failed reload keeps

@@ -139,11 +139,12 @@ fn serve(config: PathBuf, log_format: LogFormat) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let sidecar = agent_sidecar::Sidecar::start(config, listener).await?;
         println!(
             "agent-sidecar listening on http://{}",
-            listener.local_addr()?
+            sidecar.local_addr()?
         );
-        agent_sidecar::run(config, listener, shutdown_signal()).await
+        sidecar.serve(shutdown_signal()).await
     })
 }
 

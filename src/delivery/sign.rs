@@ -4,8 +4,11 @@
 //! Rails does the same with ruby-jwt).
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, OctetKeyPairParameters,
+    OctetKeyPairType, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use rustls_pki_types::PrivateKeyDer;
@@ -191,12 +194,31 @@ fn encoding_key(k: &KeyConfig, pem: &[u8], der: &[u8]) -> Result<EncodingKey, Ke
     })
 }
 
-fn public_jwk(k: &KeyConfig, key: &EncodingKey) -> Result<Jwk, KeyError> {
-    let mut jwk =
-        Jwk::from_encoding_key(key, jwt_algorithm(k.algorithm)).map_err(|e| KeyError::Invalid {
-            kid: k.kid.clone(),
-            reason: format!("not a {:?} private key: {e}", k.algorithm),
-        })?;
+fn public_jwk(
+    k: &KeyConfig,
+    key: &EncodingKey,
+    ed25519: Option<&Ed25519KeyPair>,
+) -> Result<Jwk, KeyError> {
+    let mut jwk = match ed25519 {
+        // jsonwebtoken derives Ed25519 JWKs from PKCS#8 v1 keys only; ring reads v1 and v2.
+        Some(pair) => Jwk {
+            common: CommonParameters {
+                key_algorithm: Some(jsonwebtoken::jwk::KeyAlgorithm::EdDSA),
+                ..CommonParameters::default()
+            },
+            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: B64URL.encode(pair.public_key().as_ref()),
+            }),
+        },
+        None => Jwk::from_encoding_key(key, jwt_algorithm(k.algorithm)).map_err(|e| {
+            KeyError::Invalid {
+                kid: k.kid.clone(),
+                reason: format!("not a {:?} private key: {e}", k.algorithm),
+            }
+        })?,
+    };
     jwk.common.key_id = Some(k.kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
     Ok(jwk)
@@ -216,17 +238,18 @@ impl Signer {
         for k in &jwt.keys {
             let (pem, der) = read_key(k)?;
             let key = encoding_key(k, &pem, &der)?;
-            jwks.keys.push(public_jwk(k, &key)?);
-            if k.algorithm == KeyAlgorithm::EdDsa {
-                ed25519.push(
+            let pair = (k.algorithm == KeyAlgorithm::EdDsa)
+                .then(|| {
                     Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| {
                         KeyError::Invalid {
                             kid: k.kid.clone(),
                             reason: format!("not an Ed25519 PKCS#8 key: {e}"),
                         }
-                    })?,
-                );
-            }
+                    })
+                })
+                .transpose()?;
+            jwks.keys.push(public_jwk(k, &key, pair.as_ref())?);
+            ed25519.extend(pair);
             if k.signing {
                 signing = Some(SigningKey {
                     key,

@@ -77,17 +77,8 @@ impl Receiver {
     }
 
     fn serve(listener: tokio::net::TcpListener, completion_status: StatusCode) -> Self {
-        let recorded = Arc::new(Mutex::new(Recorded {
-            hits: Vec::new(),
-            completion_status,
-        }));
-        let changed = Arc::new(Notify::new());
-        let state = (Arc::clone(&recorded), Arc::clone(&changed));
-        let app = Router::new()
-            .route("/progress", post(record))
-            .route("/completion", post(record))
-            .with_state(state);
         let origin = format!("http://{}", listener.local_addr().unwrap());
+        let (app, recorded, changed) = Self::app(completion_status);
         let server = tokio::spawn(async move {
             axum::serve(listener, app.into_make_service())
                 .await
@@ -99,6 +90,51 @@ impl Receiver {
             changed,
             _server: Arc::new(server),
         }
+    }
+
+    /// A receiver behind TLS: `acceptor` decides the server certificate and whether a client
+    /// certificate is required. Connections whose handshake fails are dropped.
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("https://{}", listener.local_addr().unwrap());
+        let (app, recorded, changed) = Self::app(StatusCode::OK);
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            origin,
+            recorded,
+            changed,
+            _server: Arc::new(server),
+        }
+    }
+
+    fn app(completion_status: StatusCode) -> (Router, Arc<Mutex<Recorded>>, Arc<Notify>) {
+        let recorded = Arc::new(Mutex::new(Recorded {
+            hits: Vec::new(),
+            completion_status,
+        }));
+        let changed = Arc::new(Notify::new());
+        let state = (Arc::clone(&recorded), Arc::clone(&changed));
+        let app = Router::new()
+            .route("/progress", post(record))
+            .route("/completion", post(record))
+            .with_state(state);
+        (app, recorded, changed)
     }
 
     /// Changes what the receiver answers to completions from now on.
@@ -265,6 +301,11 @@ max_line_bytes = 4096
 
     /// Starts with `AGENT_SIDECAR__*` overrides, e.g. `("CALLBACKS__MAX_AGE", "1s")`.
     pub async fn start_with_env(receiver: &Receiver, env: &[(&str, &str)]) -> Self {
+        Self::start_with(receiver, env, "").await
+    }
+
+    /// Starts with environment overrides and `extra` TOML appended to the config file.
+    pub async fn start_with(receiver: &Receiver, env: &[(&str, &str)], extra: &str) -> Self {
         let env = env
             .iter()
             .map(|(k, v)| (format!("AGENT_SIDECAR__{k}"), (*v).to_owned()))
@@ -275,7 +316,7 @@ max_line_bytes = 4096
         let config_path = dir.path().join("sidecar.toml");
         std::fs::write(
             &config_path,
-            Self::config_text(&shared_root, &dir.path().join("state.db"), receiver),
+            Self::config_text(&shared_root, &dir.path().join("state.db"), receiver) + extra,
         )
         .unwrap();
         Self::spawn(dir, shared_root, config_path, env)
@@ -340,6 +381,25 @@ max_line_bytes = 4096
             env,
             child,
         }
+    }
+
+    /// Replaces the `extra` TOML of the config file and sends SIGHUP.
+    pub fn reconfigure(&self, receiver: &Receiver, extra: &str) {
+        let text = Self::config_text(
+            &self.shared_root,
+            &self.dir.path().join("state.db"),
+            receiver,
+        ) + extra;
+        std::fs::write(&self.config_path, text).unwrap();
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

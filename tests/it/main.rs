@@ -4,5 +4,7 @@ mod cli;
 mod delivery;
 mod demo;
 mod helpers;
+mod pki;
 mod run;
+mod secure;
 mod trigger;
