@@ -448,3 +448,109 @@ async fn a_401_reloads_keys_and_is_retried_once_then_dead_lettered() {
             .contains("callback keys and certificates reloaded")
     );
 }
+
+/// nginx as Rails usually sits behind it: TLS with `ssl_verify_client on`, proxying to the app.
+struct Nginx {
+    child: std::process::Child,
+    origin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(server: &pki::Leaf, client_ca: &Ca, upstream: &str) -> Nginx {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nginx is installed (.ci/run installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cert = pki::write(dir.path(), "server.pem", &server.cert_pem);
+    let key = pki::write(dir.path(), "server.key", &server.key_pem);
+    let ca = pki::write(dir.path(), "clients-ca.pem", &client_ca.pem());
+    let d = dir.path().display();
+    let conf = format!(
+        "master_process off;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
+         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
+           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+             ssl_client_certificate {ca};\n    ssl_verify_client on;\n\
+             location / {{ proxy_pass {upstream}; }}\n  }}\n}}\n",
+        cert = cert.display(),
+        key = key.display(),
+        ca = ca.display(),
+    );
+    let conf_path = pki::write(dir.path(), "nginx.conf", &conf);
+    let child = std::process::Command::new(nginx)
+        .args(["-p", &d.to_string(), "-c"])
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Nginx {
+        child,
+        origin: format!("https://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn nginx_with_ssl_verify_client_accepts_the_sidecar_and_rejects_a_client_without_a_certificate()
+ {
+    let app = Receiver::start().await;
+    let (server_ca, client_ca) = (Ca::new("rails-ca"), Ca::new("clients-ca"));
+    let nginx = start_nginx(&server_ca.leaf(&["127.0.0.1"]), &client_ca, &app.origin);
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_ca.leaf(&["agent-sidecar"]);
+    let ca = pki::write(dir.path(), "rails-ca.pem", &server_ca.pem());
+    let cert = pki::write(dir.path(), "client.pem", &client.cert_pem);
+    let key = pki::write(dir.path(), "client.key", &client.key_pem);
+
+    // A client without a certificate: nginx answers 400 and never reaches the app.
+    agent_sidecar::install_crypto_provider();
+    let anonymous = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(server_ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let status = eventually("nginx to listen", || async {
+        anonymous
+            .post(format!("{}/completion", nginx.origin))
+            .body("{}")
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status())
+    })
+    .await;
+    assert_eq!(
+        status.as_u16(),
+        400,
+        "nginx refuses a client without a certificate"
+    );
+    assert!(app.hits("/completion").is_empty());
+
+    let origins = format!("[\"{}\"]", nginx.origin);
+    let sidecar = Sidecar::start_with(
+        &app,
+        &[("CALLBACKS__ALLOWED_ORIGINS", &origins)],
+        &tls_toml(&ca, Some((&cert, &key))),
+    )
+    .await;
+    let mut body = trigger(&app, "failing_agent");
+    body["callback_urls"]["progress"] = format!("{}/progress", nginx.origin).into();
+    body["callback_urls"]["completion"] = format!("{}/completion", nginx.origin).into();
+    let hit = run_job(&sidecar, &app, &body).await;
+    verifier()
+        .verify_callback(hit.authorization.as_deref(), &hit.body)
+        .unwrap();
+}
