@@ -1,0 +1,368 @@
+//! The load driver: a real release `agent-sidecar` on a scratch root with a real loopback
+//! receiver, measured against this machine's own limits in the same run.
+//!
+//! `cargo bench --bench load` (BENCH_JOBS, BENCH_CONCURRENCY, BENCH_FIREHOSE_MB override the
+//! sizes). Prints a table and one JSON line per figure.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One printed figure.
+struct Figure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    limit: Option<(f64, &'static str)>,
+    goal: &'static str,
+}
+
+fn report(figures: &[Figure]) {
+    println!("\n{:<58} {:>12} {:<8} {:>12} {:>8}  goal", "figure", "value", "unit", "limit", "ratio");
+    for f in figures {
+        let (limit, ratio) = match f.limit {
+            Some((l, _)) => (format!("{l:.1}"), format!("{:.2}", f.value / l)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{:<58} {:>12.2} {:<8} {:>12} {:>8}  {}", f.name, f.value, f.unit, limit, ratio, f.goal);
+    }
+    println!();
+    for f in figures {
+        let line = json!({
+            "figure": f.name, "value": f.value, "unit": f.unit,
+            "limit": f.limit.map(|l| l.0), "limit_name": f.limit.map(|l| l.1),
+            "ratio": f.limit.map(|l| f.value / l.0), "goal": f.goal,
+        });
+        println!("{line}");
+    }
+}
+
+// ---- the machine's limits ----
+
+fn spawn_rate(runs: usize, parallel: usize) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| {
+                for _ in 0..runs / parallel {
+                    Command::new("/bin/true").status().unwrap();
+                }
+            });
+        }
+    });
+    (runs / parallel * parallel) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn sqlite_commit_rate(dir: &Path, commits: usize) -> f64 {
+    let conn = rusqlite::Connection::open(dir.join("limit.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", []).unwrap();
+    let started = Instant::now();
+    for i in 0..commits {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [i.to_string()]).unwrap();
+    }
+    commits as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn bare_http_rate(requests: usize, concurrency: usize) -> f64 {
+    let app = Router::new().route("/agents/trigger", post(|_: Bytes| async { (StatusCode::ACCEPTED, "{}") }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/agents/trigger", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    let body = Bytes::from_static(br#"{"job_id":"x"}"#);
+    let rate = fire(requests, concurrency, |_| {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { client.post(url).body(body).send().await.unwrap().status() }
+    })
+    .await;
+    server.abort();
+    rate.0
+}
+
+/// Sends `n` requests with `concurrency` in flight; returns (requests/s, latencies).
+async fn fire<F, Fut>(n: usize, concurrency: usize, make: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = reqwest::StatusCode> + Send + 'static,
+{
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = Arc::clone(&semaphore).acquire_owned().await.unwrap();
+        let request = make(i);
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let status = request.await;
+            drop(permit);
+            assert!(status.is_success(), "{status}");
+            t.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for h in handles {
+        latencies.push(h.await.unwrap());
+    }
+    (n as f64 / started.elapsed().as_secs_f64(), latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+// ---- the sidecar ----
+
+#[derive(Default)]
+struct Completions {
+    at: std::collections::HashMap<String, Instant>,
+}
+
+struct Bench {
+    dir: tempfile::TempDir,
+    child: Child,
+    base: String,
+    receiver: String,
+    completions: Arc<Mutex<Completions>>,
+    changed: Arc<Notify>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn receiver() -> (String, Arc<Mutex<Completions>>, Arc<Notify>) {
+    let completions = Arc::new(Mutex::new(Completions::default()));
+    let changed = Arc::new(Notify::new());
+    let state = (Arc::clone(&completions), Arc::clone(&changed));
+    let app = Router::new()
+        .route("/progress", post(|| async { StatusCode::OK }))
+        .route(
+            "/completion",
+            post(|State((c, n)): State<(Arc<Mutex<Completions>>, Arc<Notify>)>, body: Bytes| async move {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                c.lock().unwrap().at.insert(v["job_id"].as_str().unwrap().to_owned(), Instant::now());
+                n.notify_waiters();
+                StatusCode::OK
+            }),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (origin, completions, changed)
+}
+
+impl Bench {
+    async fn start(max_concurrent: usize) -> Self {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        std::fs::create_dir_all(dir.path().join("root")).unwrap();
+        let (receiver, completions, changed) = receiver().await;
+        let chatty = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/chatty.py");
+        let config = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+[storage]
+shared_root = "root"
+[store]
+url = "sqlite://state.db"
+[callbacks]
+allowed_origins = ["{receiver}"]
+allow_http = true
+progress_min_interval = "100ms"
+[callbacks.jwt]
+issuer = "agent-sidecar"
+audience = "bench"
+secret = "{SECRET}"
+[jobs]
+allowed_job_names = ["BenchJob"]
+max_concurrent = {max_concurrent}
+[agents.trivial]
+command = ["/bin/true"]
+timeout = "60s"
+[agents.chatty]
+command = ["python3", {chatty:?}]
+timeout = "600s"
+"#,
+            chatty = chatty.display().to_string()
+        );
+        std::fs::write(dir.path().join("sidecar.toml"), config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("sidecar.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line.trim().strip_prefix("agent-sidecar listening on ").expect("sidecar started").to_owned();
+        Self { dir, child, base, receiver, completions, changed }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Writes a job folder the way Rails does and returns the trigger body.
+    fn job(&self, agent: &str, params: Value) -> (String, Bytes) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let input = self.root().join(&id).join("input");
+        std::fs::create_dir_all(&input).unwrap();
+        let manifest = json!({"schema_version": 1, "job_id": id, "user_id": "1", "agent_name": agent, "job_name": "BenchJob"});
+        std::fs::write(input.join("manifest.json"), manifest.to_string()).unwrap();
+        let body = json!({
+            "job_id": id, "user_id": "1", "agent_name": agent, "job_name": "BenchJob", "params": params,
+            "callback_urls": {"progress": format!("{}/progress", self.receiver), "completion": format!("{}/completion", self.receiver)}
+        });
+        (id, Bytes::from(body.to_string()))
+    }
+
+    async fn wait_completions(&self, ids: &[String]) {
+        loop {
+            let notified = self.changed.notified();
+            if ids.iter().all(|id| self.completions.lock().unwrap().at.contains_key(id)) {
+                return;
+            }
+            tokio::time::timeout(Duration::from_secs(600), notified).await.expect("completions arrive");
+        }
+    }
+
+    /// (CPU seconds of the sidecar itself, excluding reaped agents; RSS in MB).
+    fn usage(&self) -> (f64, f64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+        let ticks = 100.0;
+        let cpu = (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let rss_kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap();
+        (cpu, rss_kb / 1024.0)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let jobs = env_usize("BENCH_JOBS", 2000);
+    let concurrency = env_usize("BENCH_CONCURRENCY", 64);
+    let firehose_mb = env_usize("BENCH_FIREHOSE_MB", 1024);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    agent_sidecar::install_crypto_provider();
+    eprintln!("load driver: {jobs} jobs, concurrency {concurrency}, firehose {firehose_mb} MB, {cores} cores");
+
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let spawn_seq = spawn_rate(300, 1);
+    let spawn_par = spawn_rate(600, cores * 2);
+    let commits = sqlite_commit_rate(scratch.path(), 300);
+    let bare = bare_http_rate(jobs.max(2000), concurrency).await;
+
+    let bench = Bench::start(cores * 2).await;
+    let client = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu0, idle_rss) = bench.usage();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_cpu = (bench.usage().0 - cpu0) / 2.0 * 100.0;
+
+    // Idle latency: one job at a time.
+    let mut to_start = Vec::new();
+    let mut to_done = Vec::new();
+    for _ in 0..50 {
+        let (id, body) = bench.job("trivial", json!({}));
+        let sent = Instant::now();
+        let wall_sent = agent_sidecar::contract::Timestamp::now();
+        let r = client.post(format!("{}/agents/trigger", bench.base)).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        bench.wait_completions(std::slice::from_ref(&id)).await;
+        to_done.push(bench.completions.lock().unwrap().at[&id] - sent);
+        let status: Value = serde_json::from_slice(&client.get(format!("{}/jobs/{id}", bench.base)).send().await.unwrap().bytes().await.unwrap()).unwrap();
+        let started = status["transitions"].as_array().unwrap().iter().find(|t| t["state"] == "in_progress").unwrap()["at"]
+            .as_str()
+            .unwrap()
+            .parse::<agent_sidecar::contract::Timestamp>()
+            .unwrap();
+        to_start.push(Duration::from_millis(started.millis_since(wall_sent)));
+    }
+    to_start.sort();
+    to_done.sort();
+
+    // Burst: N triggers at concurrency C, then every completion.
+    let prepared: Vec<(String, Bytes)> = (0..jobs).map(|_| bench.job("trivial", json!({}))).collect();
+    let ids: Vec<String> = prepared.iter().map(|(id, _)| id.clone()).collect();
+    let bodies = Arc::new(prepared);
+    let (cpu_before, _) = bench.usage();
+    let burst_start = Instant::now();
+    let url = format!("{}/agents/trigger", bench.base);
+    let (trigger_rate, mut trigger_latency) = fire(jobs, concurrency, |i| {
+        let (client, url, body) = (client.clone(), url.clone(), bodies[i].1.clone());
+        async move { client.post(url).body(body).send().await.unwrap().status() }
+    })
+    .await;
+    bench.wait_completions(&ids).await;
+    let e2e_rate = jobs as f64 / burst_start.elapsed().as_secs_f64();
+    let (cpu_after, burst_rss) = bench.usage();
+    trigger_latency.sort();
+
+    // Firehose: an agent printing progress lines as fast as it can, against /dev/null.
+    let chatty = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/chatty.py");
+    let params = json!({"mb": firehose_mb});
+    let t = Instant::now();
+    let status = Command::new("python3")
+        .arg(&chatty)
+        .env("AGENT_PARAMS", params.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let devnull_s = t.elapsed().as_secs_f64();
+    let (id, body) = bench.job("chatty", params);
+    let t = Instant::now();
+    client.post(format!("{}/agents/trigger", bench.base)).body(body).send().await.unwrap();
+    bench.wait_completions(std::slice::from_ref(&id)).await;
+    let supervised_s = t.elapsed().as_secs_f64();
+    let (_, firehose_rss) = bench.usage();
+
+    report(&[
+        Figure { name: "limit: spawn-and-wait /bin/true, sequential", value: spawn_seq, unit: "/s", limit: None, goal: "" },
+        Figure { name: "limit: spawn-and-wait /bin/true, parallel", value: spawn_par, unit: "/s", limit: None, goal: "" },
+        Figure { name: "limit: durable SQLite commits (WAL, synchronous=FULL)", value: commits, unit: "/s", limit: None, goal: "" },
+        Figure { name: "limit: bare axum loopback requests", value: bare, unit: "/s", limit: None, goal: "" },
+        Figure { name: "triggers accepted (durable before 202)", value: trigger_rate, unit: "/s", limit: Some((bare, "bare HTTP")), goal: ">= 5000/s or >= 0.5 x bare HTTP" },
+        Figure { name: "trigger p50 latency under burst", value: percentile(&trigger_latency, 0.5), unit: "ms", limit: None, goal: "" },
+        Figure { name: "trigger p99 latency under burst", value: percentile(&trigger_latency, 0.99), unit: "ms", limit: None, goal: "" },
+        Figure { name: "jobs completed end to end", value: e2e_rate, unit: "/s", limit: Some((spawn_par, "parallel spawn")), goal: ">= 0.6 x spawn-and-wait" },
+        Figure { name: "trigger -> agent started p50, idle (ms clock)", value: percentile(&to_start, 0.5), unit: "ms", limit: None, goal: "<= 1 ms + spawn" },
+        Figure { name: "trigger -> agent started p99, idle (ms clock)", value: percentile(&to_start, 0.99), unit: "ms", limit: None, goal: "<= 5 ms" },
+        Figure { name: "trigger -> completion received p50, idle", value: percentile(&to_done, 0.5), unit: "ms", limit: Some((1000.0 / spawn_seq, "one spawn")), goal: "<= 5 ms" },
+        Figure { name: "sidecar CPU per job (excluding the agent)", value: (cpu_after - cpu_before) * 1000.0 / jobs as f64, unit: "ms", limit: None, goal: "<= 0.3 ms" },
+        Figure { name: "firehose: agent wall time supervised", value: supervised_s, unit: "s", limit: Some((devnull_s, "to /dev/null")), goal: "<= 1.05 x /dev/null" },
+        Figure { name: "sidecar RSS after the firehose", value: firehose_rss, unit: "MB", limit: None, goal: "bounded" },
+        Figure { name: "sidecar RSS after the burst", value: burst_rss, unit: "MB", limit: None, goal: "" },
+        Figure { name: "idle sidecar RSS", value: idle_rss, unit: "MB", limit: None, goal: "<= 20 MB" },
+        Figure { name: "idle sidecar CPU", value: idle_cpu, unit: "%", limit: None, goal: "~0 (no busy polling)" },
+    ]);
+}
