@@ -17,18 +17,29 @@ fn repo(path: &str) -> std::path::PathBuf {
 }
 
 fn benches(c: &mut Criterion) {
-    let manifest = std::fs::read(repo("contract-tests/fixtures/v1/manifest/valid/full.json")).unwrap();
-    c.bench_function("manifest: parse + validate v1", |b| b.iter(|| parse_manifest(black_box(&manifest)).unwrap()));
+    let manifest =
+        std::fs::read(repo("contract-tests/fixtures/v1/manifest/valid/full.json")).unwrap();
+    c.bench_function("manifest: parse + validate v1", |b| {
+        b.iter(|| parse_manifest(black_box(&manifest)).unwrap())
+    });
 
-    let json_line = br#"{"stage":"summarize","message":"Summarised 2/3: customer-feedback.txt","percent":63}"#;
-    c.bench_function("progress: parse a JSON line", |b| b.iter(|| parse_progress(black_box(json_line), false)));
+    let json_line =
+        br#"{"stage":"summarize","message":"Summarised 2/3: customer-feedback.txt","percent":63}"#;
+    c.bench_function("progress: parse a JSON line", |b| {
+        b.iter(|| parse_progress(black_box(json_line), false))
+    });
     let plain = b"loading model weights from the cache";
-    c.bench_function("progress: parse a plain line", |b| b.iter(|| parse_progress(black_box(plain), false)));
+    c.bench_function("progress: parse a plain line", |b| {
+        b.iter(|| parse_progress(black_box(plain), false))
+    });
 
     agent_sidecar::install_crypto_provider();
     let config = Config::load(&repo("agent-sidecar.example.toml")).unwrap();
     let signer = Signer::load(&config.callbacks).unwrap();
-    let body = std::fs::read(repo("contract-tests/fixtures/v1/completion-callback/valid/completed.json")).unwrap();
+    let body = std::fs::read(repo(
+        "contract-tests/fixtures/v1/completion-callback/valid/completed.json",
+    ))
+    .unwrap();
     let job_name: JobName = "ReportCompileJob".parse().unwrap();
     let token = TokenFor {
         event: CallbackEvent::Completion,
@@ -42,10 +53,22 @@ fn benches(c: &mut Criterion) {
         b.iter(|| signer.callback_token(black_box(&token), 1_795_000_000))
     });
 
-    let summary: Summary =
-        serde_json::from_slice(&std::fs::read(repo("contract-tests/fixtures/v1/summary/valid/completed.json")).unwrap()).unwrap();
+    let summary: Summary = serde_json::from_slice(
+        &std::fs::read(repo(
+            "contract-tests/fixtures/v1/summary/valid/completed.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
     c.bench_function("summary: build output_index + serialize", |b| {
-        b.iter(|| serde_json::to_vec(&output_index(black_box(&summary), "file:///srv/x/output/", 65_536)).unwrap())
+        b.iter(|| {
+            serde_json::to_vec(&output_index(
+                black_box(&summary),
+                "file:///srv/x/output/",
+                65_536,
+            ))
+            .unwrap()
+        })
     });
 }
 

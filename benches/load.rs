@@ -21,7 +21,10 @@ use tokio::sync::Notify;
 const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// One printed figure.
@@ -34,13 +37,19 @@ struct Figure {
 }
 
 fn report(figures: &[Figure]) {
-    println!("\n{:<58} {:>12} {:<8} {:>12} {:>8}  goal", "figure", "value", "unit", "limit", "ratio");
+    println!(
+        "\n{:<58} {:>12} {:<8} {:>12} {:>8}  goal",
+        "figure", "value", "unit", "limit", "ratio"
+    );
     for f in figures {
         let (limit, ratio) = match f.limit {
             Some((l, _)) => (format!("{l:.1}"), format!("{:.2}", f.value / l)),
             None => ("-".into(), "-".into()),
         };
-        println!("{:<58} {:>12.2} {:<8} {:>12} {:>8}  {}", f.name, f.value, f.unit, limit, ratio, f.goal);
+        println!(
+            "{:<58} {:>12.2} {:<8} {:>12} {:>8}  {}",
+            f.name, f.value, f.unit, limit, ratio, f.goal
+        );
     }
     println!();
     for f in figures {
@@ -73,16 +82,21 @@ fn sqlite_commit_rate(dir: &Path, commits: usize) -> f64 {
     let conn = rusqlite::Connection::open(dir.join("limit.db")).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", []).unwrap();
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", [])
+        .unwrap();
     let started = Instant::now();
     for i in 0..commits {
-        conn.execute("INSERT INTO t (v) VALUES (?1)", [i.to_string()]).unwrap();
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [i.to_string()])
+            .unwrap();
     }
     commits as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn bare_http_rate(requests: usize, concurrency: usize) -> f64 {
-    let app = Router::new().route("/agents/trigger", post(|_: Bytes| async { (StatusCode::ACCEPTED, "{}") }));
+    let app = Router::new().route(
+        "/agents/trigger",
+        post(|_: Bytes| async { (StatusCode::ACCEPTED, "{}") }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/agents/trigger", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -147,7 +161,9 @@ struct Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -217,9 +233,22 @@ timeout = "600s"
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("agent-sidecar listening on ").expect("sidecar started").to_owned();
-        Self { dir, child, base, receiver, completions, changed }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("agent-sidecar listening on ")
+            .expect("sidecar started")
+            .to_owned();
+        Self {
+            dir,
+            child,
+            base,
+            receiver,
+            completions,
+            changed,
+        }
     }
 
     fn root(&self) -> PathBuf {
@@ -243,10 +272,15 @@ timeout = "600s"
     async fn wait_completions(&self, ids: &[String]) {
         loop {
             let notified = self.changed.notified();
-            if ids.iter().all(|id| self.completions.lock().unwrap().at.contains_key(id)) {
+            if ids
+                .iter()
+                .all(|id| self.completions.lock().unwrap().at.contains_key(id))
+            {
                 return;
             }
-            tokio::time::timeout(Duration::from_secs(600), notified).await.expect("completions arrive");
+            tokio::time::timeout(Duration::from_secs(600), notified)
+                .await
+                .expect("completions arrive");
         }
     }
 
@@ -271,9 +305,13 @@ async fn main() {
     let jobs = env_usize("BENCH_JOBS", 2000);
     let concurrency = env_usize("BENCH_CONCURRENCY", 64);
     let firehose_mb = env_usize("BENCH_FIREHOSE_MB", 1024);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     agent_sidecar::install_crypto_provider();
-    eprintln!("load driver: {jobs} jobs, concurrency {concurrency}, firehose {firehose_mb} MB, {cores} cores");
+    eprintln!(
+        "load driver: {jobs} jobs, concurrency {concurrency}, firehose {firehose_mb} MB, {cores} cores"
+    );
 
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let spawn_seq = spawn_rate(300, 1);
@@ -295,12 +333,32 @@ async fn main() {
         let (id, body) = bench.job("trivial", json!({}));
         let sent = Instant::now();
         let wall_sent = agent_sidecar::contract::Timestamp::now();
-        let r = client.post(format!("{}/agents/trigger", bench.base)).body(body).send().await.unwrap();
+        let r = client
+            .post(format!("{}/agents/trigger", bench.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202);
         bench.wait_completions(std::slice::from_ref(&id)).await;
         to_done.push(bench.completions.lock().unwrap().at[&id] - sent);
-        let status: Value = serde_json::from_slice(&client.get(format!("{}/jobs/{id}", bench.base)).send().await.unwrap().bytes().await.unwrap()).unwrap();
-        let started = status["transitions"].as_array().unwrap().iter().find(|t| t["state"] == "in_progress").unwrap()["at"]
+        let status: Value = serde_json::from_slice(
+            &client
+                .get(format!("{}/jobs/{id}", bench.base))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let started = status["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["state"] == "in_progress")
+            .unwrap()["at"]
             .as_str()
             .unwrap()
             .parse::<agent_sidecar::contract::Timestamp>()
@@ -311,7 +369,8 @@ async fn main() {
     to_done.sort();
 
     // Burst: N triggers at concurrency C, then every completion.
-    let prepared: Vec<(String, Bytes)> = (0..jobs).map(|_| bench.job("trivial", json!({}))).collect();
+    let prepared: Vec<(String, Bytes)> =
+        (0..jobs).map(|_| bench.job("trivial", json!({}))).collect();
     let ids: Vec<String> = prepared.iter().map(|(id, _)| id.clone()).collect();
     let bodies = Arc::new(prepared);
     let (cpu_before, _) = bench.usage();
@@ -339,30 +398,158 @@ async fn main() {
         .unwrap();
     assert!(status.success());
     let devnull_s = t.elapsed().as_secs_f64();
+    // The floor for any supervisor that reads the output: the same agent into a pipe that `cat`
+    // drains to /dev/null.
+    let t = Instant::now();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "python3 {:?} | cat > /dev/null",
+            chatty.display().to_string()
+        ))
+        .env("AGENT_PARAMS", params.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pipe_s = t.elapsed().as_secs_f64();
     let (id, body) = bench.job("chatty", params);
     let t = Instant::now();
-    client.post(format!("{}/agents/trigger", bench.base)).body(body).send().await.unwrap();
+    client
+        .post(format!("{}/agents/trigger", bench.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     bench.wait_completions(std::slice::from_ref(&id)).await;
     let supervised_s = t.elapsed().as_secs_f64();
     let (_, firehose_rss) = bench.usage();
 
     report(&[
-        Figure { name: "limit: spawn-and-wait /bin/true, sequential", value: spawn_seq, unit: "/s", limit: None, goal: "" },
-        Figure { name: "limit: spawn-and-wait /bin/true, parallel", value: spawn_par, unit: "/s", limit: None, goal: "" },
-        Figure { name: "limit: durable SQLite commits (WAL, synchronous=FULL)", value: commits, unit: "/s", limit: None, goal: "" },
-        Figure { name: "limit: bare axum loopback requests", value: bare, unit: "/s", limit: None, goal: "" },
-        Figure { name: "triggers accepted (durable before 202)", value: trigger_rate, unit: "/s", limit: Some((bare, "bare HTTP")), goal: ">= 5000/s or >= 0.5 x bare HTTP" },
-        Figure { name: "trigger p50 latency under burst", value: percentile(&trigger_latency, 0.5), unit: "ms", limit: None, goal: "" },
-        Figure { name: "trigger p99 latency under burst", value: percentile(&trigger_latency, 0.99), unit: "ms", limit: None, goal: "" },
-        Figure { name: "jobs completed end to end", value: e2e_rate, unit: "/s", limit: Some((spawn_par, "parallel spawn")), goal: ">= 0.6 x spawn-and-wait" },
-        Figure { name: "trigger -> agent started p50, idle (ms clock)", value: percentile(&to_start, 0.5), unit: "ms", limit: None, goal: "<= 1 ms + spawn" },
-        Figure { name: "trigger -> agent started p99, idle (ms clock)", value: percentile(&to_start, 0.99), unit: "ms", limit: None, goal: "<= 5 ms" },
-        Figure { name: "trigger -> completion received p50, idle", value: percentile(&to_done, 0.5), unit: "ms", limit: Some((1000.0 / spawn_seq, "one spawn")), goal: "<= 5 ms" },
-        Figure { name: "sidecar CPU per job (excluding the agent)", value: (cpu_after - cpu_before) * 1000.0 / jobs as f64, unit: "ms", limit: None, goal: "<= 0.3 ms" },
-        Figure { name: "firehose: agent wall time supervised", value: supervised_s, unit: "s", limit: Some((devnull_s, "to /dev/null")), goal: "<= 1.05 x /dev/null" },
-        Figure { name: "sidecar RSS after the firehose", value: firehose_rss, unit: "MB", limit: None, goal: "bounded" },
-        Figure { name: "sidecar RSS after the burst", value: burst_rss, unit: "MB", limit: None, goal: "" },
-        Figure { name: "idle sidecar RSS", value: idle_rss, unit: "MB", limit: None, goal: "<= 20 MB" },
-        Figure { name: "idle sidecar CPU", value: idle_cpu, unit: "%", limit: None, goal: "~0 (no busy polling)" },
+        Figure {
+            name: "limit: spawn-and-wait /bin/true, sequential",
+            value: spawn_seq,
+            unit: "/s",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "limit: spawn-and-wait /bin/true, parallel",
+            value: spawn_par,
+            unit: "/s",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "limit: durable SQLite commits (WAL, synchronous=FULL)",
+            value: commits,
+            unit: "/s",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "limit: bare axum loopback requests",
+            value: bare,
+            unit: "/s",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "triggers accepted (durable before 202)",
+            value: trigger_rate,
+            unit: "/s",
+            limit: Some((bare, "bare HTTP")),
+            goal: ">= 5000/s or >= 0.5 x bare HTTP",
+        },
+        Figure {
+            name: "trigger p50 latency under burst",
+            value: percentile(&trigger_latency, 0.5),
+            unit: "ms",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "trigger p99 latency under burst",
+            value: percentile(&trigger_latency, 0.99),
+            unit: "ms",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "jobs completed end to end",
+            value: e2e_rate,
+            unit: "/s",
+            limit: Some((spawn_par, "parallel spawn")),
+            goal: ">= 0.6 x spawn-and-wait",
+        },
+        Figure {
+            name: "trigger -> agent started p50, idle (ms clock)",
+            value: percentile(&to_start, 0.5),
+            unit: "ms",
+            limit: None,
+            goal: "<= 1 ms + spawn",
+        },
+        Figure {
+            name: "trigger -> agent started p99, idle (ms clock)",
+            value: percentile(&to_start, 0.99),
+            unit: "ms",
+            limit: None,
+            goal: "<= 5 ms",
+        },
+        Figure {
+            name: "trigger -> completion received p50, idle",
+            value: percentile(&to_done, 0.5),
+            unit: "ms",
+            limit: Some((1000.0 / spawn_seq, "one spawn")),
+            goal: "<= 5 ms",
+        },
+        Figure {
+            name: "sidecar CPU per job (excluding the agent)",
+            value: (cpu_after - cpu_before) * 1000.0 / jobs as f64,
+            unit: "ms",
+            limit: None,
+            goal: "<= 0.3 ms",
+        },
+        Figure {
+            name: "firehose: agent wall time supervised",
+            value: supervised_s,
+            unit: "s",
+            limit: Some((devnull_s, "to /dev/null")),
+            goal: "<= 1.05 x /dev/null",
+        },
+        Figure {
+            name: "firehose: agent wall time supervised, vs a pipe to cat",
+            value: supervised_s,
+            unit: "s",
+            limit: Some((pipe_s, "pipe | cat")),
+            goal: "",
+        },
+        Figure {
+            name: "sidecar RSS after the firehose",
+            value: firehose_rss,
+            unit: "MB",
+            limit: None,
+            goal: "bounded",
+        },
+        Figure {
+            name: "sidecar RSS after the burst",
+            value: burst_rss,
+            unit: "MB",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "idle sidecar RSS",
+            value: idle_rss,
+            unit: "MB",
+            limit: None,
+            goal: "<= 20 MB",
+        },
+        Figure {
+            name: "idle sidecar CPU",
+            value: idle_cpu,
+            unit: "%",
+            limit: None,
+            goal: "~0 (no busy polling)",
+        },
     ]);
 }
