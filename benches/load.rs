@@ -1,8 +1,8 @@
 //! The load driver: a real release `agent-sidecar` on a scratch root with a real loopback
 //! receiver, measured against this machine's own limits in the same run.
 //!
-//! `cargo bench --bench load` (BENCH_JOBS, BENCH_CONCURRENCY, BENCH_FIREHOSE_MB override the
-//! sizes). Prints a table and one JSON line per figure.
+//! `cargo bench --bench load` (BENCH_JOBS, BENCH_CONCURRENCY, BENCH_FIREHOSE_MB and
+//! BENCH_QUEUED override the sizes). Prints a table and one JSON line per figure.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -190,6 +190,117 @@ async fn receiver() -> (String, Arc<Mutex<Completions>>, Arc<Notify>) {
     (origin, completions, changed)
 }
 
+/// Starts `agent-sidecar serve` on `dir/sidecar.toml`; returns once it listens.
+fn spawn_sidecar(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(["serve", "--config"])
+        .arg(dir.join("sidecar.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("agent-sidecar listening on ")
+        .expect("sidecar started")
+        .to_owned();
+    (child, base)
+}
+
+/// Trigger and `GET /jobs/{id}` p99 (ms) for `n` new jobs of `agent` at `concurrency`.
+async fn probe(
+    bench: &Bench,
+    client: &reqwest::Client,
+    n: usize,
+    concurrency: usize,
+) -> (f64, f64) {
+    let prepared: Arc<Vec<(String, Bytes)>> =
+        Arc::new((0..n).map(|_| bench.job("trivial", json!({}))).collect());
+    let url = format!("{}/agents/trigger", bench.base);
+    let (_, mut triggers) = fire(n, concurrency, |i| {
+        let (client, url, body) = (client.clone(), url.clone(), prepared[i].1.clone());
+        async move { client.post(url).body(body).send().await.unwrap().status() }
+    })
+    .await;
+    let (_, mut gets) = fire(n, concurrency, |i| {
+        let (client, url) = (
+            client.clone(),
+            format!("{}/jobs/{}", bench.base, prepared[i].0),
+        );
+        async move { client.get(url).send().await.unwrap().status() }
+    })
+    .await;
+    triggers.sort();
+    gets.sort();
+    (percentile(&triggers, 0.99), percentile(&gets, 0.99))
+}
+
+/// Fills the queue behind a blocker job and compares trigger and GET p99 with a near-empty
+/// queue; then measures restart-to-ready with the full queue. Returns the figures.
+async fn deep_queue(queued: usize, concurrency: usize) -> Vec<Figure> {
+    let mut bench = Bench::start(1).await;
+    let client = reqwest::Client::new();
+    let (_, blocker) = bench.job("blocker", json!({}));
+    client
+        .post(format!("{}/agents/trigger", bench.base))
+        .body(blocker)
+        .send()
+        .await
+        .unwrap();
+    let (empty_trigger, empty_get) = probe(&bench, &client, 1000, concurrency).await;
+    let mut left = queued.saturating_sub(2000);
+    while left > 0 {
+        let n = left.min(10_000);
+        probe(&bench, &client, n, concurrency).await;
+        left -= n;
+    }
+    let (full_trigger, full_get) = probe(&bench, &client, 1000, concurrency).await;
+    let (_, rss) = bench.usage();
+    let ready = bench.restart();
+    vec![
+        Figure {
+            name: "queued jobs",
+            value: queued as f64,
+            unit: "jobs",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "sidecar RSS with the queue full",
+            value: rss,
+            unit: "MB",
+            limit: None,
+            goal: "<= 64 MB",
+        },
+        Figure {
+            name: "trigger p99, full queue",
+            value: full_trigger,
+            unit: "ms",
+            limit: Some((empty_trigger, "empty queue")),
+            goal: "<= 1.5 x empty",
+        },
+        Figure {
+            name: "GET /jobs/{id} p99, full queue",
+            value: full_get,
+            unit: "ms",
+            limit: Some((empty_get, "empty queue")),
+            goal: "<= 1.5 x empty",
+        },
+        Figure {
+            name: "restart to ready, full queue",
+            value: ready.as_secs_f64() * 1000.0,
+            unit: "ms",
+            limit: None,
+            goal: "<= 1000 ms",
+        },
+    ]
+}
+
 impl Bench {
     async fn start(max_concurrent: usize) -> Self {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -220,27 +331,14 @@ timeout = "60s"
 [agents.chatty]
 command = ["python3", {chatty:?}]
 timeout = "600s"
+[agents.blocker]
+command = ["sleep", "3600"]
+timeout = "2h"
 "#,
             chatty = chatty.display().to_string()
         );
         std::fs::write(dir.path().join("sidecar.toml"), config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
-            .args(["serve", "--config"])
-            .arg(dir.path().join("sidecar.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("agent-sidecar listening on ")
-            .expect("sidecar started")
-            .to_owned();
+        let (child, base) = spawn_sidecar(dir.path());
         Self {
             dir,
             child,
@@ -249,6 +347,20 @@ timeout = "600s"
             completions,
             changed,
         }
+    }
+
+    /// Stops the process (SIGTERM) and starts it again on the same folder and database;
+    /// returns the time from spawn to its "listening" line.
+    fn restart(&mut self) -> Duration {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let started = Instant::now();
+        let (child, base) = spawn_sidecar(self.dir.path());
+        let ready = started.elapsed();
+        (self.child, self.base) = (child, base);
+        ready
     }
 
     fn root(&self) -> PathBuf {
@@ -305,6 +417,7 @@ async fn main() {
     let jobs = env_usize("BENCH_JOBS", 2000);
     let concurrency = env_usize("BENCH_CONCURRENCY", 64);
     let firehose_mb = env_usize("BENCH_FIREHOSE_MB", 1024);
+    let queued = env_usize("BENCH_QUEUED", 100_000);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -423,8 +536,10 @@ async fn main() {
     bench.wait_completions(std::slice::from_ref(&id)).await;
     let supervised_s = t.elapsed().as_secs_f64();
     let (_, firehose_rss) = bench.usage();
+    drop(bench);
+    let deep = deep_queue(queued, concurrency).await;
 
-    report(&[
+    let mut figures = vec![
         Figure {
             name: "limit: spawn-and-wait /bin/true, sequential",
             value: spawn_seq,
@@ -551,5 +666,7 @@ async fn main() {
             limit: None,
             goal: "~0 (no busy polling)",
         },
-    ]);
+    ];
+    figures.extend(deep);
+    report(&figures);
 }
