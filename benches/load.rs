@@ -339,6 +339,7 @@ timeout = "2h"
         );
         std::fs::write(dir.path().join("sidecar.toml"), config).unwrap();
         let (child, base) = spawn_sidecar(dir.path());
+        eprintln!("sidecar pid {} at {base}", child.id());
         Self {
             dir,
             child,
