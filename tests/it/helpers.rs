@@ -248,6 +248,8 @@ fn agents_toml() -> String {
         agent("chatty", t.join("chatty.py"), "120s"),
         agent("symlinker", t.join("symlinker.py"), "60s"),
         agent("burst", t.join("burst.py"), "60s"),
+        agent("overlap", t.join("overlap.py"), "60s") + "max_concurrent = 2\n",
+        agent("overlap_wide", t.join("overlap.py"), "60s"),
         agent("env_dump", t.join("env_dump.py"), "60s")
             + "env = { AGENT_EXTRA = \"from-config\" }\n",
     ]

@@ -367,3 +367,51 @@ async fn a_receiver_answering_500_changes_nothing_about_the_job_and_the_completi
     assert_eq!(job["delivery"]["last_status_code"], 500, "{job}");
     assert_ne!(job["delivery"]["state"], "delivered", "{job}");
 }
+
+/// Triggers `n` overlap jobs of `agent` sharing `dir` and returns the most runs seen at once.
+async fn most_at_once(
+    sidecar: &Sidecar,
+    receiver: &Receiver,
+    agent: &str,
+    n: usize,
+    dir: &std::path::Path,
+) -> usize {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let mut body = trigger(receiver, agent);
+        body["params"] = json!({"dir": dir.display().to_string()});
+        sidecar.write_job(&body);
+        assert_eq!(sidecar.post_trigger(&body).await.0, 202);
+        ids.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(receiver.completion(id).await.json()["status"], "completed");
+    }
+    ids.iter()
+        .map(|id| {
+            std::fs::read_to_string(dir.join(format!("seen-{id}")))
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .max()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_never_runs_more_than_its_max_concurrent_at_once() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let dir = tempfile::tempdir().unwrap();
+    let most = most_at_once(&sidecar, &receiver, "overlap", 6, dir.path()).await;
+    assert!(most <= 2, "{most} runs at once, limit 2");
+}
+
+#[tokio::test]
+async fn all_agents_together_never_exceed_the_global_max_concurrent() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[("JOBS__MAX_CONCURRENT", "3")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let most = most_at_once(&sidecar, &receiver, "overlap_wide", 8, dir.path()).await;
+    assert!(most <= 3, "{most} runs at once, global limit 3");
+}
