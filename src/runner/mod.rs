@@ -109,34 +109,40 @@ impl Runner {
 
     async fn start_what_fits(self: &Arc<Self>) {
         while !self.cancel.is_cancelled() {
-            let agents = self.agents_with_capacity();
-            if agents.is_empty() {
+            let (slots, free) = self.free_slots();
+            if free == 0 || slots.is_empty() {
                 return;
             }
-            match self.store.claim_next(&agents, Timestamp::now()).await {
-                Ok(Some(job)) => self.start(job),
-                Ok(None) => return,
+            match self.store.claim(slots, free, Timestamp::now()).await {
+                Ok(jobs) if jobs.is_empty() => return,
+                Ok(jobs) => jobs.into_iter().for_each(|job| self.start(job)),
                 Err(e) => {
-                    error!(error = %e, "cannot claim a job");
+                    error!(error = %e, "cannot claim jobs");
                     return;
                 }
             }
         }
     }
 
-    fn agents_with_capacity(&self) -> Vec<AgentName> {
+    /// Free slots per agent (agents with none left are omitted) and free slots overall.
+    fn free_slots(&self) -> (Vec<(AgentName, usize)>, usize) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.total >= self.config.jobs.max_concurrent {
-            return Vec::new();
-        }
-        self.config
+        let free = self
+            .config
+            .jobs
+            .max_concurrent
+            .saturating_sub(running.total);
+        let slots = self
+            .config
             .agents
             .iter()
-            .filter(|(name, agent)| {
-                running.per_agent.get(*name).copied().unwrap_or(0) < agent.max_concurrent
+            .map(|(name, agent)| {
+                let busy = running.per_agent.get(name).copied().unwrap_or(0);
+                (name.clone(), agent.max_concurrent.saturating_sub(busy))
             })
-            .map(|(name, _)| name.clone())
-            .collect()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        (slots, free)
     }
 
     fn start(self: &Arc<Self>, job: JobRecord) {

@@ -338,13 +338,15 @@ pub trait Store: Send + Sync {
     /// A job with its transitions and completion delivery.
     async fn job_view(&self, job_id: JobId) -> StoreResult<Option<JobView>>;
 
-    /// Moves the oldest, highest-priority queued job of one of `agents` to `in_progress`,
-    /// incrementing its attempt.
-    async fn claim_next(
+    /// Moves up to `free` queued jobs to `in_progress` in one transaction, each the oldest of
+    /// the highest priority among the agents that still have a free slot in `slots`
+    /// (`(agent, free slots)`), incrementing their attempt.
+    async fn claim(
         &self,
-        agents: &[AgentName],
+        slots: Vec<(AgentName, usize)>,
+        free: usize,
         at: Timestamp,
-    ) -> StoreResult<Option<JobRecord>>;
+    ) -> StoreResult<Vec<JobRecord>>;
 
     /// Jobs left `in_progress`, e.g. by a previous process that died.
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>>;

@@ -360,6 +360,32 @@ fn claim_in(
     Ok(job)
 }
 
+/// Claims job after job in one transaction, so a burst costs one commit, not one per job.
+fn claim_batch_in(
+    conn: &Connection,
+    mut slots: Vec<(AgentName, usize)>,
+    mut free: usize,
+    at: Timestamp,
+) -> StoreResult<Vec<JobRecord>> {
+    let mut claimed = Vec::new();
+    while free > 0 {
+        let agents: Vec<AgentName> = slots
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(a, _)| a.clone())
+            .collect();
+        let Some(job) = claim_in(conn, &agents, at)? else {
+            break;
+        };
+        if let Some(slot) = slots.iter_mut().find(|(a, _)| *a == job.agent_name) {
+            slot.1 -= 1;
+        }
+        free -= 1;
+        claimed.push(job);
+    }
+    Ok(claimed)
+}
+
 fn fenced(conn: &Connection, job_id: JobId, expected: JobState, attempt: u32) -> StoreResult<()> {
     let current: Option<(String, u32)> = conn
         .prepare_cached("SELECT state, attempt FROM jobs WHERE job_id = ?1")?
@@ -687,13 +713,14 @@ impl Store for SqliteStore {
         self.read(move |conn| view_in(conn, job_id)).await
     }
 
-    async fn claim_next(
+    async fn claim(
         &self,
-        agents: &[AgentName],
+        slots: Vec<(AgentName, usize)>,
+        free: usize,
         at: Timestamp,
-    ) -> StoreResult<Option<JobRecord>> {
-        let agents = agents.to_vec();
-        self.write(move |conn| claim_in(conn, &agents, at)).await
+    ) -> StoreResult<Vec<JobRecord>> {
+        self.write(move |conn| claim_batch_in(conn, slots, free, at))
+            .await
     }
 
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {
