@@ -418,6 +418,7 @@ impl Runner {
             error: ending.error,
             output_index,
             at: finished_at,
+            lease_until: self.deliveries.lease_until(finished_at),
             completion: NewDelivery {
                 id: DeliveryId::generate(),
                 url: job.request.callback_urls.completion.clone(),
@@ -425,9 +426,9 @@ impl Runner {
             },
         };
         match self.store.finish(finish).await {
-            Ok(_) => {
+            Ok(completion) => {
                 info!(state = %state, duration_ms = timing.duration_ms, "job ended");
-                self.deliveries.wake();
+                self.deliveries.send_now(completion);
             }
             Err(e @ StoreError::Stale { .. }) => {
                 warn!(error = %e, "job ended elsewhere; this attempt's result is discarded")

@@ -179,6 +179,9 @@ pub struct Finish {
     pub at: Timestamp,
     /// The completion callback, written in the same transaction.
     pub completion: NewDelivery,
+    /// The completion is leased to the caller until then, for its first attempt; if that
+    /// attempt is never made (a crash), the outbox makes it once the lease ends.
+    pub lease_until: Timestamp,
 }
 
 /// A callback to deliver, written to the outbox.
@@ -360,8 +363,9 @@ pub trait Store: Send + Sync {
         at: Timestamp,
     ) -> StoreResult<ProgressSnapshot>;
 
-    /// Ends an attempt and writes its completion callback to the outbox, atomically.
-    async fn finish(&self, finish: Finish) -> StoreResult<JobRecord>;
+    /// Ends an attempt and writes its completion callback to the outbox, atomically; returns
+    /// the callback, leased to the caller for its first attempt.
+    async fn finish(&self, finish: Finish) -> StoreResult<DueDelivery>;
 
     /// Leases up to `limit` pending deliveries due at `now` until `lease_until`.
     async fn claim_due_deliveries(

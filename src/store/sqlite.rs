@@ -425,7 +425,7 @@ fn progress_in(
     Ok(snapshot)
 }
 
-fn finish_in(conn: &Connection, f: Finish) -> StoreResult<JobRecord> {
+fn finish_in(conn: &Connection, f: Finish) -> StoreResult<DueDelivery> {
     fenced(conn, f.job_id, f.from, f.attempt)?;
     if !f.from.can_become(f.state) {
         return Err(StoreError::Stale {
@@ -448,8 +448,8 @@ fn finish_in(conn: &Connection, f: Finish) -> StoreResult<JobRecord> {
     ])?;
     append_state(conn, f.job_id, f.attempt, f.state, f.at)?;
     conn.prepare_cached(
-        "INSERT INTO deliveries (delivery_id, job_id, kind, url, destination, body, state, created_at, next_attempt_at) \
-         VALUES (?1, ?2, 'completion', ?3, ?4, ?5, 'pending', ?6, ?6)",
+        "INSERT INTO deliveries (delivery_id, job_id, kind, url, destination, body, state, created_at, \
+         next_attempt_at, lease_until) VALUES (?1, ?2, 'completion', ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
     )?
     .execute(params![
         f.completion.id.as_str(),
@@ -458,11 +458,23 @@ fn finish_in(conn: &Connection, f: Finish) -> StoreResult<JobRecord> {
         f.completion.url.origin().ascii_serialization(),
         f.completion.body,
         f.at.unix_ms(),
+        f.lease_until.unix_ms(),
     ])?;
-    load_job(conn, f.job_id)?.ok_or(StoreError::Stale {
+    let job = load_job(conn, f.job_id)?.ok_or(StoreError::Stale {
         job_id: f.job_id,
         expected: f.from,
         attempt: f.attempt,
+    })?;
+    Ok(DueDelivery {
+        id: f.completion.id,
+        job_id: f.job_id,
+        job_name: job.job_name,
+        status: f.state,
+        url: f.completion.url,
+        body: f.completion.body,
+        attempts: 0,
+        last_status_code: None,
+        age_from: f.at,
     })
 }
 
@@ -747,7 +759,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn finish(&self, finish: Finish) -> StoreResult<JobRecord> {
+    async fn finish(&self, finish: Finish) -> StoreResult<DueDelivery> {
         self.write(move |conn| finish_in(conn, finish)).await
     }
 
