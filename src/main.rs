@@ -110,8 +110,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Threads for blocking work (SQLite reads, output files); far more than the cores, far fewer
+/// than tokio's default 512.
+const BLOCKING_THREADS: usize = 16;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
+        // Store reads run on the blocking pool; every extra thread keeps its own malloc arena.
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()?)
 }

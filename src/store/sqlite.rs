@@ -22,6 +22,8 @@ use crate::contract::{DeliveryAttempt, DeliveryState};
 
 /// Writes waiting when a transaction starts join it, up to this many.
 const MAX_GROUP: usize = 512;
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 4;
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type WriteOp = Box<dyn FnOnce(&mut Transaction<'_>) -> Reply + Send>;
@@ -122,7 +124,7 @@ impl ReadPool {
 
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < 8 {
+        if idle.len() < MAX_IDLE_READERS {
             idle.push(conn);
         }
     }
