@@ -33,13 +33,14 @@ async fn trigger(
     let body = body.map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
     let (request, request_sha256) = parse_request(&body)?;
     let app = &app.inner;
-    if let Some(view) = app
+    // A replay is answered from the stored job, before the job folder is read again.
+    if let Some(job) = app
         .store
-        .job_view(request.job_id)
+        .job(request.job_id)
         .await
         .map_err(|e| ApiError::internal(&e))?
     {
-        return replay(&view.job, &request_sha256, &app.public_url);
+        return replay(&job, &request_sha256, &app.public_url);
     }
     check_registry(&app.config, &request)?;
     check_manifest(&app.shared_root, &request)?;

@@ -338,6 +338,9 @@ pub trait Store: Send + Sync {
     /// Stores a new job as `received → queued`, or reports the existing one.
     async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued>;
 
+    /// A job's own row (cheaper than [`Store::job_view`]).
+    async fn job(&self, job_id: JobId) -> StoreResult<Option<JobRecord>>;
+
     /// A job with its transitions and completion delivery.
     async fn job_view(&self, job_id: JobId) -> StoreResult<Option<JobView>>;
 

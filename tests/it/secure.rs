@@ -31,6 +31,17 @@ async fn delivery(sidecar: &Sidecar, job_id: &str, done: impl Fn(&Value) -> bool
     .await
 }
 
+/// Triggers a failing job and returns its completion delivery once one attempt was made.
+async fn first_attempt(sidecar: &Sidecar, receiver: &Receiver) -> Value {
+    let body = trigger(receiver, "failing_agent");
+    sidecar.write_job(&body);
+    assert_eq!(sidecar.post_trigger(&body).await.0, StatusCode::ACCEPTED);
+    delivery(sidecar, body["job_id"].as_str().unwrap(), |d| {
+        d["attempts"].as_u64() >= Some(1)
+    })
+    .await
+}
+
 struct MtlsSetup {
     receiver: Receiver,
     server_ca: Ca,
@@ -75,13 +86,7 @@ async fn a_receiver_requiring_a_client_certificate_refuses_a_sidecar_without_one
     let s = mtls_receiver().await;
     let ca = pki::write(s.dir.path(), "rails-ca.pem", &s.server_ca.pem());
     let sidecar = Sidecar::start_with(&s.receiver, &[], &tls_toml(&ca, None)).await;
-    let body = trigger(&s.receiver, "failing_agent");
-    sidecar.write_job(&body);
-    assert_eq!(sidecar.post_trigger(&body).await.0, StatusCode::ACCEPTED);
-    let d = delivery(&sidecar, body["job_id"].as_str().unwrap(), |d| {
-        d["attempts"].as_u64() >= Some(1)
-    })
-    .await;
+    let d = first_attempt(&sidecar, &s.receiver).await;
     assert_eq!(d["state"], "pending", "{d}");
     assert!(
         d["last_status_code"].is_null(),
@@ -99,13 +104,7 @@ async fn a_server_certificate_from_an_unknown_ca_is_refused() {
     let cert = pki::write(s.dir.path(), "client.pem", &client.cert_pem);
     let key = pki::write(s.dir.path(), "client.key", &client.key_pem);
     let sidecar = Sidecar::start_with(&s.receiver, &[], &tls_toml(&ca, Some((&cert, &key)))).await;
-    let body = trigger(&s.receiver, "failing_agent");
-    sidecar.write_job(&body);
-    assert_eq!(sidecar.post_trigger(&body).await.0, StatusCode::ACCEPTED);
-    let d = delivery(&sidecar, body["job_id"].as_str().unwrap(), |d| {
-        d["attempts"].as_u64() >= Some(1)
-    })
-    .await;
+    let d = first_attempt(&sidecar, &s.receiver).await;
     let error = d["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("certificate") || error.contains("UnknownIssuer"),
