@@ -87,6 +87,8 @@ pub struct RawConfig {
     callbacks: RawCallbacks,
     jobs: RawJobs,
     #[serde(default)]
+    sweeper: RawSweeper,
+    #[serde(default)]
     agents: BTreeMap<String, RawAgent>,
 }
 
@@ -99,6 +101,10 @@ struct RawServer {
     public_url: Option<String>,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: usize,
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    write_timeout: Duration,
+    #[serde(default = "default_send_buffer_bytes")]
+    send_buffer_bytes: usize,
 }
 
 impl Default for RawServer {
@@ -107,8 +113,17 @@ impl Default for RawServer {
             listen: default_listen(),
             public_url: None,
             max_body_bytes: default_max_body_bytes(),
+            write_timeout: default_write_timeout(),
+            send_buffer_bytes: default_send_buffer_bytes(),
         }
     }
+}
+
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_send_buffer_bytes() -> usize {
+    256 * 1024
 }
 
 fn default_listen() -> String {
@@ -255,6 +270,54 @@ struct RawJobs {
     kill_grace: Duration,
     #[serde(default = "default_max_line_bytes")]
     max_line_bytes: usize,
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    drain_timeout: Duration,
+    #[serde(default, with = "humantime_serde")]
+    max_queue_age: Option<Duration>,
+    #[serde(default = "default_priority_aging", with = "humantime_serde")]
+    priority_aging: Duration,
+    #[serde(default = "default_events_per_job")]
+    events_per_job: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSweeper {
+    #[serde(default = "default_sweep_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    retention: Duration,
+    #[serde(default)]
+    prune_folders: bool,
+}
+
+impl Default for RawSweeper {
+    fn default() -> Self {
+        Self {
+            interval: default_sweep_interval(),
+            retention: default_retention(),
+            prune_folders: false,
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_priority_aging() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_events_per_job() -> usize {
+    1000
+}
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_attempts() -> u32 {
+    3
 }
 
 fn default_max_concurrent() -> usize {
@@ -279,6 +342,12 @@ struct RawAgent {
     env: BTreeMap<String, String>,
     #[serde(default)]
     params_schema: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    stale_after: Option<Duration>,
+    #[serde(default)]
+    on_restart: OnRestart,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
 }
 
 // ---- stage 2: what the program uses ----
@@ -296,6 +365,8 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     /// `[jobs]`.
     pub jobs: JobsConfig,
+    /// `[sweeper]`.
+    pub sweeper: SweeperConfig,
     /// `[agents.NAME]`: the agent registry.
     pub agents: BTreeMap<AgentName, Arc<AgentConfig>>,
     /// The file this was loaded from (reloaded on SIGHUP).
@@ -311,6 +382,12 @@ pub struct ServerConfig {
     pub public_url: Option<Url>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A connection whose client accepts no bytes for this long is closed (a watcher that
+    /// stopped reading).
+    pub write_timeout: Duration,
+    /// Kernel send buffer of each connection: with one page of events, the most a watcher
+    /// that stopped reading can hold.
+    pub send_buffer_bytes: usize,
 }
 
 /// `[storage]`: the shared job folders.
@@ -449,6 +526,40 @@ pub struct JobsConfig {
     pub kill_grace: Duration,
     /// Longest stdout/stderr line kept; longer lines are cut.
     pub max_line_bytes: usize,
+    /// On SIGTERM, how long running jobs may go on before they are stopped and left for the
+    /// next start.
+    pub drain_timeout: Duration,
+    /// A job queued longer than this ends `timed_out` (`queue_timeout`); no limit when unset.
+    pub max_queue_age: Option<Duration>,
+    /// How much waiting one priority step is worth: a job starts as if it had been queued
+    /// `rank x priority_aging` later, so a `low` job is only overtaken for a bounded time.
+    pub priority_aging: Duration,
+    /// Events (state changes and progress) kept per job for watchers' replay; the oldest
+    /// progress events go first, state changes are always kept.
+    pub events_per_job: usize,
+}
+
+/// `[sweeper]`: the background task that ends stuck jobs and prunes old ones.
+#[derive(Debug, Clone)]
+pub struct SweeperConfig {
+    /// Time between two sweeps.
+    pub interval: Duration,
+    /// Terminal jobs (and their events and deliveries) older than this are deleted from the
+    /// store, once their completion is no longer pending.
+    pub retention: Duration,
+    /// Whether pruning also deletes the job's folder under `shared_root`.
+    pub prune_folders: bool,
+}
+
+/// What becomes of a job whose sidecar stopped while its agent ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRestart {
+    /// Queue it again (up to `max_attempts` runs in all).
+    #[default]
+    Requeue,
+    /// End it `failed` with reason `sidecar_restarted`.
+    Fail,
 }
 
 /// `[agents.NAME]`: one agent of the registry.
@@ -464,6 +575,12 @@ pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
     /// Schema `params` must satisfy, if any.
     pub params_schema: Option<Arc<jsonschema::Validator>>,
+    /// A run silent (no stdout or stderr line) for longer than this is stopped, `timed_out`.
+    pub stale_after: Option<Duration>,
+    /// What a restart does with a run the previous process left behind.
+    pub on_restart: OnRestart,
+    /// Runs of one job at most (requeues after restarts included).
+    pub max_attempts: u32,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -475,6 +592,9 @@ impl fmt::Debug for AgentConfig {
             .field("max_concurrent", &self.max_concurrent)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("params_schema", &self.params_schema.is_some())
+            .field("stale_after", &self.stale_after)
+            .field("on_restart", &self.on_restart)
+            .field("max_attempts", &self.max_attempts)
             .finish()
     }
 }
@@ -524,6 +644,7 @@ impl Config {
             store: resolve_store(&raw.store.url, base)?,
             callbacks: resolve_callbacks(raw.callbacks, base)?,
             jobs,
+            sweeper: resolve_sweeper(raw.sweeper)?,
             agents,
             source: None,
         };
@@ -569,10 +690,18 @@ fn resolve_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         .public_url
         .map(|u| Url::parse(&u).map_err(|e| invalid("server.public_url", e.to_string())))
         .transpose()?;
+    if raw.write_timeout.is_zero() {
+        return Err(invalid("server.write_timeout", "must be more than 0s"));
+    }
+    if raw.send_buffer_bytes < 4096 {
+        return Err(invalid("server.send_buffer_bytes", "must be at least 4096"));
+    }
     Ok(ServerConfig {
         listen,
         public_url,
         max_body_bytes: raw.max_body_bytes,
+        write_timeout: raw.write_timeout,
+        send_buffer_bytes: raw.send_buffer_bytes,
     })
 }
 
@@ -763,11 +892,32 @@ fn resolve_jobs(raw: RawJobs) -> Result<JobsConfig, ConfigError> {
     if raw.max_line_bytes < 256 {
         return Err(invalid("jobs.max_line_bytes", "must be at least 256"));
     }
+    if raw.events_per_job < 10 {
+        return Err(invalid("jobs.events_per_job", "must be at least 10"));
+    }
+    if raw.max_queue_age.is_some_and(|d| d.is_zero()) {
+        return Err(invalid("jobs.max_queue_age", "must be more than 0s"));
+    }
     Ok(JobsConfig {
         allowed_job_names,
         max_concurrent: raw.max_concurrent,
         kill_grace: raw.kill_grace,
         max_line_bytes: raw.max_line_bytes,
+        drain_timeout: raw.drain_timeout,
+        max_queue_age: raw.max_queue_age,
+        priority_aging: raw.priority_aging,
+        events_per_job: raw.events_per_job,
+    })
+}
+
+fn resolve_sweeper(raw: RawSweeper) -> Result<SweeperConfig, ConfigError> {
+    if raw.interval.is_zero() {
+        return Err(invalid("sweeper.interval", "must be more than 0s"));
+    }
+    Ok(SweeperConfig {
+        interval: raw.interval,
+        retention: raw.retention,
+        prune_folders: raw.prune_folders,
     })
 }
 
@@ -813,12 +963,21 @@ fn resolve_agent(
     if raw.timeout.is_zero() {
         return Err(invalid(key("timeout"), "must be more than 0s"));
     }
+    if raw.stale_after.is_some_and(|d| d.is_zero()) {
+        return Err(invalid(key("stale_after"), "must be more than 0s"));
+    }
+    if raw.max_attempts == 0 {
+        return Err(invalid(key("max_attempts"), "must be at least 1"));
+    }
     let agent = AgentConfig {
         command,
         timeout: raw.timeout,
         max_concurrent,
         env: raw.env,
         params_schema,
+        stale_after: raw.stale_after,
+        on_restart: raw.on_restart,
+        max_attempts: raw.max_attempts,
     };
     Ok((agent_name, Arc::new(agent)))
 }

@@ -23,6 +23,8 @@ pub enum ErrorSource {
     Path,
     /// A query string parameter.
     Query,
+    /// A request header (the pointer names it).
+    Header,
 }
 
 /// One failing field of a problem.
@@ -44,7 +46,8 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     errors: Vec<ProblemField>,
-    extensions: serde_json::Map<String, Value>,
+    extensions: Box<serde_json::Map<String, Value>>,
+    retry_after_secs: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -73,8 +76,22 @@ impl ApiError {
             title,
             detail: detail.into(),
             errors: Vec::new(),
-            extensions: serde_json::Map::new(),
+            extensions: Box::default(),
+            retry_after_secs: None,
         }
+    }
+
+    /// The sidecar is shutting down and takes no new work; try again (another instance, or
+    /// this one once restarted) after `retry_after_secs`.
+    pub fn unavailable(detail: impl Into<String>, retry_after_secs: u32) -> Self {
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        );
+        err.retry_after_secs = Some(retry_after_secs);
+        err
     }
 
     /// The body is not JSON.
@@ -159,6 +176,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The readable sentence.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 fn source_name(source: ErrorSource) -> &'static str {
@@ -167,6 +189,7 @@ fn source_name(source: ErrorSource) -> &'static str {
         ErrorSource::Manifest => "manifest",
         ErrorSource::Path => "path",
         ErrorSource::Query => "query",
+        ErrorSource::Header => "header",
     }
 }
 
@@ -194,6 +217,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

@@ -13,6 +13,7 @@
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default).
 //! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs.
 //! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
+//! - [`sweeper`]: ends stuck jobs (stale, over time, too long queued) and prunes old ones.
 //! - [`demo`]: the README's first command, end to end on loopback.
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod jobdir;
 pub mod runner;
 pub mod store;
+pub mod sweeper;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +41,10 @@ use tracing::{Instrument, info, info_span};
 use config::Config;
 use delivery::Deliveries;
 use runner::Runner;
+use sweeper::Sweeper;
+
+/// Once drained, how long open connections get to close before the process stops waiting.
+const HTTP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Selects the process-wide TLS crypto provider (ring); harmless to call twice.
 pub fn install_crypto_provider() {
@@ -60,7 +66,9 @@ pub async fn run(
 /// A started sidecar: store open, keys loaded, interrupted work recovered, background tasks
 /// running; [`Sidecar::serve`] answers HTTP until shutdown.
 pub struct Sidecar {
-    listener: TcpListener,
+    listener: api::listener::GuardedListener,
+    runner: Arc<Runner>,
+    drain_timeout: std::time::Duration,
     router: axum::Router,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -79,7 +87,7 @@ impl Sidecar {
                 config.storage.shared_root.display()
             )
         })?;
-        let store = store::open(&config.store)
+        let store = store::open(&config.store, config.jobs.events_per_job)
             .await
             .context("cannot open the store")?;
         let cancel = CancellationToken::new();
@@ -102,7 +110,7 @@ impl Sidecar {
         if recovered > 0 {
             info!(
                 count = recovered,
-                "concluded jobs interrupted by the previous stop"
+                "handled jobs interrupted by the previous stop"
             );
         }
         let released = store
@@ -126,18 +134,38 @@ impl Sidecar {
                 .run()
                 .instrument(info_span!("scheduler")),
         );
+        let sweeper = Sweeper::new(
+            Arc::clone(&store),
+            Arc::clone(&runner),
+            Arc::clone(&config),
+            shared_root.clone(),
+        );
+        tracker.spawn(
+            sweeper
+                .run(cancel.clone())
+                .instrument(info_span!("sweeper")),
+        );
 
         let addr = listener.local_addr().context("listener has no address")?;
+        let listener = api::listener::GuardedListener::new(
+            listener,
+            config.server.write_timeout,
+            config.server.send_buffer_bytes,
+        )
+        .context("cannot set up the listener")?;
         let router = api::router(api::AppState::new(api::Parts {
             store,
             config: Arc::clone(&config),
-            runner,
+            runner: Arc::clone(&runner),
             deliveries,
             shared_root,
             public_url: config.public_url(addr),
+            shutdown: cancel.clone(),
         }));
         Ok(Self {
             listener,
+            runner,
+            drain_timeout: config.jobs.drain_timeout,
             router,
             cancel,
             tracker,
@@ -146,29 +174,41 @@ impl Sidecar {
 
     /// The address the API listens on.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
+        axum::serve::Listener::local_addr(&self.listener)
     }
 
-    /// Answers HTTP until `shutdown` resolves, then stops and awaits every background task.
+    /// Answers HTTP until `shutdown` resolves, then drains: triggers are refused (503), no
+    /// new job starts, running ones get `jobs.drain_timeout` to finish before they are stopped
+    /// and left for the next start; in-flight callbacks complete; then every task is awaited.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop = self.cancel.clone();
         info!(addr = %self.local_addr()?, "listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = shutdown => {}
-                    () = stop.cancelled() => {}
-                }
-            })
-            .await;
-        info!("shutting down");
-        self.cancel.cancel();
+        let stop = self.cancel.clone();
+        let runner = Arc::clone(&self.runner);
+        let drain_timeout = self.drain_timeout;
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => {}
+            }
+            info!("shutting down: draining");
+            runner.drain(drain_timeout).await;
+            stop.cancel();
+        });
+        let stopped = self.cancel.clone();
+        let served = tokio::select! {
+            served = served => served.context("HTTP server failed"),
+            () = async { stopped.cancelled().await; tokio::time::sleep(HTTP_GRACE).await } => {
+                tracing::warn!("connections still open after the drain; closing them");
+                Ok(())
+            }
+        };
         self.tracker.close();
         self.tracker.wait().await;
-        served.context("HTTP server failed")
+        info!("stopped");
+        served
     }
 }
 

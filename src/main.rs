@@ -53,6 +53,34 @@ enum Command {
         #[command(subcommand)]
         action: DeliveriesCommand,
     },
+    /// Steer jobs through a running sidecar's API.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Cancel a job: a queued one never starts, a running one's agent is stopped.
+    Cancel {
+        /// The job's id.
+        job_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which running sidecar to talk to.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// Base URL of its API, e.g. http://127.0.0.1:8780.
+    #[arg(long, env = "AGENT_SIDECAR_URL")]
+    url: Option<String>,
+    /// Its config file (the API address is read from it).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -100,6 +128,7 @@ fn main() -> ExitCode {
         Command::Validate { manifest } => return validate(&manifest),
         Command::CheckConfig { config } => check_config(&config),
         Command::Deliveries { action } => runtime().and_then(|rt| rt.block_on(deliveries(action))),
+        Command::Jobs { action } => runtime().and_then(|rt| rt.block_on(jobs(action))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -229,7 +258,10 @@ async fn deliveries(action: DeliveriesCommand) -> anyhow::Result<()> {
             json,
         } => {
             let filter = parse_filter(query)?;
-            let store = store::open(&Config::load(&config)?.store).await?;
+            let store = {
+                let config = Config::load(&config)?;
+                store::open(&config.store, config.jobs.events_per_job).await?
+            };
             for d in store.list_deliveries(filter).await? {
                 if json {
                     println!("{}", serde_json::to_string(&d)?);
@@ -242,7 +274,10 @@ async fn deliveries(action: DeliveriesCommand) -> anyhow::Result<()> {
         DeliveriesCommand::Redrive { config, id, query } => {
             let mut filter = parse_filter(query)?;
             filter.id = id.map(|i| i.parse().unwrap_or_else(|never| match never {}));
-            let store = store::open(&Config::load(&config)?.store).await?;
+            let store = {
+                let config = Config::load(&config)?;
+                store::open(&config.store, config.jobs.events_per_job).await?
+            };
             let redriven = store.redrive(filter).await?;
             for id in &redriven {
                 println!("redriven {id}");
@@ -289,4 +324,40 @@ fn delivery_line(d: &DeliveryStatus) -> String {
         d.destination,
         d.created_at
     )
+}
+
+async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
+    match action {
+        JobsCommand::Cancel { job_id, target } => {
+            let base = match (target.url, target.config) {
+                (Some(url), _) => url,
+                (None, Some(config)) => {
+                    let config = Config::load(&config)?;
+                    config.public_url(config.server.listen)
+                }
+                (None, None) => anyhow::bail!("give --url or --config"),
+            };
+            agent_sidecar::install_crypto_provider();
+            let url = format!("{}/jobs/{job_id}/cancel", base.trim_end_matches('/'));
+            let response = reqwest::Client::new()
+                .post(&url)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach the sidecar at {base}: {e}"))?;
+            let status = response.status();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            match status.as_u16() {
+                200 => println!("job {job_id} canceled (it had not started)"),
+                202 => println!("job {job_id}: stopping its agent; it ends canceled"),
+                _ => anyhow::bail!(
+                    "{}",
+                    body["detail"]
+                        .as_str()
+                        .map_or_else(|| format!("HTTP {status}"), str::to_owned)
+                ),
+            }
+            Ok(())
+        }
+    }
 }

@@ -3,13 +3,16 @@
 mod deliveries;
 mod jobs;
 mod keys;
+pub mod listener;
 mod trigger;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::delivery::Deliveries;
@@ -30,6 +33,7 @@ struct Inner {
     deliveries: Arc<Deliveries>,
     shared_root: PathBuf,
     public_url: String,
+    shutdown: CancellationToken,
 }
 
 /// The running parts the API drives.
@@ -46,6 +50,8 @@ pub struct Parts {
     pub shared_root: PathBuf,
     /// Base of `status_url`s.
     pub public_url: String,
+    /// Cancelled when the sidecar stops: live streams end.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -59,6 +65,7 @@ impl AppState {
                 deliveries: parts.deliveries,
                 shared_root: parts.shared_root,
                 public_url: parts.public_url,
+                shutdown: parts.shutdown,
             }),
         }
     }
@@ -70,6 +77,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(trigger::router())
         .merge(jobs::router())
+        .merge(watch::router())
         .merge(deliveries::router())
         .merge(keys::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -22,6 +22,9 @@ use crate::jobdir::JobDir;
 use crate::runner::outputs::hex;
 use crate::store::{Enqueued, JobRecord, NewJob};
 
+/// `Retry-After` while draining: about the time a restart takes.
+const DRAINING_RETRY_AFTER_SECS: u32 = 5;
+
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/agents/trigger", post(trigger))
 }
@@ -30,9 +33,15 @@ async fn trigger(
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
+    let app = &app.inner;
+    if app.runner.is_draining() {
+        return Err(ApiError::unavailable(
+            "the sidecar is shutting down and accepts no new jobs",
+            DRAINING_RETRY_AFTER_SECS,
+        ));
+    }
     let body = body.map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
     let (request, request_sha256) = parse_request(&body)?;
-    let app = &app.inner;
     // A replay is answered from the stored job, before the job folder is read again.
     if let Some(job) = app
         .store
@@ -44,11 +53,14 @@ async fn trigger(
     }
     check_registry(&app.config, &request)?;
     check_manifest(&app.shared_root, &request)?;
+    let at = Timestamp::now();
+    let rank = u32::try_from(request.priority.rank()).unwrap_or(0);
     let job = NewJob {
         request,
         request_sha256,
         trace_id: uuid::Uuid::new_v4().simple().to_string(),
-        at: Timestamp::now(),
+        at,
+        sort_at: at.plus(app.config.jobs.priority_aging * rank),
     };
     match app
         .store

@@ -22,11 +22,13 @@ pub enum SchemaKind {
     Metrics,
     /// `GET /jobs/{id}` and `output/status.json`.
     Status,
+    /// One event of `GET /jobs/{id}/events` and `GET /jobs/{id}/watch`.
+    JobEvent,
 }
 
 impl SchemaKind {
     /// Every kind, in the order of `schemas/v1/`.
-    pub const ALL: [SchemaKind; 7] = [
+    pub const ALL: [SchemaKind; 8] = [
         Self::Manifest,
         Self::TriggerRequest,
         Self::ProgressCallback,
@@ -34,6 +36,7 @@ impl SchemaKind {
         Self::Summary,
         Self::Metrics,
         Self::Status,
+        Self::JobEvent,
     ];
 
     /// The file name under `schemas/v<N>/`.
@@ -46,6 +49,7 @@ impl SchemaKind {
             Self::Summary => "summary.json",
             Self::Metrics => "metrics.json",
             Self::Status => "status.json",
+            Self::JobEvent => "job-event.json",
         }
     }
 }
@@ -78,7 +82,7 @@ struct Compiled {
     validator: jsonschema::Validator,
 }
 
-static V1: [(SchemaKind, &str); 7] = [
+static V1: [(SchemaKind, &str); 8] = [
     (
         SchemaKind::Manifest,
         include_str!("../../schemas/v1/manifest.json"),
@@ -106,6 +110,10 @@ static V1: [(SchemaKind, &str); 7] = [
     (
         SchemaKind::Status,
         include_str!("../../schemas/v1/status.json"),
+    ),
+    (
+        SchemaKind::JobEvent,
+        include_str!("../../schemas/v1/job-event.json"),
     ),
 ];
 

@@ -97,6 +97,12 @@ fn status_fixtures_round_trip_and_invalid_ones_name_the_field() {
     rejects_invalid(SchemaKind::Status, "status");
 }
 
+#[test]
+fn job_event_fixtures_round_trip_and_invalid_ones_name_the_field() {
+    round_trips::<JobEvent>(SchemaKind::JobEvent, "job-event");
+    rejects_invalid(SchemaKind::JobEvent, "job-event");
+}
+
 /// Strips `/* */` comments and fills the note's placeholders with real values of their kind.
 fn fill_placeholders(text: &str) -> Value {
     let mut out = String::new();

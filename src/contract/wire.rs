@@ -144,8 +144,15 @@ pub enum ErrorReason {
     Timeout,
     /// The agent could not be started.
     SpawnFailed,
-    /// The sidecar stopped while the job ran and the agent says not to retry.
+    /// The sidecar stopped while the job ran and the agent says not to retry (or its
+    /// attempts are used up).
     SidecarRestarted,
+    /// Someone asked to cancel it (API, CLI or a watcher's `STOP`).
+    Canceled,
+    /// The agent printed nothing for longer than its `stale_after`.
+    Stale,
+    /// It waited in the queue longer than `max_queue_age`.
+    QueueTimeout,
 }
 
 /// The `error` of a completion: null when the job completed.
@@ -448,4 +455,100 @@ pub struct JobStatus {
     pub output_uri: String,
     /// The final summary (or trimmed index), once terminal.
     pub output_index: Option<Value>,
+}
+
+/// One entry of a job's history as watchers receive it: the `data` of an SSE event (whose `id`
+/// is `seq`) and one WebSocket message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Payload version.
+    pub version: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// Position in the job's history, from 1, without gaps except for pruned progress.
+    pub seq: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// The attempt it belongs to (0 before the first run).
+    pub attempt: u32,
+    /// What happened.
+    #[serde(flatten)]
+    pub data: EventData,
+}
+
+/// What a [`JobEvent`] says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventData {
+    /// The job moved to `state`.
+    State {
+        /// The new state.
+        state: JobState,
+    },
+    /// The agent reported progress.
+    Progress {
+        /// Stage name, if the agent gave one.
+        stage: Option<String>,
+        /// Message, if any.
+        message: Option<String>,
+        /// Percent done, if known.
+        percent: Option<f64>,
+    },
+}
+
+impl JobEvent {
+    /// Whether this event ends the job's history.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.data, EventData::State { state } if state.is_terminal())
+    }
+}
+
+/// One job in `GET /jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSummary {
+    /// The job.
+    pub job_id: JobId,
+    /// The job's user.
+    pub user_id: String,
+    /// The agent.
+    pub agent_name: AgentName,
+    /// The Rails handler.
+    pub job_name: JobName,
+    /// Scheduling priority.
+    pub priority: Priority,
+    /// Current state.
+    pub state: JobState,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Acceptance time.
+    pub created_at: Timestamp,
+    /// When the current attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When the job ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// `GET /jobs`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobList {
+    /// Payload version.
+    pub version: u32,
+    /// The jobs.
+    pub jobs: Vec<JobSummary>,
+}
+
+/// What `POST /jobs/{job_id}/cancel` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAccepted {
+    /// Payload version.
+    pub version: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// `canceled` when it was still queued; `in_progress` while its agent is being stopped.
+    pub state: JobState,
+    /// Where to follow it.
+    pub status_url: String,
 }

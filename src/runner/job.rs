@@ -11,10 +11,10 @@ use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, watch};
 use tracing::{error, info, warn};
 
-use super::Runner;
 use super::lines::{LineReader, parse_progress};
 use super::outputs::{self, Measured, RunReport};
 use super::process::{AgentProcess, ExitKind, Spawn};
+use super::{Control, Runner, StopReason};
 use crate::config::AgentConfig;
 use crate::contract::{
     CompletionCallback, CompletionMeta, DeliveryId, ErrorReason, JobError, JobState,
@@ -79,53 +79,43 @@ impl JobLog {
 
 enum Waited {
     Exited(std::io::Result<super::process::Exit>),
-    TimedOut,
-    Shutdown,
+    Stopped(StopReason),
 }
 
 impl Runner {
     /// Runs one claimed job to its end.
-    pub(super) async fn supervise(self: &Arc<Self>, job: JobRecord) {
+    pub(super) async fn supervise(self: &Arc<Self>, job: JobRecord, control: Arc<Control>) {
+        let cannot_run = |message: String| {
+            self.conclude_without_run(
+                job.clone(),
+                JobState::Failed,
+                ErrorReason::SpawnFailed,
+                message,
+            )
+        };
         let Some(agent) = self.config.agents.get(&job.agent_name).cloned() else {
-            let message = format!("agent {} is no longer configured", job.agent_name);
-            self.conclude_without_run(job, ErrorReason::SpawnFailed, message)
-                .await;
+            cannot_run(format!("agent {} is no longer configured", job.agent_name)).await;
             return;
         };
         let dir = match JobDir::open(&self.shared_root, job.job_id) {
             Ok(dir) => dir,
             Err(e) => {
-                self.conclude_without_run(
-                    job,
-                    ErrorReason::SpawnFailed,
-                    format!("job folder unusable: {e}"),
-                )
-                .await;
+                cannot_run(format!("job folder unusable: {e}")).await;
                 return;
             }
         };
         if let Err(e) = dir.prepare_output() {
-            self.conclude_without_run(
-                job,
-                ErrorReason::SpawnFailed,
-                format!("cannot create output/: {e}"),
-            )
-            .await;
+            cannot_run(format!("cannot create output/: {e}")).await;
             return;
         }
         let log = match JobLog::open(&dir.output().join("log.txt")).await {
             Ok(log) => Arc::new(log),
             Err(e) => {
-                self.conclude_without_run(
-                    job,
-                    ErrorReason::SpawnFailed,
-                    format!("cannot open log.txt: {e}"),
-                )
-                .await;
+                cannot_run(format!("cannot open log.txt: {e}")).await;
                 return;
             }
         };
-        let Some(ending) = self.run_agent(&job, &agent, &dir, &log).await else {
+        let Some(ending) = self.run_agent(&job, &agent, &dir, &log, &control).await else {
             log.line(
                 "sidecar",
                 "sidecar shutting down; agent stopped, job left for recovery",
@@ -140,7 +130,7 @@ impl Runner {
         )
         .await;
         log.flush().await;
-        self.conclude(job, &dir, ending).await;
+        self.conclude_in(job, Some(dir.output()), ending).await;
     }
 
     /// Spawns and supervises the agent; `None` when the sidecar is shutting down.
@@ -150,6 +140,7 @@ impl Runner {
         agent: &AgentConfig,
         dir: &JobDir,
         log: &Arc<JobLog>,
+        control: &Arc<Control>,
     ) -> Option<Ending> {
         let env = agent_env(job, agent, dir);
         let spec = Spawn {
@@ -183,38 +174,38 @@ impl Runner {
         .await;
 
         let max_line = self.config.jobs.max_line_bytes;
-        let stdout = self
-            .tracker
-            .spawn(self.stream_stdout(job, process.stdout.take(), max_line));
+        let stdout = self.tracker.spawn(self.stream_stdout(
+            job,
+            process.stdout.take(),
+            max_line,
+            Arc::clone(control),
+        ));
         let stderr = self.tracker.spawn(read_stderr(
             process.stderr.take(),
             Arc::clone(log),
             max_line,
+            Arc::clone(control),
         ));
 
         let waited = tokio::select! {
             exit = process.wait() => Waited::Exited(exit),
-            () = tokio::time::sleep(agent.timeout) => Waited::TimedOut,
-            () = self.cancel.cancelled() => Waited::Shutdown,
+            () = tokio::time::sleep(agent.timeout) => Waited::Stopped(StopReason::Timeout),
+            () = control.stop.cancelled() => Waited::Stopped(control.reason()),
+            () = self.cancel.cancelled() => Waited::Stopped(StopReason::Interrupt),
         };
-        let (exit, timed_out) = match waited {
-            Waited::Exited(exit) => (exit, false),
-            Waited::TimedOut => {
-                warn!(timeout = ?agent.timeout, "agent timed out; stopping its process group");
-                log.line(
-                    "sidecar",
-                    &format!(
-                        "timeout of {} reached: SIGTERM to the process group",
-                        humantime::format_duration(agent.timeout)
-                    ),
-                )
-                .await;
-                (self.terminate(&process, log).await, true)
-            }
-            Waited::Shutdown => {
-                let _ = self.terminate(&process, log).await;
-                super::process::signal_group(process.pid(), libc::SIGKILL);
-                return None;
+        let (exit, stopped) = match waited {
+            Waited::Exited(exit) => (exit, None),
+            Waited::Stopped(reason) => {
+                let why = stop_sentence(reason, agent);
+                warn!(reason = ?reason, "stopping the agent: {why}");
+                log.line("sidecar", &format!("{why}: SIGTERM to the process group"))
+                    .await;
+                let exit = self.terminate(&process, log).await;
+                if reason == StopReason::Interrupt {
+                    super::process::signal_group(process.pid(), libc::SIGKILL);
+                    return None;
+                }
+                (exit, Some((reason, why)))
             }
         };
         // Whatever the agent left behind in its group goes with it, so the pipes close.
@@ -229,19 +220,15 @@ impl Runner {
             max_rss_kb: None,
         };
         Some(match exit {
-            Ok(e) if timed_out => {
+            Ok(e) if stopped.is_some() => {
                 measured.max_rss_kb = Some(e.max_rss_kb);
-                let message = format!(
-                    "agent ran past its timeout of {}",
-                    humantime::format_duration(agent.timeout)
-                );
-                failed_as(
-                    JobState::TimedOut,
-                    ErrorReason::Timeout,
-                    message,
-                    measured,
-                    stderr_tail,
-                )
+                let (reason, why) = stopped.unwrap_or((StopReason::Timeout, String::new()));
+                let (state, reason) = match reason {
+                    StopReason::Cancel => (JobState::Canceled, ErrorReason::Canceled),
+                    StopReason::Stale => (JobState::TimedOut, ErrorReason::Stale),
+                    _ => (JobState::TimedOut, ErrorReason::Timeout),
+                };
+                failed_as(state, reason, why, measured, stderr_tail)
             }
             Ok(e) => ending_of(e, measured, stderr_tail),
             Err(e) => failed(
@@ -277,6 +264,7 @@ impl Runner {
         job: &JobRecord,
         pipe: Option<pipe::Receiver>,
         max_line: usize,
+        control: Arc<Control>,
     ) -> impl Future<Output = (u64, u64)> + Send + 'static {
         let (latest_tx, latest_rx) = watch::channel(LatestLine::default());
         let poster = self
@@ -293,6 +281,7 @@ impl Runner {
                         continue;
                     }
                     events += 1;
+                    control.touch();
                     latest_tx.send_modify(|slot| {
                         slot.bytes.clear();
                         slot.bytes.extend_from_slice(line.bytes);
@@ -307,43 +296,33 @@ impl Runner {
         }
     }
 
-    /// Ends a job that never ran (agent gone from the config, folder unusable).
-    async fn conclude_without_run(&self, job: JobRecord, reason: ErrorReason, message: String) {
-        warn!(%message, "job cannot run");
-        let dir = JobDir::open(&self.shared_root, job.job_id).ok();
-        let ending = failed(reason, message, Measured::default(), Vec::new());
-        match dir {
-            Some(dir) if dir.prepare_output().is_ok() => self.conclude(job, &dir, ending).await,
-            _ => self.conclude_in(job, None, ending).await,
-        }
+    /// Ends a job without (further) running its agent: it cannot run, was canceled or timed
+    /// out in the queue, or its agent died with a previous process. `false` if the job moved
+    /// meanwhile and nothing was changed.
+    pub(super) async fn conclude_without_run(
+        &self,
+        job: JobRecord,
+        state: JobState,
+        reason: ErrorReason,
+        message: String,
+    ) -> bool {
+        info!(%state, %message, "ending the job");
+        let output = JobDir::open(&self.shared_root, job.job_id)
+            .ok()
+            .filter(|dir| dir.prepare_output().is_ok())
+            .map(|dir| dir.output());
+        let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
+        self.conclude_in(job, output, ending).await
     }
 
-    /// Ends a job whose agent died with a previous sidecar process.
-    pub(super) async fn conclude_orphan(&self, job: JobRecord) {
-        let message = "the sidecar stopped while the agent ran".to_owned();
-        let ending = failed(
-            ErrorReason::SidecarRestarted,
-            message,
-            Measured::default(),
-            Vec::new(),
-        );
-        match JobDir::open(&self.shared_root, job.job_id) {
-            Ok(dir) if dir.prepare_output().is_ok() => self.conclude(job, &dir, ending).await,
-            _ => self.conclude_in(job, None, ending).await,
-        }
-    }
-
-    async fn conclude(&self, job: JobRecord, dir: &JobDir, ending: Ending) {
-        self.conclude_in(job, Some(dir.output()), ending).await;
-    }
-
-    /// Finalises `output/` (when there is one) and ends the job with its completion callback.
+    /// Finalises `output/` (when there is one) and ends the job with its completion callback;
+    /// `false` if the job moved meanwhile and this end was discarded.
     async fn conclude_in(
         &self,
         job: JobRecord,
         output: Option<std::path::PathBuf>,
         ending: Ending,
-    ) {
+    ) -> bool {
         let finished_at = Timestamp::now();
         let timing = Timing {
             queued_at: job.created_at,
@@ -429,12 +408,15 @@ impl Runner {
             Ok(completion) => {
                 info!(state = %state, duration_ms = timing.duration_ms, "job ended");
                 self.deliveries.send_now(completion);
+                true
             }
             Err(e @ StoreError::Stale { .. }) => {
-                warn!(error = %e, "job ended elsewhere; this attempt's result is discarded")
+                warn!(error = %e, "job ended elsewhere; this attempt's result is discarded");
+                false
             }
             Err(e) => {
-                error!(error = %e, "cannot record the end of the job; it is recovered on restart")
+                error!(error = %e, "cannot record the end of the job; it is recovered on restart");
+                false
             }
         }
     }
@@ -468,6 +450,22 @@ async fn drain<T>(handle: tokio::task::JoinHandle<T>) -> Option<T> {
         Err(_) => {
             abort.abort();
             None
+        }
+    }
+}
+
+/// Why a run is being stopped, as a sentence for logs and `error.message`.
+fn stop_sentence(reason: StopReason, agent: &AgentConfig) -> String {
+    let human = |d: Duration| humantime::format_duration(d).to_string();
+    match reason {
+        StopReason::Cancel => "canceled by request".to_owned(),
+        StopReason::Stale => format!(
+            "agent printed nothing for longer than its stale_after of {}",
+            human(agent.stale_after.unwrap_or_default())
+        ),
+        StopReason::Timeout => format!("agent ran past its timeout of {}", human(agent.timeout)),
+        StopReason::Interrupt => {
+            "sidecar shutting down; the job resumes on the next start".to_owned()
         }
     }
 }
@@ -585,6 +583,7 @@ async fn read_stderr(
     pipe: Option<pipe::Receiver>,
     log: Arc<JobLog>,
     max_line: usize,
+    control: Arc<Control>,
 ) -> (u64, Vec<String>) {
     let Some(pipe) = pipe else {
         return (0, Vec::new());
@@ -592,6 +591,7 @@ async fn read_stderr(
     let mut reader = LineReader::new(pipe, max_line);
     let mut tail = VecDeque::with_capacity(STDERR_TAIL);
     while let Ok(Some(line)) = reader.next_line().await {
+        control.touch();
         let mut text = String::from_utf8_lossy(line.bytes).into_owned();
         if line.truncated {
             text.push_str(" [line truncated]");

@@ -1,8 +1,9 @@
-//! Running agents: the scheduler that claims queued jobs within the concurrency limits, and the
-//! supervision of each run (see [`job`]).
+//! Running agents: the scheduler that claims queued jobs within the concurrency limits, the
+//! supervision of each run (see [`job`]), and the controls that stop a run early (cancel,
+//! sweeper, shutdown).
 //!
-//! The queue lives in the store; the runner only keeps counts of what it is running. It claims
-//! when woken (a trigger arrived, a job ended) and, as a fallback, on a slow timer.
+//! The queue lives in the store; the runner only keeps what it is running. It claims when
+//! woken (a trigger arrived, a job ended) and, as a fallback, on a slow timer.
 
 mod job;
 
@@ -13,21 +14,108 @@ pub mod process;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::Config;
-use crate::contract::{AgentName, Timestamp};
+use crate::config::{Config, OnRestart};
+use crate::contract::{AgentName, ErrorReason, JobId, JobState, Timestamp};
 use crate::delivery::Deliveries;
-use crate::store::{JobRecord, Store, StoreResult};
+use crate::store::{JobRecord, Store, StoreError, StoreResult};
 
 /// How often the queue is looked at when nothing wakes the runner.
 const FALLBACK_POLL: Duration = Duration::from_secs(5);
+/// After the drain timeout, how long stopped agents get to go (beyond their kill grace).
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// Why a run is stopped before its agent exits by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Someone canceled the job: it ends `canceled`.
+    Cancel,
+    /// The agent printed nothing for longer than its `stale_after`: `timed_out`.
+    Stale,
+    /// The agent ran past its `timeout`: `timed_out`.
+    Timeout,
+    /// The sidecar is stopping: the job stays `in_progress` for the next start.
+    Interrupt,
+}
+
+/// The handle on one running attempt.
+pub struct Control {
+    agent: AgentName,
+    attempt: u32,
+    started: Timestamp,
+    stop: CancellationToken,
+    reason: OnceLock<StopReason>,
+    last_output_ms: AtomicI64,
+}
+
+impl Control {
+    fn new(agent: AgentName, attempt: u32, started: Timestamp) -> Self {
+        Self {
+            agent,
+            attempt,
+            started,
+            stop: CancellationToken::new(),
+            reason: OnceLock::new(),
+            last_output_ms: AtomicI64::new(started.unix_ms()),
+        }
+    }
+
+    /// Stops the run; the first reason given is the one that counts.
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.stop.cancel();
+    }
+
+    fn reason(&self) -> StopReason {
+        self.reason.get().copied().unwrap_or(StopReason::Interrupt)
+    }
+
+    /// Records that the agent printed a line (it is alive).
+    fn touch(&self) {
+        self.last_output_ms
+            .store(Timestamp::now().unix_ms(), Ordering::Relaxed);
+    }
+
+    fn last_output(&self) -> Timestamp {
+        Timestamp::from_unix_ms(self.last_output_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now `canceled`.
+    Canceled,
+    /// The job is running; its agent is being stopped and the job ends `canceled`.
+    Stopping,
+}
+
+/// Why a cancel was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such job.
+    #[error("no job {0}")]
+    NotFound(JobId),
+    /// The job has already ended.
+    #[error("job {job_id} has already ended: {state}")]
+    Ended {
+        /// The job.
+        job_id: JobId,
+        /// Its terminal state.
+        state: JobState,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// The scheduler and supervisor of agent runs.
 pub struct Runner {
@@ -36,7 +124,9 @@ pub struct Runner {
     deliveries: Arc<Deliveries>,
     shared_root: PathBuf,
     wake: Notify,
+    idle: Notify,
     running: Mutex<Running>,
+    draining: CancellationToken,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -45,6 +135,9 @@ pub struct Runner {
 struct Running {
     total: usize,
     per_agent: HashMap<AgentName, usize>,
+    jobs: HashMap<JobId, Arc<Control>>,
+    /// Stops asked for between a job's claim and its registration here.
+    early: HashMap<JobId, StopReason>,
 }
 
 impl Runner {
@@ -63,7 +156,9 @@ impl Runner {
             deliveries,
             shared_root,
             wake: Notify::new(),
+            idle: Notify::new(),
             running: Mutex::new(Running::default()),
+            draining: CancellationToken::new(),
             tracker,
             cancel,
         })
@@ -74,41 +169,239 @@ impl Runner {
         self.wake.notify_one();
     }
 
-    /// Ends the jobs a previous process left `in_progress` (their agent died with it): each is
-    /// finalised with what its folder holds and ends `failed` with reason `sidecar_restarted`,
-    /// with an explicit completion callback.
+    /// Whether the sidecar is shutting down (no new triggers, no new runs).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Handles the jobs a previous process left `in_progress` (their agent died with it), per
+    /// their agent's `on_restart`: requeued while attempts remain, else ended `failed`
+    /// (`sidecar_restarted`) with an explicit completion. A job whose cancel was accepted ends
+    /// `canceled`. Returns how many were handled.
     pub async fn recover(self: &Arc<Self>) -> StoreResult<usize> {
         let orphans = self.store.in_progress().await?;
         let count = orphans.len();
         for job in orphans {
-            let span = info_span!("job", job.id = %job.job_id, job.name = %job.job_name, agent = %job.agent_name, trace_id = %job.trace_id);
-            async {
-                info!(
-                    "job {} was running when the sidecar stopped; failing it",
-                    job.job_id
-                );
-                self.conclude_orphan(job).await;
-            }
-            .instrument(span)
-            .await;
+            let span = job_span(&job);
+            self.recover_one(job).instrument(span).await?;
         }
         Ok(count)
     }
 
-    /// The scheduling loop; returns when cancelled.
+    async fn recover_one(&self, job: JobRecord) -> StoreResult<()> {
+        let agent = self.config.agents.get(&job.agent_name);
+        if job.cancel_requested {
+            info!("job was being canceled when the sidecar stopped; ending it canceled");
+            let message = "canceled by request; the sidecar stopped before the agent did";
+            self.end_unrun(job, JobState::Canceled, ErrorReason::Canceled, message)
+                .await;
+            return Ok(());
+        }
+        let (requeue, max) = match agent {
+            Some(a) => (a.on_restart == OnRestart::Requeue, a.max_attempts),
+            None => (false, 0),
+        };
+        if requeue && job.attempt < max {
+            info!(
+                attempt = job.attempt,
+                max_attempts = max,
+                "job was running when the sidecar stopped; requeued"
+            );
+            return match self
+                .store
+                .requeue(job.job_id, job.attempt, Timestamp::now())
+                .await
+            {
+                Ok(()) | Err(StoreError::Stale { .. }) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let message = if requeue {
+            format!("the sidecar stopped while the agent ran, and all {max} attempts are used")
+        } else {
+            "the sidecar stopped while the agent ran".to_owned()
+        };
+        info!("job was running when the sidecar stopped; failing it");
+        self.end_unrun(
+            job,
+            JobState::Failed,
+            ErrorReason::SidecarRestarted,
+            &message,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Cancels a job: a queued one ends `canceled` at once, a running one is stopped (SIGTERM,
+    /// grace, SIGKILL) and then ends `canceled`.
+    pub async fn cancel(&self, job_id: JobId) -> Result<CancelOutcome, CancelError> {
+        // A job moves at most queued -> in_progress -> terminal, so two retries cover every race.
+        for _ in 0..3 {
+            let job = self
+                .store
+                .job(job_id)
+                .await?
+                .ok_or(CancelError::NotFound(job_id))?;
+            match job.state {
+                state if state.is_terminal() => {
+                    return Err(CancelError::Ended { job_id, state });
+                }
+                JobState::InProgress => {
+                    match self
+                        .store
+                        .request_cancel(job_id, job.attempt, Timestamp::now())
+                        .await
+                    {
+                        Ok(()) => {
+                            info!(job.id = %job_id, "cancel requested; stopping the agent");
+                            self.stop(job_id, StopReason::Cancel);
+                            return Ok(CancelOutcome::Stopping);
+                        }
+                        Err(StoreError::Stale { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                _ => {
+                    let span = job_span(&job);
+                    let message = "canceled by request before it started";
+                    if self
+                        .end_unrun(job, JobState::Canceled, ErrorReason::Canceled, message)
+                        .instrument(span)
+                        .await
+                    {
+                        return Ok(CancelOutcome::Canceled);
+                    }
+                }
+            }
+        }
+        let state = self
+            .store
+            .job(job_id)
+            .await?
+            .map_or(JobState::InProgress, |j| j.state);
+        Err(CancelError::Ended { job_id, state })
+    }
+
+    /// Stops a run of this process, or the run about to be registered.
+    pub fn stop(&self, job_id: JobId, reason: StopReason) {
+        let mut running = self.lock();
+        match running.jobs.get(&job_id) {
+            Some(control) => control.stop(reason),
+            None => {
+                running.early.insert(job_id, reason);
+            }
+        }
+    }
+
+    /// Stops runs that went silent past their agent's `stale_after` or ran past its
+    /// `timeout`; returns the jobs stopped, with why.
+    pub fn stop_overdue(&self, now: Timestamp) -> Vec<(JobId, StopReason)> {
+        let running = self.lock();
+        let mut stopped = Vec::new();
+        for (job_id, control) in &running.jobs {
+            if control.stop.is_cancelled() {
+                continue;
+            }
+            let Some(agent) = self.config.agents.get(&control.agent) else {
+                continue;
+            };
+            let silent = Duration::from_millis(now.millis_since(control.last_output()));
+            let ran = Duration::from_millis(now.millis_since(control.started));
+            let reason = if ran > agent.timeout {
+                StopReason::Timeout
+            } else if agent.stale_after.is_some_and(|limit| silent > limit) {
+                StopReason::Stale
+            } else {
+                continue;
+            };
+            control.stop(reason);
+            stopped.push((*job_id, reason));
+        }
+        stopped
+    }
+
+    /// Whether this process runs `job_id`'s `attempt` right now.
+    pub fn runs(&self, job_id: JobId, attempt: u32) -> bool {
+        self.lock()
+            .jobs
+            .get(&job_id)
+            .is_some_and(|c| c.attempt == attempt)
+    }
+
+    /// Ends a job no agent of this process runs (queued, or left `in_progress` by a process
+    /// that is gone): outputs finalised with what exists, completion callback written. `false`
+    /// if the job moved meanwhile (nothing was changed).
+    pub async fn end_unrun(
+        &self,
+        job: JobRecord,
+        state: JobState,
+        reason: ErrorReason,
+        message: &str,
+    ) -> bool {
+        self.conclude_without_run(job, state, reason, message.to_owned())
+            .await
+    }
+
+    /// Stops claiming new jobs and refuses new triggers; running jobs go on.
+    pub fn begin_drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Drains: no new runs; running jobs get up to `timeout` to finish, then are stopped and
+    /// left `in_progress` for the next start to handle per `on_restart`.
+    pub async fn drain(&self, timeout: Duration) {
+        self.begin_drain();
+        let running = self.lock().total;
+        if running > 0 {
+            info!(running, timeout = ?timeout, "draining: waiting for running jobs");
+        }
+        if tokio::time::timeout(timeout, self.wait_idle())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let controls: Vec<Arc<Control>> = self.lock().jobs.values().cloned().collect();
+        warn!(
+            count = controls.len(),
+            "drain timeout reached: stopping the remaining agents; their jobs resume on the next start"
+        );
+        for control in controls {
+            control.stop(StopReason::Interrupt);
+        }
+        let bound = self.config.jobs.kill_grace + STOP_MARGIN;
+        if tokio::time::timeout(bound, self.wait_idle()).await.is_err() {
+            error!("agents did not stop in time; leaving them to the next start");
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().total == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The scheduling loop; returns when draining or cancelled.
     pub async fn run(self: Arc<Self>) {
         loop {
             self.start_what_fits().await;
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(FALLBACK_POLL) => {}
+                () = self.draining.cancelled() => return,
                 () = self.cancel.cancelled() => return,
             }
         }
     }
 
     async fn start_what_fits(self: &Arc<Self>) {
-        while !self.cancel.is_cancelled() {
+        while !self.cancel.is_cancelled() && !self.is_draining() {
             let (slots, free) = self.free_slots();
             if free == 0 || slots.is_empty() {
                 return;
@@ -124,9 +417,13 @@ impl Runner {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Free slots per agent (agents with none left are omitted) and free slots overall.
     fn free_slots(&self) -> (Vec<(AgentName, usize)>, usize) {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self.lock();
         let free = self
             .config
             .jobs
@@ -146,31 +443,48 @@ impl Runner {
     }
 
     fn start(self: &Arc<Self>, job: JobRecord) {
+        let control = Arc::new(Control::new(
+            job.agent_name.clone(),
+            job.attempt,
+            job.started_at.unwrap_or_else(Timestamp::now),
+        ));
         {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.lock();
             running.total += 1;
             *running.per_agent.entry(job.agent_name.clone()).or_default() += 1;
+            running.jobs.insert(job.job_id, Arc::clone(&control));
+            if let Some(reason) = running.early.remove(&job.job_id) {
+                control.stop(reason);
+            }
         }
-        let span = info_span!("job", job.id = %job.job_id, job.name = %job.job_name, agent = %job.agent_name, trace_id = %job.trace_id);
+        let span = job_span(&job);
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
                 let agent = job.agent_name.clone();
-                this.supervise(job).await;
-                this.release(&agent);
+                let job_id = job.job_id;
+                this.supervise(job, control).await;
+                this.release(job_id, &agent);
             }
             .instrument(span),
         );
     }
 
-    fn release(&self, agent: &AgentName) {
+    fn release(&self, job_id: JobId, agent: &AgentName) {
         {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.lock();
             running.total = running.total.saturating_sub(1);
             if let Some(n) = running.per_agent.get_mut(agent) {
                 *n = n.saturating_sub(1);
             }
+            running.jobs.remove(&job_id);
         }
+        self.idle.notify_waiters();
         self.wake();
     }
+}
+
+/// The tracing span every line about a job is logged in.
+pub fn job_span(job: &JobRecord) -> tracing::Span {
+    info_span!("job", job.id = %job.job_id, job.name = %job.job_name, agent = %job.agent_name, trace_id = %job.trace_id)
 }

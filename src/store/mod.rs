@@ -4,7 +4,10 @@
 //! [`SqliteStore`]; a fleet backend implements the same trait. Every state change is a
 //! compare-and-set on `(state, attempt)`, so a writer holding a stale view changes nothing.
 
+mod hub;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -14,9 +17,9 @@ use url::Url;
 
 use crate::config::StoreConfig;
 use crate::contract::{
-    AgentName, DeliveryAttempt, DeliveryId, DeliveryState, DeliveryStatus, JobError, JobId,
-    JobName, JobState, JobStatus, PAYLOAD_VERSION, Priority, Progress, ProgressSnapshot, Timestamp,
-    Transition, TriggerRequest,
+    AgentName, DeliveryAttempt, DeliveryId, DeliveryState, DeliveryStatus, FieldError, JobError,
+    JobEvent, JobId, JobName, JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress,
+    ProgressSnapshot, Timestamp, Transition, TriggerRequest,
 };
 
 pub use sqlite::SqliteStore;
@@ -70,6 +73,9 @@ pub struct NewJob {
     pub trace_id: String,
     /// Acceptance time.
     pub at: Timestamp,
+    /// Where it sorts in the queue: `at` pushed back by its priority (see
+    /// [`crate::config::JobsConfig::priority_aging`]).
+    pub sort_at: Timestamp,
 }
 
 /// What `enqueue` did.
@@ -120,6 +126,82 @@ pub struct JobRecord {
     pub output_index: Option<Value>,
     /// The latest progress event.
     pub last_progress: Option<ProgressSnapshot>,
+    /// Whether a cancel was accepted while it ran.
+    pub cancel_requested: bool,
+}
+
+impl JobRecord {
+    /// The job as `GET /jobs` lists it.
+    pub fn summary(&self) -> JobSummary {
+        JobSummary {
+            job_id: self.job_id,
+            user_id: self.user_id.clone(),
+            agent_name: self.agent_name.clone(),
+            job_name: self.job_name.clone(),
+            priority: self.priority,
+            state: self.state,
+            attempt: self.attempt,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        }
+    }
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this agent.
+    pub agent: Option<AgentName>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// A job filter as written on a query string, parsed by [`JobQuery::into_filter`].
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// A job state, e.g. `in_progress`.
+    pub state: Option<String>,
+    /// An agent name.
+    pub agent: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+impl JobQuery {
+    /// Parses every field; each failure names its field.
+    pub fn into_filter(self) -> Result<JobFilter, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let state = self.state.and_then(|s| {
+            s.parse()
+                .map_err(|e: crate::contract::UnknownState| {
+                    errors.push(FieldError::new("/state", e.to_string()))
+                })
+                .ok()
+        });
+        let agent = self.agent.and_then(|a| {
+            a.parse()
+                .map_err(|e: crate::contract::IdError| {
+                    errors.push(FieldError::new("/agent", e.to_string()))
+                })
+                .ok()
+        });
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            errors.push(FieldError::new("/limit", "must be between 1 and 1000"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(JobFilter {
+            state,
+            agent,
+            limit,
+        })
+    }
 }
 
 /// A job with its history: what `GET /jobs/{id}` shows.
@@ -264,8 +346,7 @@ pub struct DeliveryQuery {
 
 impl DeliveryQuery {
     /// Parses every field; each failure names its field.
-    pub fn into_filter(self) -> Result<DeliveryFilter, Vec<crate::contract::FieldError>> {
-        use crate::contract::FieldError;
+    pub fn into_filter(self) -> Result<DeliveryFilter, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut parse = |name: &str, value: Option<String>| -> Option<Timestamp> {
             let text = value?;
@@ -357,6 +438,35 @@ pub trait Store: Send + Sync {
     /// Jobs left `in_progress`, e.g. by a previous process that died.
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>>;
 
+    /// Jobs matching `filter`, newest first.
+    async fn list_jobs(&self, filter: JobFilter) -> StoreResult<Vec<JobRecord>>;
+
+    /// Up to `limit` queued jobs accepted before `before`, oldest first.
+    async fn queued_before(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobRecord>>;
+
+    /// Marks a running attempt as asked to cancel, durably (a restart then ends it `canceled`).
+    async fn request_cancel(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()>;
+
+    /// Puts an interrupted attempt back in the queue, in its old place; the next claim counts
+    /// the next attempt.
+    async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()>;
+
+    /// The job's events after `after_seq`, oldest first, at most `limit`.
+    async fn events_after(
+        &self,
+        job_id: JobId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<JobEvent>>;
+
+    /// A receiver that changes whenever the job's history grows (replay with
+    /// [`Store::events_after`]).
+    fn subscribe(&self, job_id: JobId) -> tokio::sync::watch::Receiver<()>;
+
+    /// Deletes up to `limit` terminal jobs that ended before `before` and have no pending
+    /// callback, with their events and deliveries; returns their ids.
+    async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>>;
+
     /// Appends a progress event of `attempt` and makes it the job's latest.
     async fn record_progress(
         &self,
@@ -408,9 +518,10 @@ pub trait Store: Send + Sync {
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<DeliveryStatus>>;
 }
 
-/// Opens the store the config names, creating and migrating it as needed.
-pub async fn open(config: &StoreConfig) -> StoreResult<Arc<dyn Store>> {
+/// Opens the store the config names, creating and migrating it as needed; each job keeps at
+/// most `events_per_job` events.
+pub async fn open(config: &StoreConfig, events_per_job: usize) -> StoreResult<Arc<dyn Store>> {
     match config {
-        StoreConfig::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        StoreConfig::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, events_per_job).await?)),
     }
 }

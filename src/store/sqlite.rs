@@ -17,8 +17,9 @@ use rusqlite_migration::{M, Migrations};
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
+use super::hub::Hub;
 use super::*;
-use crate::contract::{DeliveryAttempt, DeliveryState};
+use crate::contract::{DeliveryAttempt, DeliveryState, EventData};
 
 /// Writes waiting when a transaction starts join it, up to this many.
 const MAX_GROUP: usize = 512;
@@ -32,6 +33,8 @@ type WriteOp = Box<dyn FnOnce(&mut Transaction<'_>) -> Reply + Send>;
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
+    hub: Hub,
+    events_per_job: usize,
 }
 
 struct ReadPool {
@@ -40,14 +43,18 @@ struct ReadPool {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../migrations/sqlite/0001_jobs_events_outbox.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!(
+            "../../migrations/sqlite/0001_jobs_events_outbox.sql"
+        )),
+        M::up(include_str!("../../migrations/sqlite/0002_lifecycle.sql")),
+    ])
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database at `path`.
-    pub async fn open(path: &Path) -> StoreResult<Self> {
+    /// Opens (creating if needed) and migrates the database at `path`; each job keeps at most
+    /// `events_per_job` events.
+    pub async fn open(path: &Path, events_per_job: usize) -> StoreResult<Self> {
         let path = path.to_owned();
         let conn = tokio::task::spawn_blocking(move || open_writer(&path).map(|c| (c, path)))
             .await
@@ -64,6 +71,8 @@ impl SqliteStore {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            hub: Hub::default(),
+            events_per_job,
         })
     }
 
@@ -190,7 +199,8 @@ fn in_savepoint<T>(
 // ---- row mapping ----
 
 const JOB_COLUMNS: &str = "job_id, user_id, agent_name, job_name, priority, state, attempt, request, \
-     trace_id, created_at, started_at, finished_at, exit_code, error, output_index, last_progress, request_sha256";
+     trace_id, created_at, started_at, finished_at, exit_code, error, output_index, last_progress, request_sha256, \
+     cancel_requested_at";
 
 fn conversion(col: usize, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -238,6 +248,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         output_index: json_col(row, 14)?,
         last_progress: json_col(row, 15)?,
         request_sha256: row.get(16)?,
+        cancel_requested: row.get::<_, Option<i64>>(17)?.is_some(),
     })
 }
 
@@ -289,7 +300,8 @@ fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
     let r = &job.request;
     conn.prepare_cached(
         "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-         trace_id, created_at, queued_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9)",
+         trace_id, created_at, queued_at, updated_at, schedule_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9, ?10)",
     )?
     .execute(params![
         r.job_id.to_string(),
@@ -301,6 +313,7 @@ fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
         job.request_sha256,
         job.trace_id,
         job.at.unix_ms(),
+        job.sort_at.unix_ms(),
     ])?;
     append_state(conn, r.job_id, 0, JobState::Received, job.at)?;
     append_state(conn, r.job_id, 0, JobState::Queued, job.at)?;
@@ -347,7 +360,7 @@ fn claim_in(
     let sql = format!(
         "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = ?, updated_at = ? \
          WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' AND agent_name IN ({placeholders}) \
-                         ORDER BY priority, queued_at, job_id LIMIT 1) \
+                         ORDER BY schedule_key, job_id LIMIT 1) \
          RETURNING {JOB_COLUMNS}"
     );
     let mut args: Vec<rusqlite::types::Value> = vec![at.unix_ms().into(), at.unix_ms().into()];
@@ -409,6 +422,7 @@ fn progress_in(
     attempt: u32,
     progress: Progress,
     at: Timestamp,
+    keep: usize,
 ) -> StoreResult<ProgressSnapshot> {
     fenced(conn, job_id, JobState::InProgress, attempt)?;
     let mut snapshot = ProgressSnapshot {
@@ -424,6 +438,14 @@ fn progress_in(
         .execute(params![job_id.to_string(), snapshot.seq as i64, json])?;
     conn.prepare_cached("UPDATE jobs SET last_progress = ?2 WHERE job_id = ?1")?
         .execute(params![job_id.to_string(), json])?;
+    // Bounded history: progress older than the newest `keep` events goes; states stay.
+    let oldest_kept = i64::try_from(snapshot.seq).unwrap_or(i64::MAX) - keep as i64;
+    if oldest_kept > 0 {
+        conn.prepare_cached(
+            "DELETE FROM job_events WHERE job_id = ?1 AND kind = 'progress' AND seq <= ?2",
+        )?
+        .execute(params![job_id.to_string(), oldest_kept])?;
+    }
     Ok(snapshot)
 }
 
@@ -723,10 +745,117 @@ fn redrive_in(
     Ok(ids)
 }
 
+fn event_from_row(job_id: JobId, row: &Row<'_>) -> rusqlite::Result<JobEvent> {
+    let kind: String = row.get(3)?;
+    let text: String = row.get(4)?;
+    let data = if kind == "state" {
+        EventData::State {
+            state: serde_json::from_str(&text).map_err(|e| conversion(4, e))?,
+        }
+    } else {
+        let p: ProgressSnapshot = serde_json::from_str(&text).map_err(|e| conversion(4, e))?;
+        EventData::Progress {
+            stage: p.stage,
+            message: p.message,
+            percent: p.percent,
+        }
+    };
+    Ok(JobEvent {
+        version: PAYLOAD_VERSION,
+        job_id,
+        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        at: Timestamp::from_unix_ms(row.get(1)?),
+        attempt: row.get(2)?,
+        data,
+    })
+}
+
+fn events_in(
+    conn: &Connection,
+    job_id: JobId,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<JobEvent>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq, at, attempt, kind, data FROM job_events WHERE job_id = ?1 AND seq > ?2 \
+             ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(
+            params![
+                job_id.to_string(),
+                i64::try_from(after).unwrap_or(i64::MAX),
+                limit as i64
+            ],
+            |r| event_from_row(job_id, r),
+        )?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn jobs_where(
+    conn: &Connection,
+    clause: &str,
+    args: Vec<rusqlite::types::Value>,
+) -> StoreResult<Vec<JobRecord>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {clause}");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), job_from_row)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn list_jobs_in(conn: &Connection, f: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+    let mut clauses = vec!["1 = 1"];
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(state) = f.state {
+        clauses.push("state = ?");
+        args.push(state.as_str().to_owned().into());
+    }
+    if let Some(agent) = &f.agent {
+        clauses.push("agent_name = ?");
+        args.push(agent.as_str().to_owned().into());
+    }
+    args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
+    let clause = format!(
+        "{} ORDER BY created_at DESC, job_id DESC LIMIT ?",
+        clauses.join(" AND ")
+    );
+    jobs_where(conn, &clause, args)
+}
+
+fn requeue_in(conn: &Connection, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
+    fenced(conn, job_id, JobState::InProgress, attempt)?;
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'queued', started_at = NULL, updated_at = ?2 WHERE job_id = ?1",
+    )?
+    .execute(params![job_id.to_string(), at.unix_ms()])?;
+    append_state(conn, job_id, attempt, JobState::Queued, at)?;
+    Ok(())
+}
+
+fn prune_in(conn: &Connection, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>> {
+    let ids = conn
+        .prepare_cached(
+            "DELETE FROM jobs WHERE job_id IN ( \
+                 SELECT j.job_id FROM jobs j WHERE j.finished_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id AND d.state = 'pending') \
+                 ORDER BY j.finished_at LIMIT ?2) \
+             RETURNING job_id",
+        )?
+        .query_map(params![before.unix_ms(), limit as i64], |r| parsed(r, 0))?
+        .collect::<Result<Vec<JobId>, _>>()?;
+    Ok(ids)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued> {
-        self.write(move |conn| enqueue_in(conn, job)).await
+        let job_id = job.request.job_id;
+        let enqueued = self.write(move |conn| enqueue_in(conn, job)).await?;
+        if matches!(enqueued, Enqueued::Created(_)) {
+            self.hub.touch(job_id);
+        }
+        Ok(enqueued)
     }
 
     async fn job(&self, job_id: JobId) -> StoreResult<Option<JobRecord>> {
@@ -743,8 +872,13 @@ impl Store for SqliteStore {
         free: usize,
         at: Timestamp,
     ) -> StoreResult<Vec<JobRecord>> {
-        self.write(move |conn| claim_batch_in(conn, slots, free, at))
-            .await
+        let claimed = self
+            .write(move |conn| claim_batch_in(conn, slots, free, at))
+            .await?;
+        for job in &claimed {
+            self.hub.touch(job.job_id);
+        }
+        Ok(claimed)
     }
 
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {
@@ -767,12 +901,71 @@ impl Store for SqliteStore {
         progress: Progress,
         at: Timestamp,
     ) -> StoreResult<ProgressSnapshot> {
-        self.write(move |conn| progress_in(conn, job_id, attempt, progress, at))
-            .await
+        let keep = self.events_per_job;
+        let snapshot = self
+            .write(move |conn| progress_in(conn, job_id, attempt, progress, at, keep))
+            .await?;
+        self.hub.touch(job_id);
+        Ok(snapshot)
     }
 
     async fn finish(&self, finish: Finish) -> StoreResult<DueDelivery> {
-        self.write(move |conn| finish_in(conn, finish)).await
+        let job_id = finish.job_id;
+        let due = self.write(move |conn| finish_in(conn, finish)).await?;
+        self.hub.touch(job_id);
+        Ok(due)
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> StoreResult<Vec<JobRecord>> {
+        self.read(move |conn| list_jobs_in(conn, &filter)).await
+    }
+
+    async fn queued_before(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobRecord>> {
+        self.read(move |conn| {
+            jobs_where(
+                conn,
+                "state = 'queued' AND created_at < ? ORDER BY created_at LIMIT ?",
+                vec![before.unix_ms().into(), (limit as i64).into()],
+            )
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
+        self.write(move |conn| {
+            fenced(conn, job_id, JobState::InProgress, attempt)?;
+            conn.prepare_cached(
+                "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, ?2) WHERE job_id = ?1",
+            )?
+            .execute(params![job_id.to_string(), at.unix_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
+        self.write(move |conn| requeue_in(conn, job_id, attempt, at))
+            .await?;
+        self.hub.touch(job_id);
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        job_id: JobId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<JobEvent>> {
+        self.read(move |conn| events_in(conn, job_id, after_seq, limit))
+            .await
+    }
+
+    fn subscribe(&self, job_id: JobId) -> tokio::sync::watch::Receiver<()> {
+        self.hub.subscribe(job_id)
+    }
+
+    async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>> {
+        self.write(move |conn| prune_in(conn, before, limit)).await
     }
 
     async fn claim_due_deliveries(

@@ -252,6 +252,12 @@ fn agents_toml() -> String {
         agent("overlap_wide", t.join("overlap.py"), "60s"),
         agent("env_dump", t.join("env_dump.py"), "60s")
             + "env = { AGENT_EXTRA = \"from-config\" }\n",
+        agent("napper", ex.join("sleeper.py"), "60s"),
+        agent("napper_no_retry", ex.join("sleeper.py"), "60s") + "on_restart = \"fail\"\n",
+        agent("lane", ex.join("sleeper.py"), "60s") + "max_concurrent = 1\n",
+        agent("silent", ex.join("sleeper.py"), "60s") + "stale_after = \"300ms\"\n",
+        agent("with_child_long", t.join("with_child.py"), "60s"),
+        agent("ticker", t.join("ticker.py"), "60s"),
     ]
     .join("\n")
 }
@@ -287,6 +293,10 @@ allowed_job_names = ["ReportCompileJob", "OtherJob"]
 max_concurrent = 4
 kill_grace = "500ms"
 max_line_bytes = 4096
+drain_timeout = "1s"
+
+[sweeper]
+interval = "100ms"
 
 {agents}
 "#,
@@ -328,6 +338,26 @@ max_line_bytes = 4096
     /// config.
     pub fn crash_and_restart(mut self) -> Self {
         self.kill_hard();
+        self.restart()
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+
+    /// Waits for the process to exit (after a signal sent elsewhere).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Starts another process on the same folder, database and config (after a stop).
+    pub fn restart(mut self) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let old_dir = std::mem::replace(&mut self.dir, dir);
         let shared_root = self.shared_root.clone();
@@ -570,4 +600,16 @@ pub fn assert_valid(file: &str, doc: &Value) {
 
 pub fn verifier() -> agent_sidecar::delivery::sign::Verifier {
     agent_sidecar::delivery::sign::Verifier::hs256(SECRET.as_bytes(), ISSUER, AUDIENCE)
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+pub fn alive(pid: u32) -> bool {
+    // A zombie is dead; it only waits for a parent (or init) to reap it.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
 }

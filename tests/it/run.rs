@@ -162,17 +162,6 @@ async fn a_failing_agent_ends_failed_with_its_exit_code_and_an_error_log() {
     );
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie is dead; it only waits for a parent (or init) to reap it.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(") ")
-                .next()
-                .is_some_and(|rest| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 #[tokio::test]
 async fn an_agent_past_its_timeout_ends_timed_out_and_its_whole_process_group_is_killed() {
     let receiver = Receiver::start().await;
@@ -304,10 +293,10 @@ async fn the_agent_gets_the_contract_environment_and_nothing_secret() {
 }
 
 #[tokio::test]
-async fn a_job_running_when_the_sidecar_crashes_is_failed_on_restart_with_a_completion() {
+async fn a_job_running_when_the_sidecar_crashes_ends_failed_on_restart_when_its_agent_says_fail() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
-    let mut body = trigger(&receiver, "sleeper");
+    let mut body = trigger(&receiver, "napper_no_retry");
     body["params"] = json!({"seconds": 0.5});
     sidecar.write_job(&body);
     let (status, _) = sidecar.post_trigger(&body).await;

@@ -1,0 +1,324 @@
+//! Watching a job: `GET /jobs/{job_id}/events` (Server-Sent Events) and
+//! `GET /jobs/{job_id}/watch` (WebSocket).
+//!
+//! Both replay the job's stored history after a cursor (`Last-Event-ID`, or `?after=`), then
+//! follow it live, and end after the terminal event. Every watcher reads the history from the
+//! store itself, woken by the store's hub, so watchers share nothing and an agent never waits
+//! for one. A watcher holds at most one page of events plus its socket's send buffer; one that
+//! stops reading is disconnected by the listener's write timeout and resumes from its last
+//! `seq`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::AppState;
+use super::jobs::{cancel_error, parse_job_id};
+use crate::contract::{EventData, FieldError, JobEvent, JobId};
+use crate::error::{ApiError, ErrorSource};
+use crate::runner::CancelOutcome;
+use crate::store::{Store, StoreError};
+
+/// Events read from the store at once.
+const PAGE: usize = 256;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/jobs/{job_id}/events", get(sse))
+        .route("/jobs/{job_id}/watch", get(websocket))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cursor {
+    /// Resume after this `seq` (the WebSocket's `Last-Event-ID`).
+    after: Option<u64>,
+}
+
+/// Where a watcher starts: after `Last-Event-ID`, or `?after=`, or from the beginning.
+fn cursor(
+    headers: &HeaderMap,
+    query: Result<Query<Cursor>, QueryRejection>,
+) -> Result<u64, ApiError> {
+    if let Some(value) = headers.get("last-event-id") {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    ErrorSource::Header,
+                    vec![FieldError::new(
+                        "/Last-Event-ID",
+                        "must be the seq of an event",
+                    )],
+                )
+            });
+    }
+    let Query(cursor) = query.map_err(|e| {
+        ApiError::invalid(
+            ErrorSource::Query,
+            vec![FieldError::new("/after", e.body_text())],
+        )
+    })?;
+    Ok(cursor.after.unwrap_or(0))
+}
+
+async fn open(app: &AppState, id: &str) -> Result<JobId, ApiError> {
+    let job_id = parse_job_id(id)?;
+    app.inner
+        .store
+        .job(job_id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))?;
+    Ok(job_id)
+}
+
+async fn sse(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<Cursor>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let after = cursor(&headers, query)?;
+    let job_id = open(&app, &id).await?;
+    let events = history(
+        Arc::clone(&app.inner.store),
+        job_id,
+        after,
+        app.inner.shutdown.clone(),
+    )
+    .map(|item| {
+        Ok::<_, Infallible>(match item {
+            Ok(event) => sse_event(&event),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read job events");
+                Event::default()
+                    .event("error")
+                    .data("cannot read the job's events; reconnect with Last-Event-ID")
+            }
+        })
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn sse_event(event: &JobEvent) -> Event {
+    let kind = match event.data {
+        EventData::State { .. } => "state",
+        EventData::Progress { .. } => "progress",
+    };
+    let data = serde_json::to_string(event).unwrap_or_default();
+    Event::default()
+        .id(event.seq.to_string())
+        .event(kind)
+        .data(data)
+}
+
+async fn websocket(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<Cursor>, QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let after = cursor(&headers, query)?;
+    let job_id = open(&app, &id).await?;
+    Ok(upgrade.on_upgrade(move |socket| serve_watcher(app, job_id, after, socket)))
+}
+
+/// A message from a WebSocket watcher.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    signal: Signal,
+}
+
+#[derive(Debug, Deserialize)]
+enum Signal {
+    #[serde(rename = "STOP")]
+    Stop,
+}
+
+/// What the sidecar says to a WebSocket watcher besides events.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Reply {
+    /// The outcome of a `STOP`.
+    Signal {
+        signal: &'static str,
+        outcome: String,
+    },
+    /// A message the sidecar could not take.
+    Error { detail: String },
+}
+
+async fn serve_watcher(app: AppState, job_id: JobId, after: u64, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    let events = history(
+        Arc::clone(&app.inner.store),
+        job_id,
+        after,
+        app.inner.shutdown.clone(),
+    );
+    tokio::pin!(events);
+    loop {
+        tokio::select! {
+            item = events.next() => {
+                let message = match item {
+                    Some(Ok(event)) => Message::Text(serde_json::to_string(&event).unwrap_or_default().into()),
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "cannot read job events");
+                        close(1011, "cannot read the job's events; reconnect with ?after=")
+                    }
+                    None => close(1000, "job ended"),
+                };
+                let last = matches!(message, Message::Close(_));
+                if tx.send(message).await.is_err() || last {
+                    return;
+                }
+            }
+            incoming = rx.next() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                };
+                let reply = handle(&app, job_id, text.as_str()).await;
+                let reply = Message::Text(serde_json::to_string(&reply).unwrap_or_default().into());
+                if tx.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+async fn handle(app: &AppState, job_id: JobId, text: &str) -> Reply {
+    let message: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Reply::Error {
+                detail: format!("expected {{\"signal\":\"STOP\"}}: {e}"),
+            };
+        }
+    };
+    match message.signal {
+        Signal::Stop => {
+            debug!(job.id = %job_id, "STOP from a watcher");
+            let outcome = match app.inner.runner.cancel(job_id).await {
+                Ok(CancelOutcome::Canceled) => "canceled".to_owned(),
+                Ok(CancelOutcome::Stopping) => "stopping".to_owned(),
+                Err(e) => cancel_error(e).detail().to_owned(),
+            };
+            Reply::Signal {
+                signal: "STOP",
+                outcome,
+            }
+        }
+    }
+}
+
+/// Where a watcher is in a job's history.
+struct Follow {
+    store: Arc<dyn Store>,
+    job_id: JobId,
+    changed: watch::Receiver<()>,
+    cursor: u64,
+    page: VecDeque<JobEvent>,
+    checked_end: bool,
+    ended: bool,
+    shutdown: CancellationToken,
+}
+
+/// The job's events after `after`, then live ones as they are stored; ends after the terminal
+/// event, or on shutdown.
+fn history(
+    store: Arc<dyn Store>,
+    job_id: JobId,
+    after: u64,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<JobEvent, StoreError>> + Send {
+    // Subscribed before the first read, so nothing stored after that read is missed.
+    let changed = store.subscribe(job_id);
+    let follow = Follow {
+        store,
+        job_id,
+        changed,
+        cursor: after,
+        page: VecDeque::new(),
+        checked_end: false,
+        ended: false,
+        shutdown,
+    };
+    futures_util::stream::unfold(follow, |mut f| async move {
+        let item = f.next().await?;
+        Some((item, f))
+    })
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Result<JobEvent, StoreError>> {
+        loop {
+            if let Some(event) = self.page.pop_front() {
+                self.cursor = event.seq;
+                self.ended = event.is_terminal();
+                return Some(Ok(event));
+            }
+            if self.ended {
+                return None;
+            }
+            match self
+                .store
+                .events_after(self.job_id, self.cursor, PAGE)
+                .await
+            {
+                Ok(events) if !events.is_empty() => self.page.extend(events),
+                Ok(_) => {
+                    if !self.checked_end {
+                        // Resumed after the terminal event (or the job was pruned): nothing
+                        // more will come.
+                        self.checked_end = true;
+                        match self.store.job(self.job_id).await {
+                            Ok(Some(job)) if !job.state.is_terminal() => {}
+                            Ok(_) => return None,
+                            Err(e) => return Some(Err(e)),
+                        }
+                        continue;
+                    }
+                    tokio::select! {
+                        changed = self.changed.changed() => changed.ok()?,
+                        () = self.shutdown.cancelled() => return None,
+                    }
+                }
+                Err(e) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

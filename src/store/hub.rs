@@ -1,0 +1,36 @@
+//! Wakes a job's watchers when its history grows. Watchers read the events themselves from the
+//! store, so a wake-up carries nothing and a slow watcher holds nothing here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use crate::contract::JobId;
+
+/// One wake-up channel per watched job.
+#[derive(Default)]
+pub struct Hub {
+    jobs: Mutex<HashMap<JobId, watch::Sender<()>>>,
+}
+
+impl Hub {
+    /// A receiver that changes whenever `job_id` gets new events.
+    pub fn subscribe(&self, job_id: JobId) -> watch::Receiver<()> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        // Jobs whose watchers all left are forgotten here, so the map stays as small as the
+        // set of watched jobs.
+        jobs.retain(|_, tx| tx.receiver_count() > 0);
+        jobs.entry(job_id)
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
+    }
+
+    /// Tells `job_id`'s watchers, if any, that it has new events.
+    pub fn touch(&self, job_id: JobId) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = jobs.get(&job_id) {
+            tx.send_replace(());
+        }
+    }
+}

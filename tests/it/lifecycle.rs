@@ -1,0 +1,352 @@
+//! Steering jobs: cancel, priorities, the sweeper, crash recovery and draining on SIGTERM.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Writes the job's folder, triggers it and returns its id.
+async fn start_job(sidecar: &Sidecar, receiver: &Receiver, agent: &str, params: Value) -> String {
+    let mut body = trigger(receiver, agent);
+    body["params"] = params;
+    sidecar.write_job(&body);
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    body["job_id"].as_str().unwrap().to_owned()
+}
+
+async fn job(sidecar: &Sidecar, job_id: &str) -> Value {
+    let (status, job) = sidecar.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(status, 200, "{job}");
+    job
+}
+
+async fn wait_state(sidecar: &Sidecar, job_id: &str, state: &str) -> Value {
+    eventually(&format!("job {job_id} to be {state}"), || async {
+        let job = job(sidecar, job_id).await;
+        (job["state"] == state).then_some(job)
+    })
+    .await
+}
+
+async fn cancel(sidecar: &Sidecar, job_id: &str) -> (u16, Value) {
+    let (status, body) = sidecar
+        .post_raw(&format!("/jobs/{job_id}/cancel"), Vec::new())
+        .await;
+    (status.as_u16(), body)
+}
+
+fn states(job: &Value) -> Vec<String> {
+    job["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn canceling_a_running_agent_kills_it_and_its_child_and_the_completion_says_canceled() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start_job(&sidecar, &receiver, "with_child_long", json!({})).await;
+    let hits = receiver
+        .wait_until("the agent to report its pids", |hits| {
+            hits.iter().any(|h| h.json()["stage"] == "pids")
+        })
+        .await;
+    let pids: Vec<u32> = hits
+        .iter()
+        .find(|h| h.json()["stage"] == "pids")
+        .map(|h| h.json()["message"].as_str().unwrap().to_owned())
+        .unwrap()
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+
+    let (status, answer) = cancel(&sidecar, &job_id).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["state"], "in_progress");
+    let c = receiver.completion(&job_id).await.json();
+    assert_eq!(c["status"], "canceled");
+    assert_eq!(c["error"]["reason"], "canceled");
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} survived the cancel");
+    }
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(sidecar.job_dir(&job_id).join("output/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["status"], "canceled", "outputs are finalized");
+
+    let (status, again) = cancel(&sidecar, &job_id).await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(again["state"], "canceled");
+}
+
+#[tokio::test]
+async fn canceling_a_queued_job_means_it_never_starts() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let blocker = start_job(&sidecar, &receiver, "lane", json!({})).await;
+    wait_state(&sidecar, &blocker, "in_progress").await;
+    let queued = start_job(&sidecar, &receiver, "lane", json!({"seconds": 0})).await;
+
+    let (status, answer) = cancel(&sidecar, &queued).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "canceled");
+    let c = receiver.completion(&queued).await.json();
+    assert_eq!(c["status"], "canceled");
+    assert_eq!(c["meta"]["started_at"], Value::Null);
+
+    assert_eq!(cancel(&sidecar, &blocker).await.0, 202);
+    receiver.completion(&blocker).await;
+    let job = job(&sidecar, &queued).await;
+    assert_eq!(states(&job), ["received", "queued", "canceled"]);
+    assert_eq!(job["attempt"], 0, "the agent never ran");
+}
+
+#[tokio::test]
+async fn cancel_of_an_unknown_job_is_404_and_of_a_malformed_id_names_the_field() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let (status, problem) = cancel(&sidecar, &uuid::Uuid::new_v4().to_string()).await;
+    assert_eq!(status, 404, "{problem}");
+    let (status, problem) = cancel(&sidecar, "not-a-uuid").await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/job_id");
+}
+
+#[tokio::test]
+async fn the_cli_cancels_a_running_job_and_says_so_when_it_has_already_ended() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start_job(&sidecar, &receiver, "napper", json!({})).await;
+    wait_state(&sidecar, &job_id, "in_progress").await;
+    let cli = |id: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+            .args(["jobs", "cancel", id, "--url", &sidecar.base])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&job_id);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopping"));
+    assert_eq!(
+        receiver.completion(&job_id).await.json()["status"],
+        "canceled"
+    );
+
+    let out = cli(&job_id);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one readable line: {stderr}");
+    assert!(stderr.contains("already ended (canceled)"), "{stderr}");
+}
+
+#[tokio::test]
+async fn higher_priority_jobs_start_first_within_an_agents_limit_and_fifo_holds_within_one() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let blocker = start_job(&sidecar, &receiver, "lane", json!({})).await;
+    wait_state(&sidecar, &blocker, "in_progress").await;
+    let mut ids = HashMap::new();
+    for (name, priority) in [
+        ("low", "low"),
+        ("normal_1", "normal"),
+        ("high", "high"),
+        ("normal_2", "normal"),
+    ] {
+        let mut body = trigger(&receiver, "lane");
+        body["params"] = json!({"seconds": 0});
+        body["priority"] = json!(priority);
+        sidecar.write_job(&body);
+        assert_eq!(sidecar.post_trigger(&body).await.0, 202);
+        ids.insert(name, body["job_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(cancel(&sidecar, &blocker).await.0, 202);
+    let mut started = Vec::new();
+    for (name, id) in &ids {
+        receiver.completion(id).await;
+        let job = job(&sidecar, id).await;
+        let at = job["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["state"] == "in_progress")
+            .map(|t| t["at"].as_str().unwrap().to_owned())
+            .unwrap();
+        started.push((at, *name));
+    }
+    started.sort();
+    let order: Vec<&str> = started.iter().map(|(_, n)| *n).collect();
+    assert_eq!(order, ["high", "normal_1", "normal_2", "low"]);
+}
+
+#[tokio::test]
+async fn a_silent_agent_past_its_stale_after_is_swept_to_timed_out_with_a_completion() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start_job(&sidecar, &receiver, "silent", json!({})).await;
+    let c = receiver.completion(&job_id).await.json();
+    assert_eq!(c["status"], "timed_out");
+    assert_eq!(c["error"]["reason"], "stale");
+    assert!(
+        c["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stale_after of 300ms"),
+        "{c}"
+    );
+    assert!(sidecar.log().contains("sweeper: stopping the agent"));
+}
+
+#[tokio::test]
+async fn a_job_queued_past_max_queue_age_ends_timed_out_with_reason_queue_timeout() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[("JOBS__MAX_QUEUE_AGE", "300ms")]).await;
+    let blocker = start_job(&sidecar, &receiver, "lane", json!({})).await;
+    wait_state(&sidecar, &blocker, "in_progress").await;
+    let waiting = start_job(&sidecar, &receiver, "lane", json!({"seconds": 0})).await;
+    let c = receiver.completion(&waiting).await.json();
+    assert_eq!(c["status"], "timed_out");
+    assert_eq!(c["error"]["reason"], "queue_timeout");
+    assert_eq!(
+        job(&sidecar, &blocker).await["state"],
+        "in_progress",
+        "a running job is not queue-timed-out"
+    );
+    assert_eq!(cancel(&sidecar, &blocker).await.0, 202);
+}
+
+#[tokio::test]
+async fn after_a_sigkill_with_20_jobs_queued_or_running_each_ends_once_with_one_completion() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(start_job(&sidecar, &receiver, "napper", json!({"seconds": 0.5})).await);
+    }
+    let running: Vec<String> = eventually("four jobs running", || async {
+        let (_, list) = sidecar.get("/jobs?state=in_progress").await;
+        let running: Vec<String> = list["jobs"]
+            .as_array()?
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_owned())
+            .collect();
+        (running.len() == 4).then_some(running)
+    })
+    .await;
+    let sidecar = sidecar.crash_and_restart();
+
+    for id in &ids {
+        receiver.completion(id).await;
+    }
+    let completions = receiver.hits("/completion");
+    for id in &ids {
+        let job = wait_state(&sidecar, id, "completed").await;
+        let terminal: Vec<String> = states(&job)
+            .into_iter()
+            .filter(|s| ["completed", "failed", "canceled", "timed_out"].contains(&s.as_str()))
+            .collect();
+        assert_eq!(terminal, ["completed"], "{id}: exactly one terminal state");
+        let delivery_ids: HashSet<String> = completions
+            .iter()
+            .filter(|h| h.json()["job_id"] == id.as_str())
+            .map(|h| h.headers["webhook-id"].to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            delivery_ids.len(),
+            1,
+            "{id}: one completion (retries reuse its id)"
+        );
+        if running.contains(id) {
+            assert_eq!(
+                job["attempt"], 2,
+                "{id} was running at the crash: requeued and rerun"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_running_jobs_refuses_triggers_with_retry_after_and_exits_0() {
+    let receiver = Receiver::start().await;
+    let mut sidecar = Sidecar::start_with_env(&receiver, &[("JOBS__DRAIN_TIMEOUT", "30s")]).await;
+    let job_id = start_job(&sidecar, &receiver, "napper", json!({"seconds": 1.5})).await;
+    wait_state(&sidecar, &job_id, "in_progress").await;
+    let base = sidecar.base.clone();
+    let pid = sidecar.pid().to_string();
+    let refused = tokio::spawn(async move {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        eventually("triggers to be refused while draining", || async {
+            let response = client()
+                .post(format!("{base}/agents/trigger"))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 503).then(|| {
+                response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .await
+    })
+    .await
+    .unwrap();
+    assert!(refused.parse::<u32>().unwrap() > 0);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = sidecar.wait();
+        (status, sidecar)
+    })
+    .await
+    .unwrap();
+    let (status, sidecar) = status;
+    assert_eq!(status.code(), Some(0), "exits 0 after draining");
+    let c = receiver.completion(&job_id).await.json();
+    assert_eq!(
+        c["status"], "completed",
+        "the running job finished during the drain"
+    );
+    drop(sidecar);
+}
+
+#[tokio::test]
+async fn jobs_still_running_at_the_drain_timeout_are_stopped_and_resumed_by_the_next_start() {
+    let receiver = Receiver::start().await;
+    let mut sidecar = Sidecar::start(&receiver).await;
+    let job_id = start_job(&sidecar, &receiver, "napper", json!({})).await;
+    wait_state(&sidecar, &job_id, "in_progress").await;
+    let status = sidecar.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        receiver.hits("/completion").is_empty(),
+        "an interrupted job is not ended"
+    );
+    let sidecar = sidecar.restart();
+    let job = eventually("the job to run again", || async {
+        let job = job(&sidecar, &job_id).await;
+        (job["state"] == "in_progress" && job["attempt"] == 2).then_some(job)
+    })
+    .await;
+    assert_eq!(
+        states(&job),
+        ["received", "queued", "in_progress", "queued", "in_progress"]
+    );
+    assert_eq!(cancel(&sidecar, &job_id).await.0, 202);
+    assert_eq!(
+        receiver.completion(&job_id).await.json()["status"],
+        "canceled"
+    );
+}

@@ -1,0 +1,295 @@
+//! Watching jobs: SSE and WebSocket watchers, replay, resume, slow watchers, STOP.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+/// One SSE event as received.
+#[derive(Debug, Clone, PartialEq)]
+struct Received {
+    id: u64,
+    event: String,
+    data: Value,
+}
+
+/// Reads an SSE stream to its end (the server closes it after the terminal event).
+async fn sse(sidecar: &Sidecar, job_id: &str, last_event_id: Option<u64>) -> Vec<Received> {
+    let mut request = client().get(format!("{}/jobs/{job_id}/events", sidecar.base));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let mut response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while let Some(chunk) = tokio::time::timeout(PATIENCE, response.chunk())
+        .await
+        .expect("the stream ends after the terminal event")
+        .unwrap()
+    {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    parse_sse(&text)
+}
+
+fn parse_sse(text: &str) -> Vec<Received> {
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                    .map(|v| v.trim_start().to_owned())
+            };
+            Some(Received {
+                id: field("id")?.parse().unwrap(),
+                event: field("event")?,
+                data: serde_json::from_str(&field("data")?).unwrap(),
+            })
+        })
+        .collect()
+}
+
+fn ws_url(sidecar: &Sidecar, job_id: &str) -> String {
+    format!(
+        "{}/jobs/{job_id}/watch",
+        sidecar.base.replacen("http://", "ws://", 1)
+    )
+}
+
+/// Collects a WebSocket watcher's events until the server closes it.
+async fn ws_events(sidecar: &Sidecar, job_id: &str) -> Vec<Value> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(sidecar, job_id))
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    while let Some(message) = tokio::time::timeout(PATIENCE, socket.next())
+        .await
+        .expect("the watch ends after the terminal event")
+    {
+        match message.unwrap() {
+            Message::Text(text) => events.push(serde_json::from_str(&text).unwrap()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    events
+}
+
+async fn start(sidecar: &Sidecar, receiver: &Receiver, agent: &str, params: Value) -> String {
+    let mut body = trigger(receiver, agent);
+    body["params"] = params;
+    sidecar.write_job(&body);
+    assert_eq!(sidecar.post_trigger(&body).await.0, 202);
+    body["job_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn two_sse_watchers_and_a_websocket_watcher_get_every_event_in_order_and_late_ones_the_replay()
+ {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start(
+        &sidecar,
+        &receiver,
+        "ticker",
+        json!({"count": 30, "interval": 0.02}),
+    )
+    .await;
+    let (a, b, w) = tokio::join!(
+        sse(&sidecar, &job_id, None),
+        sse(&sidecar, &job_id, None),
+        ws_events(&sidecar, &job_id)
+    );
+    receiver.completion(&job_id).await;
+    let late = sse(&sidecar, &job_id, None).await;
+
+    assert_eq!(a, b);
+    assert_eq!(
+        a, late,
+        "a watcher arriving after the end gets the full replay"
+    );
+    let ids: Vec<u64> = a.iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "no gap, in order"
+    );
+    assert_eq!(
+        w,
+        a.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+        "the WebSocket watcher gets the same events"
+    );
+    for e in &a {
+        assert_eq!(e.data["seq"], e.id);
+        assert_eq!(e.data["type"], e.event);
+        assert_valid("job-event.json", &e.data);
+    }
+    let states: Vec<&str> = a
+        .iter()
+        .filter(|e| e.event == "state")
+        .map(|e| e.data["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["received", "queued", "in_progress", "completed"]);
+    assert!(a.iter().any(|e| e.event == "progress"));
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_exactly_after_that_seq() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start(&sidecar, &receiver, "ticker", json!({"count": 5})).await;
+    let all = sse(&sidecar, &job_id, None).await;
+    let middle = all[all.len() / 2].id;
+    let resumed = sse(&sidecar, &job_id, Some(middle)).await;
+    assert_eq!(resumed, all[all.len() / 2 + 1..].to_vec());
+    let after_end = sse(&sidecar, &job_id, Some(all.last().unwrap().id)).await;
+    assert!(
+        after_end.is_empty(),
+        "resuming after the terminal event ends at once"
+    );
+}
+
+#[tokio::test]
+async fn a_watcher_that_never_reads_is_dropped_without_delaying_the_agent_or_other_watchers() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(
+        &receiver,
+        &[
+            ("SERVER__WRITE_TIMEOUT", "500ms"),
+            ("SERVER__SEND_BUFFER_BYTES", "4096"),
+        ],
+    )
+    .await;
+    let ticker = start(
+        &sidecar,
+        &receiver,
+        "ticker",
+        json!({"count": 600, "interval": 0.003, "pad": 3000}),
+    )
+    .await;
+    // The stalled watcher: a tiny receive window, a request, and never a read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = sidecar.base.trim_start_matches("http://").parse().unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled
+        .write_all(
+            format!("GET /jobs/{ticker}/events HTTP/1.1\r\nHost: sidecar\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    let reader = sse(&sidecar, &ticker, None).await;
+    assert_eq!(
+        reader.last().unwrap().data["state"],
+        "completed",
+        "a reading watcher gets everything while another stalls"
+    );
+    assert_eq!(
+        receiver.completion(&ticker).await.json()["status"],
+        "completed"
+    );
+
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, stalled.read_to_end(&mut got))
+        .await
+        .expect("the stalled watcher's connection is closed by the sidecar")
+        .ok();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(
+        !text.contains("\"state\":\"completed\""),
+        "the stalled watcher was cut off before the end ({} bytes)",
+        got.len()
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_stop_cancels_the_job() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start(&sidecar, &receiver, "napper", json!({})).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&sidecar, &job_id))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut stopped = false;
+    while let Some(message) = tokio::time::timeout(PATIENCE, socket.next())
+        .await
+        .expect("events keep coming until the job ends")
+    {
+        let Message::Text(text) = message.unwrap() else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        if event["state"] == "in_progress" && !stopped {
+            socket
+                .send(Message::Text(r#"{"signal":"STOP"}"#.into()))
+                .await
+                .unwrap();
+            stopped = true;
+        }
+        seen.push(event);
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e["type"] == "signal" && e["outcome"] == "stopping"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().unwrap()["state"], "canceled");
+    assert_eq!(
+        receiver.completion(&job_id).await.json()["status"],
+        "canceled"
+    );
+}
+
+#[tokio::test]
+async fn watching_an_unknown_job_is_404_and_a_bad_last_event_id_names_the_header() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let (status, _) = sidecar
+        .get(&format!("/jobs/{}/events", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(status, 404);
+    let job_id = start(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    let response = client()
+        .get(format!("{}/jobs/{job_id}/events", sidecar.base))
+        .header("Last-Event-ID", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(problem["errors"][0]["source"], "header");
+    assert_eq!(problem["errors"][0]["pointer"], "/Last-Event-ID");
+}
+
+#[tokio::test]
+async fn jobs_are_listed_by_state_and_agent_and_a_bad_filter_names_the_field() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let done = start(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    receiver.completion(&done).await;
+    let (status, list) = sidecar.get("/jobs?state=completed&agent=ticker").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [done.as_str()]);
+    let (_, none) = sidecar.get("/jobs?state=completed&agent=napper").await;
+    assert_eq!(none["jobs"], json!([]));
+    let (status, problem) = sidecar.get("/jobs?state=running").await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["errors"][0]["pointer"], "/state");
+}
