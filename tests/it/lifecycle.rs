@@ -350,3 +350,72 @@ async fn jobs_still_running_at_the_drain_timeout_are_stopped_and_resumed_by_the_
         "canceled"
     );
 }
+
+#[tokio::test]
+async fn a_run_no_process_supervises_is_swept_to_timed_out_once_past_its_timeout() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let blocker = start_job(&sidecar, &receiver, "lane", json!({})).await;
+    wait_state(&sidecar, &blocker, "in_progress").await;
+    let orphan = start_job(&sidecar, &receiver, "lane", json!({})).await;
+    // What a fleet node that died mid-run leaves behind: a run claimed long ago that no
+    // process of this sidecar supervises.
+    let db = rusqlite::Connection::open(sidecar.dir.path().join("state.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE jobs SET state = 'in_progress', attempt = 1, started_at = 0 WHERE job_id = ?1 AND state = 'queued'",
+            [&orphan],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let c = receiver.completion(&orphan).await.json();
+    assert_eq!(c["status"], "timed_out");
+    assert_eq!(c["error"]["reason"], "timeout");
+    assert_eq!(job(&sidecar, &blocker).await["state"], "in_progress");
+    assert_eq!(cancel(&sidecar, &blocker).await.0, 202);
+}
+
+#[tokio::test]
+async fn terminal_jobs_past_the_retention_are_pruned_with_their_folders_when_configured() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(
+        &receiver,
+        &[
+            ("SWEEPER__RETENTION", "1ms"),
+            ("SWEEPER__PRUNE_FOLDERS", "true"),
+        ],
+    )
+    .await;
+    let job_id = start_job(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    receiver.completion(&job_id).await;
+    eventually("the job to be pruned", || async {
+        let (status, _) = sidecar.get(&format!("/jobs/{job_id}")).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    eventually("its folder to be deleted", || async {
+        (!sidecar.job_dir(&job_id).exists()).then_some(())
+    })
+    .await;
+    assert!(sidecar.log().contains("sweeper: pruned from the store"));
+}
+
+#[tokio::test]
+async fn pruning_keeps_job_folders_unless_configured() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[("SWEEPER__RETENTION", "1ms")]).await;
+    let job_id = start_job(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    receiver.completion(&job_id).await;
+    eventually("the job to be pruned", || async {
+        let (status, _) = sidecar.get(&format!("/jobs/{job_id}")).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    assert!(
+        sidecar
+            .job_dir(&job_id)
+            .join("output/summary.json")
+            .exists()
+    );
+}
