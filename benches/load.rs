@@ -325,6 +325,8 @@ secret = "{SECRET}"
 [jobs]
 allowed_job_names = ["BenchJob"]
 max_concurrent = {max_concurrent}
+# The blocker runs for an hour: a restart stops it after this instead of the default 30 s.
+drain_timeout = "1s"
 [agents.trivial]
 command = ["/bin/true"]
 timeout = "60s"
