@@ -28,6 +28,7 @@ pub mod jobdir;
 pub mod runner;
 pub mod store;
 pub mod sweeper;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl Sidecar {
     /// Jobs a previous process left running are concluded and pending callbacks resume.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         install_crypto_provider();
+        telemetry::handle();
         let config = Arc::new(config);
         let shared_root = config.storage.shared_root.canonicalize().with_context(|| {
             format!(

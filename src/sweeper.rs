@@ -19,8 +19,9 @@ use tracing::{Instrument, error, info, warn};
 
 use crate::config::Config;
 use crate::contract::{ErrorReason, JobId, JobState, Timestamp};
-use crate::runner::{Runner, job_span};
+use crate::runner::{Runner, StopReason, job_span};
 use crate::store::{Store, StoreResult};
+use crate::telemetry;
 
 /// Jobs handled per kind and pass, so one pass stays short.
 const BATCH: usize = 500;
@@ -79,14 +80,23 @@ impl Sweeper {
 
     /// One pass at `now`.
     pub async fn sweep(&self, now: Timestamp) -> StoreResult<Swept> {
+        telemetry::heartbeat();
         let mut swept = Swept::default();
         for (job_id, reason) in self.runner.stop_overdue(now) {
             info!(job.id = %job_id, ?reason, "sweeper: stopping the agent");
+            let action = match reason {
+                StopReason::Stale => "stale",
+                _ => "timeout",
+            };
+            telemetry::sweeper_action(action, 1);
             swept.stopped += 1;
         }
         swept.abandoned = self.end_abandoned(now).await?;
+        telemetry::sweeper_action("abandoned", swept.abandoned);
         swept.expired = self.expire_queued(now).await?;
+        telemetry::sweeper_action("queue_timeout", swept.expired);
         swept.pruned = self.prune(now).await?;
+        telemetry::sweeper_action("pruned", swept.pruned);
         Ok(swept)
     }
 

@@ -4,6 +4,7 @@ mod deliveries;
 mod jobs;
 mod keys;
 pub mod listener;
+mod ops;
 mod trigger;
 mod watch;
 
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(trigger::router())
         .merge(jobs::router())
         .merge(watch::router())
+        .merge(ops::router())
         .merge(deliveries::router())
         .merge(keys::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -27,6 +27,7 @@ use url::Url;
 use crate::config::{CallbacksConfig, Config};
 use crate::contract::{DeliveryAttempt, JobId, JobState, ProgressCallback, Timestamp};
 use crate::store::{AttemptOutcome, DueDelivery, Store};
+use crate::telemetry::{self, CallbackKind};
 use schedule::Failure;
 use sign::{CallbackEvent, TokenFor};
 pub use transport::{Transport, TransportError};
@@ -273,6 +274,12 @@ impl Deliveries {
         self.count(&origin, result.is_destination_failure());
         let (record, outcome) = self.judge(&d, at, latency_ms, result);
         self.log_outcome(&d, &record, outcome);
+        let label = match outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::RetryAt(_) => "retry",
+            AttemptOutcome::Dead => "dead",
+        };
+        telemetry::callback(CallbackKind::Completion, label, started.elapsed());
         match self.store.record_attempt(&d.id, record, outcome).await {
             // The worker slept until this lease's end; the retry may be due much sooner.
             Ok(()) => self.wake(),
@@ -531,7 +538,19 @@ impl Deliveries {
                 },
                 jsonwebtoken::get_current_timestamp(),
             );
-            match self.post(&transport, url, body.clone(), &token, &id).await {
+            let started = Instant::now();
+            let result = self.post(&transport, url, body.clone(), &token, &id).await;
+            let outcome = match &result {
+                PostResult::Acknowledged(_) => "delivered",
+                PostResult::Refused(_) => "refused",
+                PostResult::Rejected { status, .. } if !schedule::is_retryable_status(*status) => {
+                    "dropped"
+                }
+                _ if attempt == self.cfg.progress_retries => "dropped",
+                _ => "retry",
+            };
+            telemetry::callback(CallbackKind::Progress, outcome, started.elapsed());
+            match result {
                 PostResult::Acknowledged(_) => return,
                 PostResult::Refused(reason) => {
                     warn!(%reason, "progress callback refused");

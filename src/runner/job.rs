@@ -407,6 +407,10 @@ impl Runner {
         match self.store.finish(finish).await {
             Ok(completion) => {
                 info!(state = %state, duration_ms = timing.duration_ms, "job ended");
+                let ran = job
+                    .started_at
+                    .map(|_| Duration::from_millis(timing.duration_ms));
+                crate::telemetry::job_ended(&job.agent_name, state, ran);
                 self.deliveries.send_now(completion);
                 true
             }

@@ -27,6 +27,7 @@ use crate::config::{Config, OnRestart};
 use crate::contract::{AgentName, ErrorReason, JobId, JobState, Timestamp};
 use crate::delivery::Deliveries;
 use crate::store::{JobRecord, Store, StoreError, StoreResult};
+use crate::telemetry;
 
 /// How often the queue is looked at when nothing wakes the runner.
 const FALLBACK_POLL: Duration = Duration::from_secs(5);
@@ -390,6 +391,7 @@ impl Runner {
     /// The scheduling loop; returns when draining or cancelled.
     pub async fn run(self: Arc<Self>) {
         loop {
+            telemetry::heartbeat();
             self.start_what_fits().await;
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -453,6 +455,7 @@ impl Runner {
             running.total += 1;
             *running.per_agent.entry(job.agent_name.clone()).or_default() += 1;
             running.jobs.insert(job.job_id, Arc::clone(&control));
+            telemetry::job_started(&job.agent_name, job.created_at, control.started);
             if let Some(reason) = running.early.remove(&job.job_id) {
                 control.stop(reason);
             }
@@ -479,6 +482,7 @@ impl Runner {
             }
             running.jobs.remove(&job_id);
         }
+        telemetry::job_released(agent);
         self.idle.notify_waiters();
         self.wake();
     }

@@ -463,6 +463,12 @@ pub trait Store: Send + Sync {
     /// [`Store::events_after`]).
     fn subscribe(&self, job_id: JobId) -> tokio::sync::watch::Receiver<()>;
 
+    /// Queued jobs per agent and dead-lettered completions, for the metrics.
+    async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges>;
+
+    /// Proves the store takes writes (an empty transaction, committed).
+    async fn check_writable(&self) -> StoreResult<()>;
+
     /// Deletes up to `limit` terminal jobs that ended before `before` and have no pending
     /// callback, with their events and deliveries; returns their ids.
     async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>>;

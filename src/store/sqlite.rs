@@ -964,6 +964,32 @@ impl Store for SqliteStore {
         self.hub.subscribe(job_id)
     }
 
+    async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {
+        self.read(|conn| {
+            let queued = conn
+                .prepare_cached(
+                    "SELECT agent_name, count(*) FROM jobs WHERE state = 'queued' GROUP BY agent_name",
+                )?
+                .query_map([], |r| {
+                    Ok((parsed(r, 0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let dead_letters: i64 = conn
+                .prepare_cached("SELECT count(*) FROM deliveries WHERE state = 'dead'")?
+                .query_row([], |r| r.get(0))?;
+            let dead_letters = u64::try_from(dead_letters).unwrap_or(0);
+            Ok(crate::telemetry::StoreGauges {
+                queued,
+                dead_letters,
+            })
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> StoreResult<()> {
+        self.write(|_| Ok(())).await
+    }
+
     async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>> {
         self.write(move |conn| prune_in(conn, before, limit)).await
     }

@@ -5,6 +5,7 @@ mod delivery;
 mod demo;
 mod helpers;
 mod lifecycle;
+mod ops;
 mod pki;
 mod run;
 mod secure;

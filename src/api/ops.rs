@@ -1,0 +1,163 @@
+//! For the platform team: `GET /health` (alive), `GET /ready` (can take work) and
+//! `GET /metrics` (Prometheus text).
+
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::telemetry;
+
+/// `Retry-After` of a 503 from `/ready`.
+const NOT_READY_RETRY_AFTER_SECS: u32 = 5;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+#[derive(Debug, Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Why not, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Check {
+    fn new(name: &'static str, result: Result<(), String>) -> Self {
+        Self {
+            name,
+            ok: result.is_ok(),
+            detail: result.err(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Ready {
+    status: &'static str,
+    checks: Vec<Check>,
+}
+
+async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let app = &app.inner;
+    let store = app
+        .store
+        .check_writable()
+        .await
+        .map_err(|e| format!("store does not take writes: {e}"));
+    let root = app.shared_root.clone();
+    let commands: Vec<(String, String)> = app
+        .config
+        .agents
+        .iter()
+        .map(|(name, agent)| (name.to_string(), agent.command[0].clone()))
+        .collect();
+    let (root, commands) =
+        tokio::task::spawn_blocking(move || (check_shared_root(&root), check_commands(&commands)))
+            .await
+            .unwrap_or_else(|_| (Err("check failed".into()), Err("check failed".into())));
+    let draining = if app.runner.is_draining() {
+        Err("shutting down".to_owned())
+    } else {
+        Ok(())
+    };
+    let checks = vec![
+        Check::new("store", store),
+        Check::new("shared_root", root),
+        Check::new("agent_commands", commands),
+        Check::new("not_draining", draining),
+    ];
+    if checks.iter().all(|c| c.ok) {
+        return Ok(Json(Ready {
+            status: "ready",
+            checks,
+        }));
+    }
+    let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let detail = format!("not ready: {}", failing.join(", "));
+    Err(ApiError::unavailable(detail, NOT_READY_RETRY_AFTER_SECS)
+        .with_extension("checks", serde_json::to_value(&checks).unwrap_or_default()))
+}
+
+/// `shared_root` can be listed and written (a file is created and removed).
+fn check_shared_root(root: &Path) -> Result<(), String> {
+    std::fs::read_dir(root).map_err(|e| format!("{}: cannot read: {e}", root.display()))?;
+    tempfile::Builder::new()
+        .prefix(".ready-")
+        .tempfile_in(root)
+        .map(drop)
+        .map_err(|e| format!("{}: cannot write: {e}", root.display()))
+}
+
+/// Every agent's program exists and is executable (looked up on `PATH` when bare).
+fn check_commands(commands: &[(String, String)]) -> Result<(), String> {
+    let missing: Vec<String> = commands
+        .iter()
+        .filter(|(_, program)| resolve(program).is_none())
+        .map(|(agent, program)| format!("{agent}: {program} not found or not executable"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("; "))
+    }
+}
+
+fn resolve(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+    })
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let app = &app.inner;
+    let gauges = match app.store.gauges().await {
+        Ok(g) => g,
+        Err(e) => return ApiError::internal(&e).into_response(),
+    };
+    let text = telemetry::render(app.config.agents.keys(), gauges);
+    let mut response = (StatusCode::OK, text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

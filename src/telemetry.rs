@@ -1,0 +1,125 @@
+//! Prometheus metrics: the names, the recording helpers every module calls, and the rendering
+//! of `GET /metrics` (through `metrics` and `metrics-exporter-prometheus`).
+//!
+//! Counters and histograms are recorded where things happen; gauges that are facts of the
+//! store (queue depth, dead letters) are read from it at scrape time, so they are right after
+//! a restart and across a fleet.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::contract::{AgentName, JobState, Timestamp};
+
+const JOBS_TOTAL: &str = "agent_sidecar_jobs_total";
+const JOBS_RUNNING: &str = "agent_sidecar_jobs_running";
+const QUEUE_DEPTH: &str = "agent_sidecar_queue_depth";
+const JOB_DURATION: &str = "agent_sidecar_job_duration_seconds";
+const QUEUE_WAIT: &str = "agent_sidecar_queue_wait_seconds";
+const CALLBACKS_TOTAL: &str = "agent_sidecar_callbacks_total";
+const CALLBACK_LATENCY: &str = "agent_sidecar_callback_latency_seconds";
+const DEAD_LETTERS: &str = "agent_sidecar_callback_dead_letters";
+const SWEEPER_ACTIONS: &str = "agent_sidecar_sweeper_actions_total";
+const HEARTBEAT: &str = "agent_sidecar_worker_heartbeat_timestamp_seconds";
+const BUILD_INFO: &str = "agent_sidecar_build_info";
+
+/// Histogram buckets in seconds, from a fast callback to a long agent run.
+const BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The process-wide recorder (installed once; every sidecar in a process shares it).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; then ours simply stays local.
+        let _ = metrics::set_global_recorder(recorder);
+        gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+/// A callback's kind, as labelled.
+#[derive(Debug, Clone, Copy)]
+pub enum CallbackKind {
+    /// Progress, best effort.
+    Progress,
+    /// Completion, through the outbox.
+    Completion,
+}
+
+impl CallbackKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Progress => "progress",
+            Self::Completion => "completion",
+        }
+    }
+}
+
+/// A job's attempt started; it was queued at `queued_at`.
+pub fn job_started(agent: &AgentName, queued_at: Timestamp, now: Timestamp) {
+    gauge!(JOBS_RUNNING, "agent" => agent.to_string()).increment(1.0);
+    histogram!(QUEUE_WAIT).record(now.millis_since(queued_at) as f64 / 1000.0);
+}
+
+/// A job's attempt stopped running (whatever its end).
+pub fn job_released(agent: &AgentName) {
+    gauge!(JOBS_RUNNING, "agent" => agent.to_string()).decrement(1.0);
+}
+
+/// A job reached its terminal state; `ran` is its agent's run time, if it ran.
+pub fn job_ended(agent: &AgentName, state: JobState, ran: Option<Duration>) {
+    counter!(JOBS_TOTAL, "agent" => agent.to_string(), "status" => state.as_str()).increment(1);
+    if let Some(ran) = ran {
+        histogram!(JOB_DURATION, "agent" => agent.to_string()).record(ran.as_secs_f64());
+    }
+}
+
+/// One callback attempt and how it went (`delivered`, `retry`, `dead`, `dropped`, `refused`).
+pub fn callback(kind: CallbackKind, outcome: &'static str, latency: Duration) {
+    counter!(CALLBACKS_TOTAL, "kind" => kind.label(), "outcome" => outcome).increment(1);
+    histogram!(CALLBACK_LATENCY, "kind" => kind.label()).record(latency.as_secs_f64());
+}
+
+/// The sweeper did `action` (`stale`, `timeout`, `abandoned`, `queue_timeout`, `pruned`).
+pub fn sweeper_action(action: &'static str, count: usize) {
+    counter!(SWEEPER_ACTIONS, "action" => action).increment(count as u64);
+}
+
+/// The background workers are alive (set by each sweeper pass and scheduler round).
+pub fn heartbeat() {
+    gauge!(HEARTBEAT).set(Timestamp::now().unix_ms() as f64 / 1000.0);
+}
+
+/// Facts read from the store at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct StoreGauges {
+    /// Queued jobs per agent.
+    pub queued: Vec<(AgentName, u64)>,
+    /// Completions given up on.
+    pub dead_letters: u64,
+}
+
+/// The Prometheus text exposition, with the store's gauges set for `agents` (0 when absent).
+pub fn render<'a>(agents: impl Iterator<Item = &'a AgentName>, store: StoreGauges) -> String {
+    let handle = handle();
+    for agent in agents {
+        let depth = store
+            .queued
+            .iter()
+            .find(|(a, _)| a == agent)
+            .map_or(0, |(_, n)| *n);
+        gauge!(QUEUE_DEPTH, "agent" => agent.to_string()).set(depth as f64);
+    }
+    gauge!(DEAD_LETTERS).set(store.dead_letters as f64);
+    handle.run_upkeep();
+    handle.render()
+}
