@@ -25,6 +25,7 @@ pub mod delivery;
 pub mod demo;
 pub mod error;
 pub mod jobdir;
+pub mod notify;
 pub mod runner;
 pub mod store;
 pub mod sweeper;
@@ -147,6 +148,7 @@ impl Sidecar {
                 .run(cancel.clone())
                 .instrument(info_span!("sweeper")),
         );
+        tracker.spawn(notify::watchdog(Arc::clone(&store), cancel.clone()));
 
         let addr = listener.local_addr().context("listener has no address")?;
         let listener = api::listener::GuardedListener::new(
@@ -187,6 +189,7 @@ impl Sidecar {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         info!(addr = %self.local_addr()?, "listening");
+        notify::ready();
         let stop = self.cancel.clone();
         let runner = Arc::clone(&self.runner);
         let drain_timeout = self.drain_timeout;
@@ -196,6 +199,7 @@ impl Sidecar {
                 () = stop.cancelled() => {}
             }
             info!("shutting down: draining");
+            notify::stopping();
             runner.drain(drain_timeout).await;
             stop.cancel();
         });

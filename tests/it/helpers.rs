@@ -322,6 +322,20 @@ interval = "100ms"
             .iter()
             .map(|(k, v)| (format!("AGENT_SIDECAR__{k}"), (*v).to_owned()))
             .collect();
+        Self::start_in_env(receiver, env, extra)
+    }
+
+    /// Starts with these variables in the process environment as written (e.g.
+    /// `NOTIFY_SOCKET`).
+    pub async fn start_with_process_env(receiver: &Receiver, env: &[(&str, &str)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_in_env(receiver, env, "")
+    }
+
+    fn start_in_env(receiver: &Receiver, env: Vec<(String, String)>, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let shared_root = dir.path().join("shared_root");
         std::fs::create_dir_all(&shared_root).unwrap();

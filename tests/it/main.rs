@@ -9,5 +9,6 @@ mod ops;
 mod pki;
 mod run;
 mod secure;
+mod systemd;
 mod trigger;
 mod watch;
