@@ -117,17 +117,30 @@ impl Sweeper {
                 continue;
             }
             let span = job_span(&job);
-            let message = format!(
-                "no agent ran the job past its timeout of {}",
-                humantime::format_duration(agent.timeout)
-            );
-            if self
+            // A cancel was accepted for it: end it as the caller was told it would end.
+            let (state, reason, message) = if job.cancel_requested {
+                (
+                    JobState::Canceled,
+                    ErrorReason::Canceled,
+                    "canceled by request; no agent was running it".to_owned(),
+                )
+            } else {
+                (
+                    JobState::TimedOut,
+                    ErrorReason::Timeout,
+                    format!(
+                        "no agent ran the job past its timeout of {}",
+                        humantime::format_duration(agent.timeout)
+                    ),
+                )
+            };
+            let result = self
                 .runner
-                .end_unrun(job, JobState::TimedOut, ErrorReason::Timeout, &message)
-                .instrument(span)
-                .await
-            {
-                warn!("sweeper: ended an unsupervised run past its timeout");
+                .end_unrun(job, state, reason, &message)
+                .instrument(span.clone())
+                .await;
+            if ended_here(result)? {
+                span.in_scope(|| warn!("sweeper: ended an unsupervised run past its timeout"));
                 ended += 1;
             }
         }
@@ -148,13 +161,13 @@ impl Sweeper {
         let mut ended = 0;
         for job in self.store.queued_before(before, BATCH).await? {
             let span = job_span(&job);
-            if self
+            let result = self
                 .runner
                 .end_unrun(job, JobState::TimedOut, ErrorReason::QueueTimeout, &message)
-                .instrument(span)
-                .await
-            {
-                info!("sweeper: queue timeout");
+                .instrument(span.clone())
+                .await;
+            if ended_here(result)? {
+                span.in_scope(|| info!("sweeper: queue timeout"));
                 ended += 1;
             }
         }
@@ -175,6 +188,15 @@ impl Sweeper {
             let _ = tokio::task::spawn_blocking(move || remove_folders(&root, &ids)).await;
         }
         Ok(pruned.len())
+    }
+}
+
+/// Whether the sweeper's end was recorded; a job that moved meanwhile keeps what it moved to.
+fn ended_here(result: StoreResult<()>) -> StoreResult<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(crate::store::StoreError::Stale { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

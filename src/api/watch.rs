@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,7 +31,7 @@ use super::jobs::{cancel_error, parse_job_id};
 use crate::contract::{EventData, FieldError, JobEvent, JobId};
 use crate::error::{ApiError, ErrorSource};
 use crate::runner::CancelOutcome;
-use crate::store::{Store, StoreError};
+use crate::store::{JobRecord, Store, StoreError};
 
 /// Events read from the store at once.
 const PAGE: usize = 256;
@@ -78,15 +78,29 @@ fn cursor(
     Ok(cursor.after.unwrap_or(0))
 }
 
-async fn open(app: &AppState, id: &str) -> Result<JobId, ApiError> {
+async fn open(app: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     let job_id = parse_job_id(id)?;
     app.inner
         .store
         .job(job_id)
         .await
         .map_err(|e| ApiError::internal(&e))?
-        .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))?;
-    Ok(job_id)
+        .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))
+}
+
+/// Whether a watcher resuming after `after` has nothing left to get: the job has ended and
+/// its last event is at or before the cursor.
+async fn nothing_more(app: &AppState, job: &JobRecord, after: u64) -> Result<bool, ApiError> {
+    if !job.state.is_terminal() {
+        return Ok(false);
+    }
+    let rest = app
+        .inner
+        .store
+        .events_after(job.job_id, after, 1)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(rest.is_empty())
 }
 
 async fn sse(
@@ -96,7 +110,12 @@ async fn sse(
     query: Result<Query<Cursor>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let after = cursor(&headers, query)?;
-    let job_id = open(&app, &id).await?;
+    let job = open(&app, &id).await?;
+    // 204 tells an EventSource that reconnects after the end to stop reconnecting.
+    if nothing_more(&app, &job, after).await? {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let job_id = job.job_id;
     let events = history(
         Arc::clone(&app.inner.store),
         job_id,
@@ -139,7 +158,7 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let after = cursor(&headers, query)?;
-    let job_id = open(&app, &id).await?;
+    let job_id = open(&app, &id).await?.job_id;
     Ok(upgrade.on_upgrade(move |socket| serve_watcher(app, job_id, after, socket)))
 }
 
@@ -187,6 +206,8 @@ async fn serve_watcher(app: AppState, job_id: JobId, after: u64, socket: WebSock
                         tracing::error!(error = %e, "cannot read job events");
                         close(1011, "cannot read the job's events; reconnect with ?after=")
                     }
+                    // 1012: the sidecar restarts; the job goes on, resume with ?after=.
+                    None if app.inner.shutdown.is_cancelled() => close(1012, "sidecar stopping; reconnect with ?after="),
                     None => close(1000, "job ended"),
                 };
                 let last = matches!(message, Message::Close(_));
@@ -250,6 +271,8 @@ struct Follow {
     cursor: u64,
     page: VecDeque<JobEvent>,
     checked_end: bool,
+    /// The job was seen terminal: once a read after that finds nothing, the history is whole.
+    job_over: bool,
     ended: bool,
     shutdown: CancellationToken,
 }
@@ -271,6 +294,7 @@ fn history(
         cursor: after,
         page: VecDeque::new(),
         checked_end: false,
+        job_over: false,
         ended: false,
         shutdown,
     };
@@ -298,13 +322,17 @@ impl Follow {
             {
                 Ok(events) if !events.is_empty() => self.page.extend(events),
                 Ok(_) => {
+                    if self.job_over {
+                        return None;
+                    }
                     if !self.checked_end {
-                        // Resumed after the terminal event (or the job was pruned): nothing
-                        // more will come.
+                        // Caught up: if the job has ended (resumed after its terminal event,
+                        // or pruned), one more read, made after this check, gets whatever
+                        // ended it; then nothing more will come.
                         self.checked_end = true;
                         match self.store.job(self.job_id).await {
                             Ok(Some(job)) if !job.state.is_terminal() => {}
-                            Ok(_) => return None,
+                            Ok(_) => self.job_over = true,
                             Err(e) => return Some(Err(e)),
                         }
                         continue;

@@ -85,13 +85,15 @@ enum Waited {
 impl Runner {
     /// Runs one claimed job to its end.
     pub(super) async fn supervise(self: &Arc<Self>, job: JobRecord, control: Arc<Control>) {
-        let cannot_run = |message: String| {
-            self.conclude_without_run(
-                job.clone(),
-                JobState::Failed,
-                ErrorReason::SpawnFailed,
-                message,
-            )
+        let cannot_run = |message: String| async {
+            let _ = self
+                .conclude_without_run(
+                    job.clone(),
+                    JobState::Failed,
+                    ErrorReason::SpawnFailed,
+                    message,
+                )
+                .await;
         };
         let Some(agent) = self.config.agents.get(&job.agent_name).cloned() else {
             cannot_run(format!("agent {} is no longer configured", job.agent_name)).await;
@@ -130,7 +132,7 @@ impl Runner {
         )
         .await;
         log.flush().await;
-        self.conclude_in(job, Some(dir.output()), ending).await;
+        let _ = self.conclude_in(job, Some(dir.output()), ending).await;
     }
 
     /// Spawns and supervises the agent; `None` when the sidecar is shutting down.
@@ -202,7 +204,10 @@ impl Runner {
                     .await;
                 let exit = self.terminate(&process, log).await;
                 if reason == StopReason::Interrupt {
-                    super::process::signal_group(process.pid(), libc::SIGKILL);
+                    process.signal_group(libc::SIGKILL);
+                    // Bounded, so a descendant holding a pipe cannot hold up the shutdown.
+                    drain(stdout).await;
+                    drain(stderr).await;
                     return None;
                 }
                 (exit, Some((reason, why)))
@@ -297,15 +302,27 @@ impl Runner {
     }
 
     /// Ends a job without (further) running its agent: it cannot run, was canceled or timed
-    /// out in the queue, or its agent died with a previous process. `false` if the job moved
-    /// meanwhile and nothing was changed.
+    /// out in the queue, or its agent died with a previous process. `StoreError::Stale` if the
+    /// job moved meanwhile and nothing was changed.
     pub(super) async fn conclude_without_run(
         &self,
         job: JobRecord,
         state: JobState,
         reason: ErrorReason,
         message: String,
-    ) -> bool {
+    ) -> Result<(), StoreError> {
+        // Checked before the output files are written, so a writer that lost a race (a claim
+        // beat the sweeper) does not touch them; `finish` fences the rest of the window.
+        match self.store.job(job.job_id).await? {
+            Some(now) if now.state == job.state && now.attempt == job.attempt => {}
+            _ => {
+                return Err(StoreError::Stale {
+                    job_id: job.job_id,
+                    expected: job.state,
+                    attempt: job.attempt,
+                });
+            }
+        }
         info!(%state, %message, "ending the job");
         let output = JobDir::open(&self.shared_root, job.job_id)
             .ok()
@@ -316,13 +333,13 @@ impl Runner {
     }
 
     /// Finalises `output/` (when there is one) and ends the job with its completion callback;
-    /// `false` if the job moved meanwhile and this end was discarded.
+    /// `StoreError::Stale` if the job moved meanwhile and this end was discarded.
     async fn conclude_in(
         &self,
         job: JobRecord,
         output: Option<std::path::PathBuf>,
         ending: Ending,
-    ) -> bool {
+    ) -> Result<(), StoreError> {
         let finished_at = Timestamp::now();
         let timing = Timing {
             queued_at: job.created_at,
@@ -412,15 +429,15 @@ impl Runner {
                     .map(|_| Duration::from_millis(timing.duration_ms));
                 crate::telemetry::job_ended(&job.agent_name, state, ran);
                 self.deliveries.send_now(completion);
-                true
+                Ok(())
             }
             Err(e @ StoreError::Stale { .. }) => {
                 warn!(error = %e, "job ended elsewhere; this attempt's result is discarded");
-                false
+                Err(e)
             }
             Err(e) => {
                 error!(error = %e, "cannot record the end of the job; it is recovered on restart");
-                false
+                Err(e)
             }
         }
     }

@@ -137,8 +137,8 @@ struct Running {
     total: usize,
     per_agent: HashMap<AgentName, usize>,
     jobs: HashMap<JobId, Arc<Control>>,
-    /// Stops asked for between a job's claim and its registration here.
-    early: HashMap<JobId, StopReason>,
+    /// Stops asked for between a claim and its registration here, by (job, attempt).
+    early: HashMap<(JobId, u32), StopReason>,
 }
 
 impl Runner {
@@ -194,9 +194,10 @@ impl Runner {
         if job.cancel_requested {
             info!("job was being canceled when the sidecar stopped; ending it canceled");
             let message = "canceled by request; the sidecar stopped before the agent did";
-            self.end_unrun(job, JobState::Canceled, ErrorReason::Canceled, message)
-                .await;
-            return Ok(());
+            return ignore_stale(
+                self.end_unrun(job, JobState::Canceled, ErrorReason::Canceled, message)
+                    .await,
+            );
         }
         let (requeue, max) = match agent {
             Some(a) => (a.on_restart == OnRestart::Requeue, a.max_attempts),
@@ -208,14 +209,11 @@ impl Runner {
                 max_attempts = max,
                 "job was running when the sidecar stopped; requeued"
             );
-            return match self
-                .store
-                .requeue(job.job_id, job.attempt, Timestamp::now())
-                .await
-            {
-                Ok(()) | Err(StoreError::Stale { .. }) => Ok(()),
-                Err(e) => Err(e),
-            };
+            return ignore_stale(
+                self.store
+                    .requeue(job.job_id, job.attempt, Timestamp::now())
+                    .await,
+            );
         }
         let message = if requeue {
             format!("the sidecar stopped while the agent ran, and all {max} attempts are used")
@@ -223,14 +221,15 @@ impl Runner {
             "the sidecar stopped while the agent ran".to_owned()
         };
         info!("job was running when the sidecar stopped; failing it");
-        self.end_unrun(
-            job,
-            JobState::Failed,
-            ErrorReason::SidecarRestarted,
-            &message,
+        ignore_stale(
+            self.end_unrun(
+                job,
+                JobState::Failed,
+                ErrorReason::SidecarRestarted,
+                &message,
+            )
+            .await,
         )
-        .await;
-        Ok(())
     }
 
     /// Cancels a job: a queued one ends `canceled` at once, a running one is stopped (SIGTERM,
@@ -255,7 +254,7 @@ impl Runner {
                     {
                         Ok(()) => {
                             info!(job.id = %job_id, "cancel requested; stopping the agent");
-                            self.stop(job_id, StopReason::Cancel);
+                            self.stop(job_id, job.attempt, StopReason::Cancel);
                             return Ok(CancelOutcome::Stopping);
                         }
                         Err(StoreError::Stale { .. }) => continue,
@@ -265,12 +264,14 @@ impl Runner {
                 _ => {
                     let span = job_span(&job);
                     let message = "canceled by request before it started";
-                    if self
+                    match self
                         .end_unrun(job, JobState::Canceled, ErrorReason::Canceled, message)
                         .instrument(span)
                         .await
                     {
-                        return Ok(CancelOutcome::Canceled);
+                        Ok(()) => return Ok(CancelOutcome::Canceled),
+                        Err(StoreError::Stale { .. }) => continue,
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }
@@ -283,13 +284,14 @@ impl Runner {
         Err(CancelError::Ended { job_id, state })
     }
 
-    /// Stops a run of this process, or the run about to be registered.
-    pub fn stop(&self, job_id: JobId, reason: StopReason) {
+    /// Stops `attempt` of a job: the run of this process, or the run about to be registered.
+    pub fn stop(&self, job_id: JobId, attempt: u32, reason: StopReason) {
         let mut running = self.lock();
         match running.jobs.get(&job_id) {
-            Some(control) => control.stop(reason),
+            Some(control) if control.attempt == attempt => control.stop(reason),
+            Some(_) => {}
             None => {
-                running.early.insert(job_id, reason);
+                running.early.insert((job_id, attempt), reason);
             }
         }
     }
@@ -330,15 +332,15 @@ impl Runner {
     }
 
     /// Ends a job no agent of this process runs (queued, or left `in_progress` by a process
-    /// that is gone): outputs finalised with what exists, completion callback written. `false`
-    /// if the job moved meanwhile (nothing was changed).
+    /// that is gone): outputs finalised with what exists, completion callback written.
+    /// `StoreError::Stale` if the job moved meanwhile (nothing was changed).
     pub async fn end_unrun(
         &self,
         job: JobRecord,
         state: JobState,
         reason: ErrorReason,
         message: &str,
-    ) -> bool {
+    ) -> StoreResult<()> {
         self.conclude_without_run(job, state, reason, message.to_owned())
             .await
     }
@@ -456,7 +458,7 @@ impl Runner {
             *running.per_agent.entry(job.agent_name.clone()).or_default() += 1;
             running.jobs.insert(job.job_id, Arc::clone(&control));
             telemetry::job_started(&job.agent_name, job.created_at, control.started);
-            if let Some(reason) = running.early.remove(&job.job_id) {
+            if let Some(reason) = running.early.remove(&(job.job_id, job.attempt)) {
                 control.stop(reason);
             }
         }
@@ -481,10 +483,21 @@ impl Runner {
                 *n = n.saturating_sub(1);
             }
             running.jobs.remove(&job_id);
+            // A stop that arrived after this attempt ended is moot.
+            running.early.retain(|(id, _), _| *id != job_id);
         }
         telemetry::job_released(agent);
         self.idle.notify_waiters();
         self.wake();
+    }
+}
+
+/// A write refused because the job moved on is not an error for recovery: someone else ended
+/// or requeued it.
+fn ignore_stale(result: StoreResult<()>) -> StoreResult<()> {
+    match result {
+        Err(StoreError::Stale { .. }) => Ok(()),
+        other => other,
     }
 }
 

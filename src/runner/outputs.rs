@@ -74,8 +74,13 @@ pub fn finalize(output: &Path, report: RunReport) -> io::Result<(JobState, Summa
     };
     write_atomic(&output.join("summary.json"), &pretty(&summary))?;
     write_metrics(output, &report)?;
-    if let Some(error) = &report.error {
-        write_error_log(output, error, &report.stderr_tail)?;
+    match &report.error {
+        Some(error) => write_error_log(output, error, &report.stderr_tail)?,
+        // One from an earlier attempt (or a sweeper that lost a race) must not outlive it.
+        None => match std::fs::remove_file(output.join("error.log")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        },
     }
     Ok((state, summary))
 }
@@ -246,6 +251,30 @@ mod tests {
         assert_eq!(artifacts[0].mime, "text/csv");
         assert_eq!(artifacts[0].bytes, 4);
         assert_eq!(rejected[0].path, "artifacts/passwd");
+    }
+
+    #[test]
+    fn a_completed_run_removes_an_error_log_left_by_an_earlier_writer() {
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("error.log"), "queue_timeout\n").unwrap();
+        let report = RunReport {
+            job_id: "7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f".parse().unwrap(),
+            agent_name: "a".parse().unwrap(),
+            state: JobState::Completed,
+            error: None,
+            timing: Timing {
+                queued_at: Timestamp::now(),
+                started_at: Some(Timestamp::now()),
+                finished_at: Timestamp::now(),
+                duration_ms: 1,
+            },
+            measured: Measured::default(),
+            stderr_tail: Vec::new(),
+        };
+        let (state, _) = finalize(out.path(), report).unwrap();
+        assert_eq!(state, JobState::Completed);
+        assert!(!out.path().join("error.log").exists());
+        assert!(out.path().join("summary.json").exists());
     }
 
     #[test]

@@ -441,7 +441,7 @@ pub trait Store: Send + Sync {
     /// Jobs matching `filter`, newest first.
     async fn list_jobs(&self, filter: JobFilter) -> StoreResult<Vec<JobRecord>>;
 
-    /// Up to `limit` queued jobs accepted before `before`, oldest first.
+    /// Up to `limit` jobs queued (or requeued) before `before`, longest waiting first.
     async fn queued_before(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobRecord>>;
 
     /// Marks a running attempt as asked to cancel, durably (a restart then ends it `canceled`).

@@ -826,7 +826,7 @@ fn list_jobs_in(conn: &Connection, f: &JobFilter) -> StoreResult<Vec<JobRecord>>
 fn requeue_in(conn: &Connection, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
     fenced(conn, job_id, JobState::InProgress, attempt)?;
     conn.prepare_cached(
-        "UPDATE jobs SET state = 'queued', started_at = NULL, updated_at = ?2 WHERE job_id = ?1",
+        "UPDATE jobs SET state = 'queued', started_at = NULL, queued_at = ?2, updated_at = ?2 WHERE job_id = ?1",
     )?
     .execute(params![job_id.to_string(), at.unix_ms()])?;
     append_state(conn, job_id, attempt, JobState::Queued, at)?;
@@ -924,7 +924,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             jobs_where(
                 conn,
-                "state = 'queued' AND created_at < ? ORDER BY created_at LIMIT ?",
+                "state = 'queued' AND queued_at < ? ORDER BY queued_at LIMIT ?",
                 vec![before.unix_ms().into(), (limit as i64).into()],
             )
         })

@@ -224,9 +224,11 @@ async fn a_job_queued_past_max_queue_age_ends_timed_out_with_reason_queue_timeou
 async fn after_a_sigkill_with_20_jobs_queued_or_running_each_ends_once_with_one_completion() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
+    // The first four (started first, FIFO) outlive the crash by far; the rest are quick.
     let mut ids = Vec::new();
-    for _ in 0..20 {
-        ids.push(start_job(&sidecar, &receiver, "napper", json!({"seconds": 0.5})).await);
+    for i in 0..20 {
+        let seconds = if i < 4 { 3.0 } else { 0.2 };
+        ids.push(start_job(&sidecar, &receiver, "napper", json!({"seconds": seconds})).await);
     }
     let running: Vec<String> = eventually("four jobs running", || async {
         let (_, list) = sidecar.get("/jobs?state=in_progress").await;
@@ -376,6 +378,20 @@ async fn a_run_no_process_supervises_is_swept_to_timed_out_once_past_its_timeout
     assert_eq!(cancel(&sidecar, &blocker).await.0, 202);
 }
 
+/// Waits until a sweeper pass has pruned a job, folders included (counted after both).
+async fn pruned(sidecar: &Sidecar) {
+    eventually("a job to be pruned", || async {
+        let n = metric(
+            sidecar,
+            "agent_sidecar_sweeper_actions_total",
+            &[("action", "pruned")],
+        )
+        .await;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn terminal_jobs_past_the_retention_are_pruned_with_their_folders_when_configured() {
     let receiver = Receiver::start().await;
@@ -389,15 +405,9 @@ async fn terminal_jobs_past_the_retention_are_pruned_with_their_folders_when_con
     .await;
     let job_id = start_job(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
     receiver.completion(&job_id).await;
-    eventually("the job to be pruned", || async {
-        let (status, _) = sidecar.get(&format!("/jobs/{job_id}")).await;
-        (status == 404).then_some(())
-    })
-    .await;
-    eventually("its folder to be deleted", || async {
-        (!sidecar.job_dir(&job_id).exists()).then_some(())
-    })
-    .await;
+    pruned(&sidecar).await;
+    assert_eq!(sidecar.get(&format!("/jobs/{job_id}")).await.0, 404);
+    assert!(!sidecar.job_dir(&job_id).exists(), "its folder is deleted");
     assert!(sidecar.log().contains("sweeper: pruned from the store"));
 }
 
@@ -407,15 +417,13 @@ async fn pruning_keeps_job_folders_unless_configured() {
     let sidecar = Sidecar::start_with_env(&receiver, &[("SWEEPER__RETENTION", "1ms")]).await;
     let job_id = start_job(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
     receiver.completion(&job_id).await;
-    eventually("the job to be pruned", || async {
-        let (status, _) = sidecar.get(&format!("/jobs/{job_id}")).await;
-        (status == 404).then_some(())
-    })
-    .await;
+    pruned(&sidecar).await;
+    assert_eq!(sidecar.get(&format!("/jobs/{job_id}")).await.0, 404);
     assert!(
         sidecar
             .job_dir(&job_id)
             .join("output/summary.json")
-            .exists()
+            .exists(),
+        "without prune_folders the folder stays"
     );
 }

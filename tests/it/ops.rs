@@ -1,59 +1,11 @@
 //! What the platform team sees: health, readiness and Prometheus metrics.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-
-/// One sample of the Prometheus text format.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter(|l| !l.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap();
-                    (k.to_owned(), v.trim_matches('"').to_owned())
-                })
-                .collect();
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().unwrap(),
-            }
-        })
-        .collect()
-}
-
-/// The value of `name` whose labels include `labels` (0 when absent).
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .find(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map_or(0.0, |s| s.value)
-}
 
 async fn scrape(sidecar: &Sidecar) -> Vec<Sample> {
     let response = client()

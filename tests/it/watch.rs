@@ -146,10 +146,16 @@ async fn last_event_id_resumes_exactly_after_that_seq() {
     let middle = all[all.len() / 2].id;
     let resumed = sse(&sidecar, &job_id, Some(middle)).await;
     assert_eq!(resumed, all[all.len() / 2 + 1..].to_vec());
-    let after_end = sse(&sidecar, &job_id, Some(all.last().unwrap().id)).await;
-    assert!(
-        after_end.is_empty(),
-        "resuming after the terminal event ends at once"
+    let after_end = client()
+        .get(format!("{}/jobs/{job_id}/events", sidecar.base))
+        .header("Last-Event-ID", all.last().unwrap().id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after_end.status(),
+        204,
+        "resuming after the terminal event: nothing more, stop reconnecting"
     );
 }
 
