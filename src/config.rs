@@ -105,6 +105,10 @@ struct RawServer {
     write_timeout: Duration,
     #[serde(default = "default_send_buffer_bytes")]
     send_buffer_bytes: usize,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    tls: Option<RawServerTls>,
 }
 
 impl Default for RawServer {
@@ -115,8 +119,50 @@ impl Default for RawServer {
             max_body_bytes: default_max_body_bytes(),
             write_timeout: default_write_timeout(),
             send_buffer_bytes: default_send_buffer_bytes(),
+            auth: None,
+            tls: None,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    issuer: String,
+    audience: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    public_keys: Vec<PathBuf>,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    leeway: Duration,
+    #[serde(default = "default_public_paths")]
+    public_paths: Vec<String>,
+    #[serde(default = "default_scope_claim")]
+    scope_claim: String,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_public_paths() -> Vec<String> {
+    ["/health", "/ready", "/metrics"].map(String::from).to_vec()
+}
+fn default_scope_claim() -> String {
+    "agents".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default)]
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    require_client_cert: bool,
 }
 
 fn default_write_timeout() -> Duration {
@@ -388,6 +434,53 @@ pub struct ServerConfig {
     /// Kernel send buffer of each connection: with one page of events, the most a watcher
     /// that stopped reading can hold.
     pub send_buffer_bytes: usize,
+    /// `[server.auth]`: bearer tokens from Rails; absent means no token is asked for.
+    pub auth: Option<AuthConfig>,
+    /// `[server.tls]`: the listener serves HTTPS, optionally asking for client certificates.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl ServerConfig {
+    /// Whether requests must prove who they are (a token or a client certificate).
+    pub fn auth_required(&self) -> bool {
+        self.auth.is_some()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some())
+    }
+}
+
+/// `[server.auth]`: how API callers are authenticated with a JWT (`Authorization: Bearer`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// HS256 shared secret, if tokens are HMAC-signed.
+    pub secret: Option<Secret>,
+    /// PEM public keys (RSA, EC P-256 or Ed25519) whose tokens are accepted; reread on SIGHUP.
+    pub public_keys: Vec<PathBuf>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// Paths answered without authentication (`/.well-known/jwks.json` always is).
+    pub public_paths: Vec<String>,
+    /// Claim listing the `agent_name`s a token may trigger; a token without it may trigger any.
+    pub scope_claim: String,
+}
+
+/// `[server.tls]`: HTTPS on the listener, reloaded on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain of the listener.
+    pub cert_file: PathBuf,
+    /// PEM private key of the listener.
+    pub key_file: PathBuf,
+    /// PEM CAs whose client certificates authenticate a caller.
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether the handshake fails without a client certificate.
+    pub require_client_cert: bool,
 }
 
 /// `[storage]`: the shared job folders.
@@ -636,7 +729,7 @@ impl Config {
             .map(|(name, agent)| resolve_agent(name, agent, base, jobs.max_concurrent))
             .collect::<Result<_, _>>()?;
         let cfg = Config {
-            server: resolve_server(raw.server)?,
+            server: resolve_server(raw.server, base)?,
             storage: StorageConfig {
                 shared_root: base.join(raw.storage.shared_root),
                 output_uri_prefix: raw.storage.output_uri_prefix,
@@ -658,6 +751,7 @@ impl Config {
     pub fn public_url(&self, bound: SocketAddr) -> String {
         match &self.server.public_url {
             Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None if self.server.tls.is_some() => format!("https://{bound}"),
             None => format!("http://{bound}"),
         }
     }
@@ -681,7 +775,7 @@ fn describe_figment_error(e: figment::Error) -> String {
         .join("; ")
 }
 
-fn resolve_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
+fn resolve_server(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
     let listen = raw
         .listen
         .parse()
@@ -696,12 +790,74 @@ fn resolve_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
     if raw.send_buffer_bytes < 4096 {
         return Err(invalid("server.send_buffer_bytes", "must be at least 4096"));
     }
+    let tls = raw.tls.map(|t| resolve_server_tls(t, base)).transpose()?;
     Ok(ServerConfig {
         listen,
         public_url,
         max_body_bytes: raw.max_body_bytes,
         write_timeout: raw.write_timeout,
         send_buffer_bytes: raw.send_buffer_bytes,
+        auth: raw.auth.map(|a| resolve_auth(a, base)).transpose()?,
+        tls,
+    })
+}
+
+fn resolve_server_tls(raw: RawServerTls, base: &Path) -> Result<ServerTlsConfig, ConfigError> {
+    if raw.require_client_cert && raw.client_ca_file.is_none() {
+        return Err(invalid(
+            "server.tls.require_client_cert",
+            "needs server.tls.client_ca_file to check client certificates against",
+        ));
+    }
+    Ok(ServerTlsConfig {
+        cert_file: base.join(raw.cert_file),
+        key_file: base.join(raw.key_file),
+        client_ca_file: raw.client_ca_file.map(|p| base.join(p)),
+        require_client_cert: raw.require_client_cert,
+    })
+}
+
+fn resolve_auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
+    let secret = match (raw.secret, raw.secret_file) {
+        (Some(s), None) => Some(s),
+        (None, Some(file)) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "server.auth.secret_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "server.auth",
+                "set either secret or secret_file, not both",
+            ));
+        }
+        (None, None) => None,
+    };
+    if secret.as_ref().is_some_and(|s| s.len() < 32) {
+        return Err(invalid(
+            "server.auth.secret",
+            "must be at least 32 bytes for HS256",
+        ));
+    }
+    if secret.is_none() && raw.public_keys.is_empty() {
+        return Err(invalid(
+            "server.auth",
+            "needs a secret (HS256) or public_keys (RS256, ES256, EdDSA)",
+        ));
+    }
+    Ok(AuthConfig {
+        issuer: raw.issuer,
+        audience: raw.audience,
+        secret: secret.map(Secret::new),
+        public_keys: raw.public_keys.into_iter().map(|p| base.join(p)).collect(),
+        leeway: raw.leeway,
+        public_paths: raw.public_paths,
+        scope_claim: raw.scope_claim,
     })
 }
 

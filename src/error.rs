@@ -152,6 +152,37 @@ impl ApiError {
         self
     }
 
+    /// The caller did not prove who it is; `detail` says why (never the credential).
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
+    }
+
+    /// The caller is known but may not do this.
+    pub fn forbidden(source: ErrorSource, field: FieldError) -> Self {
+        let mut err = Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!(
+                "{} {}: {}",
+                source_name(source),
+                pointer_name(&field.pointer),
+                field.detail
+            ),
+        );
+        err.errors.push(ProblemField {
+            source,
+            pointer: field.pointer,
+            detail: field.detail,
+        });
+        err
+    }
+
     /// No such resource.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)

@@ -131,7 +131,22 @@ impl Sidecar {
                 .run()
                 .instrument(info_span!("outbox")),
         );
-        tracker.spawn(reload_on_sighup(Arc::clone(&deliveries), cancel.clone()));
+        let tls = Arc::new(
+            api::listener::TlsSettings::load(&config)
+                .context("cannot set up the listener's TLS")?,
+        );
+        let gate = Arc::new(api::auth::Gate::new(
+            api::auth::Authenticator::load(&config).context("cannot load the API's auth keys")?,
+        ));
+        tracker.spawn(reload_on_sighup(
+            Reloadable {
+                deliveries: Arc::clone(&deliveries),
+                gate: Arc::clone(&gate),
+                tls: Arc::clone(&tls),
+                source: config.source.clone(),
+            },
+            cancel.clone(),
+        ));
         tracker.spawn(
             Arc::clone(&runner)
                 .run()
@@ -155,6 +170,7 @@ impl Sidecar {
             listener,
             config.server.write_timeout,
             config.server.send_buffer_bytes,
+            tls,
         )
         .context("cannot set up the listener")?;
         let router = api::router(api::AppState::new(api::Parts {
@@ -165,6 +181,7 @@ impl Sidecar {
             shared_root,
             public_url: config.public_url(addr),
             shutdown: cancel.clone(),
+            gate,
         }));
         Ok(Self {
             listener,
@@ -193,7 +210,10 @@ impl Sidecar {
         let stop = self.cancel.clone();
         let runner = Arc::clone(&self.runner);
         let drain_timeout = self.drain_timeout;
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<api::listener::PeerInfo>();
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             tokio::select! {
                 () = shutdown => {}
                 () = stop.cancelled() => {}
@@ -218,9 +238,31 @@ impl Sidecar {
     }
 }
 
-/// Reloads callback keys and certificates on SIGHUP (`systemctl reload`); a failed reload keeps
-/// the ones in force and says why.
-async fn reload_on_sighup(deliveries: Arc<Deliveries>, cancel: CancellationToken) {
+/// What SIGHUP rereads: keys and certificates, outbound and inbound.
+struct Reloadable {
+    deliveries: Arc<Deliveries>,
+    gate: Arc<api::auth::Gate>,
+    tls: Arc<api::listener::TlsSettings>,
+    source: Option<std::path::PathBuf>,
+}
+
+impl Reloadable {
+    fn reload(&self) -> Result<(), String> {
+        self.deliveries.reload()?;
+        let Some(source) = &self.source else {
+            return Ok(());
+        };
+        let config = Config::load(source).map_err(|e| e.to_string())?;
+        self.gate.reload(&config).map_err(|e| e.to_string())?;
+        self.tls.reload(&config).map_err(|e| e.to_string())?;
+        info!("API auth keys and listener certificates reloaded");
+        Ok(())
+    }
+}
+
+/// Reloads keys and certificates on SIGHUP (`systemctl reload`); a failed reload keeps the ones
+/// in force and says why.
+async fn reload_on_sighup(reloadable: Reloadable, cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload by restarting");
@@ -229,7 +271,7 @@ async fn reload_on_sighup(deliveries: Arc<Deliveries>, cancel: CancellationToken
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                if let Err(reason) = deliveries.reload() {
+                if let Err(reason) = reloadable.reload() {
                     tracing::error!(%reason, "reload refused; the current keys and certificates stay in force");
                 }
             }

@@ -73,7 +73,7 @@ enum JobsCommand {
 
 /// Which running sidecar to talk to.
 #[derive(clap::Args)]
-#[group(required = true, multiple = false)]
+#[group(required = true, multiple = false, args = ["url", "config"])]
 struct Target {
     /// Base URL of its API, e.g. http://127.0.0.1:8780.
     #[arg(long, env = "AGENT_SIDECAR_URL")]
@@ -81,6 +81,9 @@ struct Target {
     /// Its config file (the API address is read from it).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Bearer token, when the API asks for one.
+    #[arg(long, env = "AGENT_SIDECAR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -174,9 +177,11 @@ fn serve(config: PathBuf, log_format: LogFormat) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let tls = config.server.tls.is_some();
         let sidecar = agent_sidecar::Sidecar::start(config, listener).await?;
+        let scheme = if tls { "https" } else { "http" };
         println!(
-            "agent-sidecar listening on http://{}",
+            "agent-sidecar listening on {scheme}://{}",
             sidecar.local_addr()?
         );
         sidecar.serve(shutdown_signal()).await
@@ -339,8 +344,11 @@ async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
             };
             agent_sidecar::install_crypto_provider();
             let url = format!("{}/jobs/{job_id}/cancel", base.trim_end_matches('/'));
-            let response = reqwest::Client::new()
-                .post(&url)
+            let mut request = reqwest::Client::new().post(&url);
+            if let Some(token) = &target.token {
+                request = request.bearer_auth(token);
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot reach the sidecar at {base}: {e}"))?;

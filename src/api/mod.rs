@@ -1,5 +1,6 @@
 //! The HTTP API. Each module exposes `router()` with its routes next to their handlers.
 
+pub mod auth;
 mod deliveries;
 mod jobs;
 mod keys;
@@ -35,6 +36,7 @@ struct Inner {
     shared_root: PathBuf,
     public_url: String,
     shutdown: CancellationToken,
+    gate: Arc<auth::Gate>,
 }
 
 /// The running parts the API drives.
@@ -53,6 +55,8 @@ pub struct Parts {
     pub public_url: String,
     /// Cancelled when the sidecar stops: live streams end.
     pub shutdown: CancellationToken,
+    /// Who may call (reloaded on SIGHUP).
+    pub gate: Arc<auth::Gate>,
 }
 
 impl AppState {
@@ -67,6 +71,7 @@ impl AppState {
                 shared_root: parts.shared_root,
                 public_url: parts.public_url,
                 shutdown: parts.shutdown,
+                gate: parts.gate,
             }),
         }
     }
@@ -83,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .merge(deliveries::router())
         .merge(keys::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

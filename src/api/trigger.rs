@@ -3,14 +3,15 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::auth::Principal;
 use crate::config::Config;
 use crate::contract::{
     FieldError, Manifest, SchemaKind, Timestamp, TriggerAccepted, TriggerRequest, from_value_at,
@@ -31,6 +32,7 @@ pub(super) fn router() -> Router<AppState> {
 
 async fn trigger(
     State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
     let app = &app.inner;
@@ -42,6 +44,9 @@ async fn trigger(
     }
     let body = body.map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
     let (request, request_sha256) = parse_request(&body)?;
+    if let Some(Extension(principal)) = &principal {
+        check_scope(principal, &request)?;
+    }
     // A replay is answered from the stored job, before the job folder is read again.
     if let Some(job) = app
         .store
@@ -75,6 +80,30 @@ async fn trigger(
         }
         Enqueued::Duplicate(job) => Ok(accepted(&job, &app.public_url)),
         Enqueued::Conflict(job) => Err(conflict(&job)),
+    }
+}
+
+/// A token scoped to some agents may trigger only those.
+fn check_scope(principal: &Principal, request: &TriggerRequest) -> Result<(), ApiError> {
+    match &principal.agents {
+        Some(agents) if !agents.contains(&request.agent_name) => {
+            let allowed: Vec<&str> = agents.iter().map(|a| a.as_str()).collect();
+            Err(ApiError::forbidden(
+                ErrorSource::Request,
+                FieldError::new(
+                    "/agent_name",
+                    format!(
+                        "this caller may trigger only: {}",
+                        if allowed.is_empty() {
+                            "no agent".to_owned()
+                        } else {
+                            allowed.join(", ")
+                        }
+                    ),
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
