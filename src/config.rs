@@ -89,7 +89,45 @@ pub struct RawConfig {
     #[serde(default)]
     sweeper: RawSweeper,
     #[serde(default)]
+    logging: LoggingConfig,
+    #[serde(default)]
     agents: BTreeMap<String, RawAgent>,
+}
+
+/// `[logging]`: how the daemon logs (to stderr).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` for a terminal, `json` for one object per line (the journal, a log shipper).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Default level filter (`RUST_LOG` overrides), e.g. `info` or `agent_sidecar=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,6 +451,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// `[sweeper]`.
     pub sweeper: SweeperConfig,
+    /// `[logging]`.
+    pub logging: LoggingConfig,
     /// `[agents.NAME]`: the agent registry.
     pub agents: BTreeMap<AgentName, Arc<AgentConfig>>,
     /// The file this was loaded from (reloaded on SIGHUP).
@@ -738,6 +778,7 @@ impl Config {
             callbacks: resolve_callbacks(raw.callbacks, base)?,
             jobs,
             sweeper: resolve_sweeper(raw.sweeper)?,
+            logging: raw.logging,
             agents,
             source: None,
         };

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use agent_sidecar::config::Config;
+use agent_sidecar::config::{Config, LogFormat};
 use agent_sidecar::contract::{DeliveryStatus, parse_manifest, schema};
 use agent_sidecar::store::{self, DeliveryFilter, DeliveryQuery};
 
@@ -28,9 +28,9 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Log format on stderr.
-        #[arg(long, env = "AGENT_SIDECAR_LOG_FORMAT", default_value = "text")]
-        log_format: LogFormat,
+        /// Log format on stderr (overrides `[logging] format`).
+        #[arg(long, env = "AGENT_SIDECAR_LOG_FORMAT")]
+        log_format: Option<LogFormat>,
     },
     /// Run the example job end to end on loopback and print its timeline.
     Demo {
@@ -62,6 +62,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum JobsCommand {
+    /// Print a job's status: every state change and every callback attempt (its audit trail).
+    Show {
+        /// The job's id.
+        job_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Cancel a job: a queued one never starts, a running one's agent is stopped.
     Cancel {
         /// The job's id.
@@ -110,14 +117,6 @@ enum DeliveriesCommand {
         #[command(flatten)]
         query: DeliveryQuery,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -170,9 +169,12 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     }
 }
 
-fn serve(config: PathBuf, log_format: LogFormat) -> anyhow::Result<()> {
+fn serve(config: PathBuf, log_format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&config)?;
-    init_tracing(log_format, "info");
+    init_tracing(
+        log_format.unwrap_or(config.logging.format),
+        &config.logging.level,
+    );
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
@@ -334,38 +336,59 @@ fn delivery_line(d: &DeliveryStatus) -> String {
 async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
     match action {
         JobsCommand::Cancel { job_id, target } => {
-            let base = match (target.url, target.config) {
-                (Some(url), _) => url,
-                (None, Some(config)) => {
-                    let config = Config::load(&config)?;
-                    config.public_url(config.server.listen)
-                }
-                (None, None) => anyhow::bail!("give --url or --config"),
-            };
-            agent_sidecar::install_crypto_provider();
-            let url = format!("{}/jobs/{job_id}/cancel", base.trim_end_matches('/'));
-            let mut request = reqwest::Client::new().post(&url);
-            if let Some(token) = &target.token {
-                request = request.bearer_auth(token);
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reach the sidecar at {base}: {e}"))?;
-            let status = response.status();
-            let bytes = response.bytes().await.unwrap_or_default();
-            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            match status.as_u16() {
+            let (status, _) = call(
+                &target,
+                reqwest::Method::POST,
+                &format!("/jobs/{job_id}/cancel"),
+            )
+            .await?;
+            match status {
                 200 => println!("job {job_id} canceled (it had not started)"),
-                202 => println!("job {job_id}: stopping its agent; it ends canceled"),
-                _ => anyhow::bail!(
-                    "{}",
-                    body["detail"]
-                        .as_str()
-                        .map_or_else(|| format!("HTTP {status}"), str::to_owned)
-                ),
+                _ => println!("job {job_id}: stopping its agent; it ends canceled"),
             }
-            Ok(())
+        }
+        JobsCommand::Show { job_id, target } => {
+            let (_, body) = call(&target, reqwest::Method::GET, &format!("/jobs/{job_id}")).await?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
         }
     }
+    Ok(())
+}
+
+/// Calls a running sidecar's API; a non-2xx answer becomes the problem's one-line `detail`.
+async fn call(
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let base = match (&target.url, &target.config) {
+        (Some(url), _) => url.clone(),
+        (None, Some(config)) => {
+            let config = Config::load(config)?;
+            config.public_url(config.server.listen)
+        }
+        (None, None) => anyhow::bail!("give --url or --config"),
+    };
+    agent_sidecar::install_crypto_provider();
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().request(method, &url);
+    if let Some(token) = &target.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the sidecar at {base}: {e}"))?;
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{}",
+            body["detail"]
+                .as_str()
+                .map_or_else(|| format!("HTTP {status}"), str::to_owned)
+        );
+    }
+    Ok((status.as_u16(), body))
 }

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
 use crate::config::Config;
-use crate::contract::{ErrorReason, JobId, JobState, Timestamp};
+use crate::contract::{ErrorReason, JobState, Timestamp};
 use crate::runner::{Runner, StopReason, job_span};
-use crate::store::{Store, StoreResult};
+use crate::store::{Pruned, Store, StoreResult};
 use crate::telemetry;
 
 /// Jobs handled per kind and pass, so one pass stays short.
@@ -82,8 +82,7 @@ impl Sweeper {
     pub async fn sweep(&self, now: Timestamp) -> StoreResult<Swept> {
         telemetry::heartbeat();
         let mut swept = Swept::default();
-        for (job_id, reason) in self.runner.stop_overdue(now) {
-            info!(job.id = %job_id, ?reason, "sweeper: stopping the agent");
+        for (_, reason) in self.runner.stop_overdue(now) {
             let action = match reason {
                 StopReason::Stale => "stale",
                 _ => "timeout",
@@ -179,16 +178,21 @@ impl Sweeper {
             i64::try_from(self.config.sweeper.retention.as_millis()).unwrap_or(i64::MAX);
         let before = Timestamp::from_unix_ms(now.unix_ms().saturating_sub(retention));
         let pruned = self.store.prune(before, BATCH).await?;
-        for job_id in &pruned {
-            info!(job.id = %job_id, "sweeper: pruned from the store");
+        for job in &pruned {
+            pruned_span(job).in_scope(|| info!("sweeper: pruned from the store"));
         }
         if self.config.sweeper.prune_folders && !pruned.is_empty() {
             let root = self.shared_root.clone();
-            let ids = pruned.clone();
-            let _ = tokio::task::spawn_blocking(move || remove_folders(&root, &ids)).await;
+            let count = pruned.len();
+            let _ = tokio::task::spawn_blocking(move || remove_folders(&root, &pruned)).await;
+            return Ok(count);
         }
         Ok(pruned.len())
     }
+}
+
+fn pruned_span(job: &Pruned) -> tracing::Span {
+    tracing::info_span!("job", job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id)
 }
 
 /// Whether the sweeper's end was recorded; a job that moved meanwhile keeps what it moved to.
@@ -201,9 +205,10 @@ fn ended_here(result: StoreResult<()>) -> StoreResult<bool> {
 }
 
 /// Deletes `<root>/<job_id>` of each job; a symlink in its place is removed, never followed.
-fn remove_folders(root: &Path, ids: &[JobId]) {
-    for job_id in ids {
-        let path = root.join(job_id.to_string());
+fn remove_folders(root: &Path, jobs: &[Pruned]) {
+    for job in jobs {
+        let _span = pruned_span(job).entered();
+        let path = root.join(job.job_id.to_string());
         let removed = match std::fs::symlink_metadata(&path) {
             Ok(md) if md.is_dir() => std::fs::remove_dir_all(&path),
             Ok(_) => std::fs::remove_file(&path),
@@ -211,8 +216,8 @@ fn remove_folders(root: &Path, ids: &[JobId]) {
             Err(e) => Err(e),
         };
         match removed {
-            Ok(()) => info!(job.id = %job_id, "sweeper: job folder deleted"),
-            Err(e) => warn!(job.id = %job_id, error = %e, "sweeper: cannot delete the job folder"),
+            Ok(()) => info!("sweeper: job folder deleted"),
+            Err(e) => warn!(error = %e, "sweeper: cannot delete the job folder"),
         }
     }
 }

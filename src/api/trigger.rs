@@ -5,7 +5,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -15,7 +15,7 @@ use super::auth::Principal;
 use crate::config::Config;
 use crate::contract::{
     FieldError, Manifest, SchemaKind, Timestamp, TriggerAccepted, TriggerRequest, from_value_at,
-    parse_manifest, schema,
+    parse_manifest, schema, trace,
 };
 use crate::delivery::origin_allowed;
 use crate::error::{ApiError, ErrorSource};
@@ -32,6 +32,7 @@ pub(super) fn router() -> Router<AppState> {
 
 async fn trigger(
     State(app): State<AppState>,
+    headers: HeaderMap,
     principal: Option<Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
@@ -63,7 +64,11 @@ async fn trigger(
     let job = NewJob {
         request,
         request_sha256,
-        trace_id: uuid::Uuid::new_v4().simple().to_string(),
+        trace_id: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace::trace_id_of)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         at,
         sort_at: at.plus(app.config.jobs.priority_aging * rank),
     };
@@ -74,7 +79,7 @@ async fn trigger(
         .map_err(|e| ApiError::internal(&e))?
     {
         Enqueued::Created(job) => {
-            tracing::info!(job.id = %job.job_id, job.name = %job.job_name, agent = %job.agent_name, trace_id = %job.trace_id, "job {} queued", job.job_id);
+            tracing::info!(job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id, "job {} queued", job.job_id);
             app.runner.wake();
             Ok(accepted(&job, &app.public_url))
         }

@@ -24,7 +24,6 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use super::AppState;
 use super::jobs::{cancel_error, parse_job_id};
@@ -249,7 +248,6 @@ async fn handle(app: &AppState, job_id: JobId, text: &str) -> Reply {
     };
     match message.signal {
         Signal::Stop => {
-            debug!(job.id = %job_id, "STOP from a watcher");
             let outcome = match app.inner.runner.cancel(job_id).await {
                 Ok(CancelOutcome::Canceled) => "canceled".to_owned(),
                 Ok(CancelOutcome::Stopping) => "stopping".to_owned(),

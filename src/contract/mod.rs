@@ -4,6 +4,7 @@
 mod ids;
 pub mod schema;
 mod state;
+pub mod trace;
 mod wire;
 
 pub use ids::{AgentName, DeliveryId, IdError, JobId, JobName};

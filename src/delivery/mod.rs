@@ -197,7 +197,7 @@ impl Deliveries {
             return false;
         };
         let this = Arc::clone(self);
-        let span = info_span!("delivery", delivery.id = %delivery.id, job.id = %delivery.job_id, job.name = %delivery.job_name);
+        let span = info_span!("delivery", delivery.id = %delivery.id, job_id = %delivery.job_id, job_name = %delivery.job_name, agent_name = %delivery.agent_name, trace_id = %delivery.trace_id);
         self.tracker.spawn(
             async move {
                 // Waiting for a slot of this origin does not hold up other origins.
@@ -268,7 +268,14 @@ impl Deliveries {
             jsonwebtoken::get_current_timestamp(),
         );
         let result = self
-            .post(&transport, &d.url, d.body.clone(), &token, d.id.as_str())
+            .post(
+                &transport,
+                &d.url,
+                d.body.clone(),
+                &token,
+                d.id.as_str(),
+                &d.trace_id,
+            )
             .await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.count(&origin, result.is_destination_failure());
@@ -409,6 +416,7 @@ impl Deliveries {
         body: Vec<u8>,
         token: &str,
         id: &str,
+        trace_id: &str,
     ) -> PostResult {
         if !origin_allowed(&self.cfg, url) {
             return PostResult::Refused(format!(
@@ -422,7 +430,8 @@ impl Deliveries {
             .header(AUTHORIZATION, format!("Bearer {token}"))
             .header(CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", id)
-            .header("webhook-id", id);
+            .header("webhook-id", id)
+            .header("traceparent", crate::contract::trace::traceparent(trace_id));
         let timestamp = jsonwebtoken::get_current_timestamp();
         if let Some(signature) = transport.signer.webhook_signature(id, timestamp, &body) {
             request = request
@@ -483,6 +492,7 @@ impl Deliveries {
         self: &Arc<Self>,
         job_id: JobId,
         url: Url,
+        trace_id: String,
     ) -> watch::Sender<Option<ProgressCallback>> {
         let (tx, rx) = watch::channel(None::<ProgressCallback>);
         // Registered before any event exists, so a completion can never overtake the poster.
@@ -494,7 +504,7 @@ impl Deliveries {
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
-                this.post_progress(url, rx).await;
+                this.post_progress(url, &trace_id, rx).await;
                 let _ = done_tx.send(true);
                 this.progress_done
                     .lock()
@@ -506,12 +516,17 @@ impl Deliveries {
         tx
     }
 
-    async fn post_progress(&self, url: Url, mut rx: watch::Receiver<Option<ProgressCallback>>) {
+    async fn post_progress(
+        &self,
+        url: Url,
+        trace_id: &str,
+        mut rx: watch::Receiver<Option<ProgressCallback>>,
+    ) {
         while rx.changed().await.is_ok() {
             let Some(event) = rx.borrow_and_update().clone() else {
                 continue;
             };
-            self.post_one_progress(&url, &event).await;
+            self.post_one_progress(&url, trace_id, &event).await;
             // Coalescing: events printed meanwhile collapse into the newest one.
             if !self.cfg.progress_min_interval.is_zero() {
                 tokio::time::sleep(self.cfg.progress_min_interval).await;
@@ -519,7 +534,7 @@ impl Deliveries {
         }
     }
 
-    async fn post_one_progress(&self, url: &Url, event: &ProgressCallback) {
+    async fn post_one_progress(&self, url: &Url, trace_id: &str, event: &ProgressCallback) {
         let body = serde_json::to_vec(event).unwrap_or_default();
         let id = format!("prg_{}_{}", event.job_id.as_uuid().simple(), event.seq);
         for attempt in 0..=self.cfg.progress_retries {
@@ -539,7 +554,9 @@ impl Deliveries {
                 jsonwebtoken::get_current_timestamp(),
             );
             let started = Instant::now();
-            let result = self.post(&transport, url, body.clone(), &token, &id).await;
+            let result = self
+                .post(&transport, url, body.clone(), &token, &id, trace_id)
+                .await;
             let outcome = match &result {
                 PostResult::Acknowledged(_) => "delivered",
                 PostResult::Refused(_) => "refused",

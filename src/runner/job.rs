@@ -272,9 +272,11 @@ impl Runner {
         control: Arc<Control>,
     ) -> impl Future<Output = (u64, u64)> + Send + 'static {
         let (latest_tx, latest_rx) = watch::channel(LatestLine::default());
-        let poster = self
-            .deliveries
-            .progress_poster(job.job_id, job.request.callback_urls.progress.clone());
+        let poster = self.deliveries.progress_poster(
+            job.job_id,
+            job.request.callback_urls.progress.clone(),
+            job.trace_id.clone(),
+        );
         let pump = pump_progress(Arc::clone(&self.store), job.clone(), latest_rx, poster);
         async move {
             let read = async move {
@@ -651,6 +653,10 @@ fn agent_env(job: &JobRecord, agent: &AgentConfig, dir: &JobDir) -> BTreeMap<Str
             serde_json::Value::Object(params).to_string(),
         ),
         ("AGENT_TRACE_ID".to_owned(), job.trace_id.clone()),
+        (
+            "TRACEPARENT".to_owned(),
+            crate::contract::trace::traceparent(&job.trace_id),
+        ),
     ]);
     env
 }

@@ -50,6 +50,7 @@ pub enum StopReason {
 /// The handle on one running attempt.
 pub struct Control {
     agent: AgentName,
+    span: tracing::Span,
     attempt: u32,
     started: Timestamp,
     stop: CancellationToken,
@@ -58,9 +59,10 @@ pub struct Control {
 }
 
 impl Control {
-    fn new(agent: AgentName, attempt: u32, started: Timestamp) -> Self {
+    fn new(agent: AgentName, span: tracing::Span, attempt: u32, started: Timestamp) -> Self {
         Self {
             agent,
+            span,
             attempt,
             started,
             stop: CancellationToken::new(),
@@ -253,7 +255,8 @@ impl Runner {
                         .await
                     {
                         Ok(()) => {
-                            info!(job.id = %job_id, "cancel requested; stopping the agent");
+                            job_span(&job)
+                                .in_scope(|| info!("cancel requested; stopping the agent"));
                             self.stop(job_id, job.attempt, StopReason::Cancel);
                             return Ok(CancelOutcome::Stopping);
                         }
@@ -317,6 +320,9 @@ impl Runner {
             } else {
                 continue;
             };
+            control
+                .span
+                .in_scope(|| info!(?reason, "sweeper: stopping the agent"));
             control.stop(reason);
             stopped.push((*job_id, reason));
         }
@@ -447,8 +453,10 @@ impl Runner {
     }
 
     fn start(self: &Arc<Self>, job: JobRecord) {
+        let span = job_span(&job);
         let control = Arc::new(Control::new(
             job.agent_name.clone(),
+            span.clone(),
             job.attempt,
             job.started_at.unwrap_or_else(Timestamp::now),
         ));
@@ -462,7 +470,6 @@ impl Runner {
                 control.stop(reason);
             }
         }
-        let span = job_span(&job);
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
@@ -503,5 +510,5 @@ fn ignore_stale(result: StoreResult<()>) -> StoreResult<()> {
 
 /// The tracing span every line about a job is logged in.
 pub fn job_span(job: &JobRecord) -> tracing::Span {
-    info_span!("job", job.id = %job.job_id, job.name = %job.job_name, agent = %job.agent_name, trace_id = %job.trace_id)
+    info_span!("job", job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id)
 }

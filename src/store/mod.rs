@@ -298,6 +298,23 @@ pub struct DueDelivery {
     pub last_status_code: Option<u16>,
     /// When it was written, or last redriven: the age limit counts from here.
     pub age_from: Timestamp,
+    /// The job's trace id (the `traceparent` of every attempt).
+    pub trace_id: String,
+    /// The job's agent (for logs).
+    pub agent_name: String,
+}
+
+/// A job the sweeper deleted, for its log line.
+#[derive(Debug, Clone)]
+pub struct Pruned {
+    /// The job.
+    pub job_id: JobId,
+    /// Its Rails handler.
+    pub job_name: String,
+    /// Its agent.
+    pub agent_name: String,
+    /// Its trace id.
+    pub trace_id: String,
 }
 
 /// Which deliveries to list or redrive.
@@ -471,7 +488,7 @@ pub trait Store: Send + Sync {
 
     /// Deletes up to `limit` terminal jobs that ended before `before` and have no pending
     /// callback, with their events and deliveries; returns their ids.
-    async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>>;
+    async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>>;
 
     /// Appends a progress event of `attempt` and makes it the job's latest.
     async fn record_progress(

@@ -499,6 +499,8 @@ fn finish_in(conn: &Connection, f: Finish) -> StoreResult<DueDelivery> {
         attempts: 0,
         last_status_code: None,
         age_from: f.at,
+        trace_id: job.trace_id,
+        agent_name: job.agent_name.to_string(),
     })
 }
 
@@ -569,10 +571,14 @@ fn claim_deliveries_in(
                 let job: JobId = job_id
                     .parse()
                     .map_err(|e: crate::contract::IdError| corrupt(e.to_string()))?;
-                // Only the two JWT claims are needed, not the whole job row.
-                let (job_name, status): (String, String) = conn
-                    .prepare_cached("SELECT job_name, state FROM jobs WHERE job_id = ?1")?
-                    .query_row([job.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                // Only the two JWT claims and the log fields are needed, not the whole row.
+                let (job_name, status, trace_id, agent_name): (String, String, String, String) =
+                    conn.prepare_cached(
+                        "SELECT job_name, state, trace_id, agent_name FROM jobs WHERE job_id = ?1",
+                    )?
+                    .query_row([job.to_string()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?;
                 Ok(DueDelivery {
                     id: id
                         .parse()
@@ -591,6 +597,8 @@ fn claim_deliveries_in(
                     attempts,
                     last_status_code,
                     age_from: Timestamp::from_unix_ms(age_from),
+                    trace_id,
+                    agent_name,
                 })
             },
         )
@@ -833,17 +841,24 @@ fn requeue_in(conn: &Connection, job_id: JobId, attempt: u32, at: Timestamp) -> 
     Ok(())
 }
 
-fn prune_in(conn: &Connection, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>> {
+fn prune_in(conn: &Connection, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {
     let ids = conn
         .prepare_cached(
             "DELETE FROM jobs WHERE job_id IN ( \
                  SELECT j.job_id FROM jobs j WHERE j.finished_at < ?1 \
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id AND d.state = 'pending') \
                  ORDER BY j.finished_at LIMIT ?2) \
-             RETURNING job_id",
+             RETURNING job_id, job_name, agent_name, trace_id",
         )?
-        .query_map(params![before.unix_ms(), limit as i64], |r| parsed(r, 0))?
-        .collect::<Result<Vec<JobId>, _>>()?;
+        .query_map(params![before.unix_ms(), limit as i64], |r| {
+            Ok(Pruned {
+                job_id: parsed(r, 0)?,
+                job_name: r.get(1)?,
+                agent_name: r.get(2)?,
+                trace_id: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ids)
 }
 
@@ -990,7 +1005,7 @@ impl Store for SqliteStore {
         self.write(|_| Ok(())).await
     }
 
-    async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobId>> {
+    async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {
         self.write(move |conn| prune_in(conn, before, limit)).await
     }
 

@@ -260,7 +260,10 @@ async fn pruning_deletes_old_terminal_jobs_but_never_one_whose_completion_is_pen
         .prune(Timestamp::from_unix_ms(1_000), 100)
         .await
         .unwrap();
-    assert_eq!(pruned, vec![delivered]);
+    assert_eq!(
+        pruned.iter().map(|p| p.job_id).collect::<Vec<_>>(),
+        vec![delivered]
+    );
     assert!(store.job(delivered).await.unwrap().is_none());
     assert!(
         store

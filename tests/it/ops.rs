@@ -261,3 +261,131 @@ async fn queue_depth_counts_the_jobs_waiting_for_an_agent() {
         .await;
     assert_eq!(status, 202);
 }
+
+#[tokio::test]
+async fn a_traceparent_on_the_trigger_reaches_the_agent_and_every_callback() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = trigger(&receiver, "env_dump");
+    sidecar.write_job(&body);
+    let response = client()
+        .post(format!("{}/agents/trigger", sidecar.base))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job_id = body["job_id"].as_str().unwrap();
+    let completion = receiver.completion(job_id).await;
+    assert_eq!(completion.json()["meta"]["trace_id"], trace);
+    let dump: Value = serde_json::from_slice(
+        &std::fs::read(sidecar.job_dir(job_id).join("output/artifacts/env.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dump["env"]["AGENT_TRACE_ID"], trace);
+    let agent_parent = dump["env"]["TRACEPARENT"].as_str().unwrap();
+    assert!(
+        agent_parent.starts_with(&format!("00-{trace}-")),
+        "{agent_parent}"
+    );
+    let progress = receiver.hits("/progress");
+    assert!(!progress.is_empty());
+    for hit in progress.iter().chain([&completion]) {
+        let header = hit.headers["traceparent"].to_str().unwrap();
+        assert!(header.starts_with(&format!("00-{trace}-")), "{header}");
+        assert_eq!(header.len(), 55);
+    }
+}
+
+#[tokio::test]
+async fn a_full_run_logs_json_lines_with_the_job_fields_and_never_a_secret_or_a_param_value() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let sentinel = "param-sentinel-7f3a9c";
+    let mut ids = Vec::new();
+    for agent in ["env_dump", "failing_agent", "ticker"] {
+        ids.push(start(&sidecar, &receiver, agent, json!({"api_key": sentinel})).await);
+    }
+    for id in &ids {
+        receiver.completion(id).await;
+    }
+    // Quiet once every completion is recorded as delivered.
+    eventually("the deliveries to be recorded", || async {
+        let delivered = metric(
+            &sidecar,
+            "agent_sidecar_callbacks_total",
+            &[("kind", "completion"), ("outcome", "delivered")],
+        )
+        .await;
+        (delivered == 3.0).then_some(())
+    })
+    .await;
+    let log = sidecar.log();
+    assert!(
+        !log.contains(SECRET),
+        "the JWT secret never reaches the log"
+    );
+    assert!(!log.contains(sentinel), "param values never reach the log");
+    let mut about_jobs = 0;
+    for line in log.lines() {
+        let entry: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let Some(id) = ids.iter().find(|id| line.contains(id.as_str())) else {
+            continue;
+        };
+        about_jobs += 1;
+        let fields = if entry["span"]["job_id"].is_string() {
+            &entry["span"]
+        } else {
+            &entry
+        };
+        assert_eq!(fields["job_id"], id.as_str(), "{line}");
+        for key in ["job_name", "agent_name", "trace_id"] {
+            assert!(fields[key].is_string(), "{key} missing: {line}");
+        }
+    }
+    assert!(about_jobs >= 9, "{about_jobs} lines about the jobs");
+}
+
+#[tokio::test]
+async fn jobs_show_prints_every_state_change_and_delivery_attempt() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    receiver.completion(&job_id).await;
+    let shown = eventually("the attempt to be recorded", || async {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+            .args(["jobs", "show", &job_id, "--url", &sidecar.base])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (shown["delivery"]["state"] == "delivered").then_some(shown)
+    })
+    .await;
+    let states: Vec<&str> = shown["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["received", "queued", "in_progress", "completed"]);
+    assert_eq!(shown["delivery"]["history"][0]["status_code"], 200);
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args([
+            "jobs",
+            "show",
+            &uuid::Uuid::new_v4().to_string(),
+            "--url",
+            &sidecar.base,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no job"), "{stderr}");
+}
