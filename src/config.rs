@@ -186,7 +186,9 @@ fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
 fn default_public_paths() -> Vec<String> {
-    ["/health", "/ready", "/metrics"].map(String::from).to_vec()
+    ["/health", "/ready", "/metrics", "/openapi.json"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_scope_claim() -> String {
     "agents".into()

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::contract::FieldError;
 
 /// Which document a field error points into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorSource {
     /// The request body.
@@ -28,7 +28,7 @@ pub enum ErrorSource {
 }
 
 /// One failing field of a problem.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProblemField {
     /// Which document `pointer` points into.
     pub source: ErrorSource,
@@ -50,17 +50,25 @@ pub struct ApiError {
     retry_after_secs: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document (`application/problem+json`): every error answer of the API.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:agent-sidecar:problem:<slug>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [ProblemField],
+    pub kind: String,
+    /// Short, fixed per type.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// Each failing field, when fields failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ProblemField>,
+    /// Extension members: `state` (409), `reason` (401), `checks` (503 from `/ready`).
     #[serde(flatten)]
-    extensions: &'a serde_json::Map<String, Value>,
+    #[schema(value_type = Object)]
+    pub extensions: serde_json::Map<String, Value>,
 }
 
 impl ApiError {
@@ -92,6 +100,16 @@ impl ApiError {
         );
         err.retry_after_secs = Some(retry_after_secs);
         err
+    }
+
+    /// The request is not what this endpoint takes (e.g. not a WebSocket upgrade).
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     /// The body is not JSON.
@@ -244,9 +262,9 @@ impl IntoResponse for ApiError {
             kind: format!("urn:agent-sidecar:problem:{}", self.slug),
             title: self.title,
             status: self.status.as_u16(),
-            detail: &self.detail,
-            errors: &self.errors,
-            extensions: &self.extensions,
+            detail: self.detail,
+            errors: self.errors,
+            extensions: *self.extensions,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (self.status, body).into_response();

@@ -53,6 +53,8 @@ enum Command {
         #[command(subcommand)]
         action: DeliveriesCommand,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP API.
+    Openapi,
     /// Steer jobs through a running sidecar's API.
     Jobs {
         #[command(subcommand)]
@@ -130,6 +132,10 @@ fn main() -> ExitCode {
         Command::Validate { manifest } => return validate(&manifest),
         Command::CheckConfig { config } => check_config(&config),
         Command::Deliveries { action } => runtime().and_then(|rt| rt.block_on(deliveries(action))),
+        Command::Openapi => {
+            print!("{}", agent_sidecar::api::openapi::document_json());
+            Ok(())
+        }
         Command::Jobs { action } => runtime().and_then(|rt| rt.block_on(jobs(action))),
     };
     match result {

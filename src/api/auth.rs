@@ -211,7 +211,7 @@ impl Authenticator {
 fn public_paths(auth: Option<&AuthConfig>) -> BTreeSet<String> {
     let mut paths: BTreeSet<String> = match auth {
         Some(a) => a.public_paths.iter().cloned().collect(),
-        None => ["/health", "/ready", "/metrics"]
+        None => ["/health", "/ready", "/metrics", "/openapi.json"]
             .map(String::from)
             .into_iter()
             .collect(),

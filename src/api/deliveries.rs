@@ -32,7 +32,15 @@ fn filter(query: Result<Query<DeliveryQuery>, QueryRejection>) -> Result<Deliver
         .map_err(|e| ApiError::invalid(ErrorSource::Query, e))
 }
 
-async fn list(
+/// Lists deliveries, newest first, each with its attempts.
+#[utoipa::path(get, path = "/deliveries", tag = "deliveries", params(DeliveryQuery),
+    responses(
+        (status = 200, description = "The deliveries", body = DeliveryList),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> Result<Json<DeliveryList>, ApiError> {
@@ -45,7 +53,15 @@ async fn list(
     Ok(Json(DeliveryList { deliveries }))
 }
 
-async fn one(
+/// One delivery with its attempts.
+#[utoipa::path(get, path = "/deliveries/{delivery_id}", tag = "deliveries", params(("delivery_id" = String, Path, description = "The delivery id (dlv_...)")),
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryStatus),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryStatus>, ApiError> {
@@ -63,7 +79,16 @@ async fn find(app: &AppState, id: String) -> Result<DeliveryStatus, ApiError> {
 }
 
 /// Redrives one dead delivery; it keeps its delivery id.
-async fn redrive_one(
+/// Puts one dead delivery back in the outbox, with the same id.
+#[utoipa::path(post, path = "/deliveries/{delivery_id}/redrive", tag = "deliveries", params(("delivery_id" = String, Path, description = "The delivery id (dlv_...)")),
+    responses(
+        (status = 202, description = "Back in the outbox", body = RedriveResult),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 409, description = "Conflicts with the current state (`state`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn redrive_one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
@@ -87,7 +112,14 @@ async fn redrive_one(
 }
 
 /// Redrives every dead delivery matching the query (`state`, if given, must be `dead`).
-async fn redrive_matching(
+#[utoipa::path(post, path = "/deliveries/redrive", tag = "deliveries", params(DeliveryQuery),
+    responses(
+        (status = 202, description = "Every matching dead delivery is back in the outbox", body = RedriveResult),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn redrive_matching(
     State(app): State<AppState>,
     query: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {

@@ -20,7 +20,7 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/jobs", get(list))
         .route("/jobs/{job_id}", get(status))
-        .route("/status/{job_id}", get(status))
+        .route("/status/{job_id}", get(status_alias))
         .route("/jobs/{job_id}/cancel", post(cancel))
 }
 
@@ -34,7 +34,16 @@ pub(super) fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
     })
 }
 
-async fn status(
+/// A job's status: state, transitions, last progress, outputs, completion delivery.
+#[utoipa::path(get, path = "/jobs/{job_id}", tag = "jobs", params(("job_id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn status(
     State(app): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
@@ -54,7 +63,31 @@ async fn status(
     Ok(Json(view.status(uri)))
 }
 
-async fn list(
+/// The design note's name for `GET /jobs/{job_id}`.
+#[utoipa::path(get, path = "/status/{job_id}", tag = "jobs", params(("job_id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn status_alias(
+    state: State<AppState>,
+    path: Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    status(state, path).await
+}
+
+/// Lists jobs, newest first.
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobQuery),
+    responses(
+        (status = 200, description = "The jobs", body = JobList),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
@@ -76,7 +109,18 @@ async fn list(
     }))
 }
 
-async fn cancel(
+/// Cancels a job: a queued one at once (200), a running one's agent is stopped (202).
+#[utoipa::path(post, path = "/jobs/{job_id}/cancel", tag = "jobs", params(("job_id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "It was queued and is now canceled", body = CancelAccepted),
+        (status = 202, description = "Its agent is being stopped; it ends canceled", body = CancelAccepted),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 409, description = "Conflicts with the current state (`state`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn cancel(
     State(app): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<(StatusCode, Json<CancelAccepted>), ApiError> {

@@ -13,6 +13,9 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/.well-known/jwks.json", get(jwks))
 }
 
-async fn jwks(State(app): State<AppState>) -> Json<JwkSet> {
+/// The public keys callbacks are signed with (empty with HS256 only).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+    responses((status = 200, description = "A JSON Web Key Set", body = Object)))]
+pub(super) async fn jwks(State(app): State<AppState>) -> Json<JwkSet> {
     Json(app.inner.deliveries.transport().signer.jwks().clone())
 }

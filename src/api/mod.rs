@@ -5,6 +5,7 @@ mod deliveries;
 mod jobs;
 mod keys;
 pub mod listener;
+pub mod openapi;
 mod ops;
 mod trigger;
 mod watch;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(watch::router())
         .merge(ops::router())
+        .merge(openapi::router())
         .merge(deliveries::router())
         .merge(keys::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -25,13 +25,17 @@ pub(super) fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-#[derive(Debug, Serialize)]
-struct Health {
+/// `GET /health`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Health {
     status: &'static str,
     version: &'static str,
 }
 
-async fn health() -> Json<Health> {
+/// 200 while the process lives.
+#[utoipa::path(get, path = "/health", tag = "ops",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub(super) async fn health() -> Json<Health> {
     Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
@@ -39,7 +43,7 @@ async fn health() -> Json<Health> {
 }
 
 /// One readiness check.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Check {
     /// What was checked.
     pub name: &'static str,
@@ -60,13 +64,20 @@ impl Check {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Ready {
+/// `GET /ready` when ready.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Ready {
     status: &'static str,
     checks: Vec<Check>,
 }
 
-async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, ApiError> {
+/// 200 when the sidecar can take work, else 503 with the failing checks.
+#[utoipa::path(get, path = "/ready", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready (failing `checks`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ))]
+pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let app = &app.inner;
     let store = app
         .store
@@ -147,7 +158,13 @@ fn resolve(program: &str) -> Option<PathBuf> {
     })
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 500, description = "The store could not be read", content_type = "application/problem+json", body = crate::error::Problem)
+    ))]
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     let app = &app.inner;
     let gauges = match app.store.gauges().await {
         Ok(g) => g,

@@ -30,7 +30,22 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/agents/trigger", post(trigger))
 }
 
-async fn trigger(
+/// Accepts a job: validates the request and the job folder, stores it, answers 202.
+#[utoipa::path(post, path = "/agents/trigger", tag = "jobs",
+    request_body(content = TriggerRequest, content_type = "application/json"),
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context; its trace id becomes the job's")),
+    responses(
+        (status = 202, description = "Stored (or already known with the same body)", body = TriggerAccepted),
+        (status = 400, description = "Malformed JSON", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 403, description = "Not allowed for this caller", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 409, description = "Conflicts with the current state (`state`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 503, description = "Shutting down, or not ready (`checks`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn trigger(
     State(app): State<AppState>,
     headers: HeaderMap,
     principal: Option<Extension<Principal>>,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -41,9 +42,10 @@ pub(super) fn router() -> Router<AppState> {
         .route("/jobs/{job_id}/watch", get(websocket))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct Cursor {
+#[into_params(parameter_in = Query)]
+pub(super) struct Cursor {
     /// Resume after this `seq` (the WebSocket's `Last-Event-ID`).
     after: Option<u64>,
 }
@@ -102,7 +104,18 @@ async fn nothing_more(app: &AppState, job: &JobRecord, after: u64) -> Result<boo
     Ok(rest.is_empty())
 }
 
-async fn sse(
+/// Server-Sent Events: the job's history after the cursor, then live events, closing after
+/// the terminal event (`id:` is the seq, `data:` a job-event document).
+#[utoipa::path(get, path = "/jobs/{job_id}/events", tag = "watch", params(("job_id" = String, Path, description = "The job's UUID"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq"), Cursor),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 204, description = "The job has ended and nothing follows the cursor"),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn sse(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -149,14 +162,26 @@ fn sse_event(event: &JobEvent) -> Event {
         .data(data)
 }
 
-async fn websocket(
+/// WebSocket: the same events as JSON messages; `{"signal":"STOP"}` cancels the job.
+#[utoipa::path(get, path = "/jobs/{job_id}/watch", tag = "watch",
+    params(("job_id" = String, Path, description = "The job's UUID"), Cursor),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade, or malformed", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn websocket(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<Cursor>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let after = cursor(&headers, query)?;
+    let upgrade = upgrade.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let job_id = open(&app, &id).await?.job_id;
     Ok(upgrade.on_upgrade(move |socket| serve_watcher(app, job_id, after, socket)))
 }

@@ -188,3 +188,40 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+/// A string schema for the OpenAPI document: ids are strings with a pattern or format.
+fn string_schema(
+    pattern: Option<&str>,
+    format: Option<utoipa::openapi::schema::KnownFormat>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(pattern)
+        .format(format.map(SchemaFormat::KnownFormat))
+        .into()
+}
+
+macro_rules! string_schema {
+    ($name:ident, $pattern:expr, $format:expr) => {
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema($pattern, $format)
+            }
+        }
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+string_schema!(
+    JobId,
+    Some("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
+    None
+);
+string_schema!(AgentName, Some("^[a-z][a-z0-9_]{0,63}$"), None);
+string_schema!(
+    JobName,
+    Some("^[A-Z][A-Za-z0-9_]*(::[A-Z][A-Za-z0-9_]*)*$"),
+    None
+);
+string_schema!(DeliveryId, Some("^dlv_[0-9a-f]{32}$"), None);

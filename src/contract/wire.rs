@@ -13,7 +13,7 @@ use super::{AgentName, DeliveryId, JobId, JobName, JobState, Priority, Timestamp
 pub const PAYLOAD_VERSION: u32 = 1;
 
 /// `POST /agents/trigger` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
     /// Rails' id for the job; also the folder name under `shared_root`.
@@ -35,7 +35,7 @@ pub struct TriggerRequest {
 }
 
 /// The two Rails endpoints a job reports to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackUrls {
     /// Receives every progress event.
@@ -45,7 +45,7 @@ pub struct CallbackUrls {
 }
 
 /// The `202 Accepted` answer to a trigger.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TriggerAccepted {
     /// The job's id.
     pub job_id: JobId,
@@ -56,7 +56,7 @@ pub struct TriggerAccepted {
 }
 
 /// `<shared_root>/<job_id>/input/manifest.json`, the authoritative job descriptor (v1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Picks the schema the manifest is checked against.
@@ -81,7 +81,7 @@ pub struct Manifest {
 }
 
 /// One progress event as the agent reported it (before it gets a `seq`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     /// A short machine-friendly stage name.
     pub stage: Option<String>,
@@ -92,7 +92,7 @@ pub struct Progress {
 }
 
 /// A progress event as stored and served: the agent's report with its order and time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgressSnapshot {
     /// Per-job sequence number; Rails drops an event older than one it has seen.
     pub seq: u64,
@@ -107,7 +107,7 @@ pub struct ProgressSnapshot {
 }
 
 /// POSTed to `callback_urls.progress` for progress events.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressCallback {
     /// Payload version.
@@ -133,7 +133,7 @@ pub struct ProgressCallback {
 }
 
 /// Why a job did not complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorReason {
     /// The agent exited with a non-zero code.
@@ -156,7 +156,7 @@ pub enum ErrorReason {
 }
 
 /// The `error` of a completion: null when the job completed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobError {
     /// A stable, machine-readable cause.
@@ -168,7 +168,7 @@ pub struct JobError {
 }
 
 /// Timing and correlation of a completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionMeta {
     /// Wall time of the agent run (0 if it never started).
@@ -182,7 +182,7 @@ pub struct CompletionMeta {
 }
 
 /// POSTed to `callback_urls.completion` once the job is terminal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionCallback {
     /// Payload version.
@@ -210,7 +210,7 @@ pub struct CompletionCallback {
 }
 
 /// One file under `output/artifacts/`, as indexed in summary.json.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Artifact {
     /// Path relative to `output/`.
@@ -224,7 +224,7 @@ pub struct Artifact {
 }
 
 /// A path under `output/artifacts/` that was not indexed (symlink, device, fifo...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectedArtifact {
     /// Path relative to `output/`.
@@ -234,7 +234,7 @@ pub struct RejectedArtifact {
 }
 
 /// When the job was queued, started and finished.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timing {
     /// When the trigger was accepted.
@@ -248,7 +248,7 @@ pub struct Timing {
 }
 
 /// `output/summary.json`: the agent's findings completed by the sidecar.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Summary {
     /// Payload version.
@@ -277,7 +277,7 @@ pub struct Summary {
 }
 
 /// `output/metrics.json`: the agent's KPIs merged with what the sidecar measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MetricsFile {
     /// Payload version.
     pub version: u32,
@@ -315,7 +315,7 @@ impl MetricsFile {
 }
 
 /// One state change of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Transition {
     /// The state entered.
@@ -327,7 +327,7 @@ pub struct Transition {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Not yet acknowledged; retried on schedule.
@@ -360,7 +360,7 @@ impl std::str::FromStr for DeliveryState {
 }
 
 /// One delivery attempt as it happened.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryAttempt {
     /// When it started.
@@ -374,7 +374,7 @@ pub struct DeliveryAttempt {
 }
 
 /// A callback delivery: its stable id, where it stands, and every attempt made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryStatus {
     /// Stable across retries (JWT `jti`, `webhook-id`).
@@ -404,7 +404,7 @@ pub struct DeliveryStatus {
 }
 
 /// `GET /deliveries`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryList {
     /// Matching deliveries, newest first.
@@ -412,7 +412,7 @@ pub struct DeliveryList {
 }
 
 /// `POST /deliveries/redrive`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveResult {
     /// Ids of the deliveries put back in the outbox.
@@ -420,7 +420,7 @@ pub struct RedriveResult {
 }
 
 /// `GET /jobs/{job_id}` (and `GET /status/{job_id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobStatus {
     /// Payload version.
@@ -459,7 +459,7 @@ pub struct JobStatus {
 
 /// One entry of a job's history as watchers receive it: the `data` of an SSE event (whose `id`
 /// is `seq`) and one WebSocket message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     /// Payload version.
     pub version: u32,
@@ -477,7 +477,7 @@ pub struct JobEvent {
 }
 
 /// What a [`JobEvent`] says.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventData {
     /// The job moved to `state`.
@@ -504,7 +504,7 @@ impl JobEvent {
 }
 
 /// One job in `GET /jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSummary {
     /// The job.
@@ -530,7 +530,7 @@ pub struct JobSummary {
 }
 
 /// `GET /jobs`: newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobList {
     /// Payload version.
@@ -540,7 +540,7 @@ pub struct JobList {
 }
 
 /// What `POST /jobs/{job_id}/cancel` did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelAccepted {
     /// Payload version.

@@ -160,8 +160,9 @@ pub struct JobFilter {
 }
 
 /// A job filter as written on a query string, parsed by [`JobQuery::into_filter`].
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// A job state, e.g. `in_progress`.
     pub state: Option<String>,
@@ -338,8 +339,9 @@ pub struct DeliveryFilter {
 
 /// A delivery filter as written on a query string or a command line, parsed by
 /// [`DeliveryQuery::into_filter`].
-#[derive(Debug, Clone, Default, serde::Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, serde::Deserialize, clap::Args, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// pending, delivered or dead.
     #[arg(long)]

@@ -389,3 +389,17 @@ async fn jobs_show_prints_every_state_change_and_delivery_attempt() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no job"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let (status, served) = sidecar.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, committed);
+    assert_eq!(served["openapi"], "3.1.0");
+}

@@ -1,0 +1,116 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of every endpoint, generated from the
+//! handlers' own annotations and the wire types (utoipa). `schemas/openapi.json` is the
+//! committed copy; a test fails when it is stale (`agent-sidecar openapi > schemas/openapi.json`).
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "agent-sidecar",
+        description = "Runs a Rails app's AI agents as supervised subprocesses and calls Rails back, signed. Errors are RFC 9457 application/problem+json.",
+    ),
+    paths(
+        super::trigger::trigger,
+        super::jobs::list,
+        super::jobs::status,
+        super::jobs::status_alias,
+        super::jobs::cancel,
+        super::watch::sse,
+        super::watch::websocket,
+        super::deliveries::list,
+        super::deliveries::one,
+        super::deliveries::redrive_one,
+        super::deliveries::redrive_matching,
+        super::keys::jwks,
+        super::ops::health,
+        super::ops::ready,
+        super::ops::metrics,
+        document,
+    ),
+    components(schemas(crate::contract::JobEvent)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Trigger, inspect, list and cancel jobs"),
+        (name = "watch", description = "Follow a job live, with replay"),
+        (name = "deliveries", description = "Completion callbacks: dead letters and redrive"),
+        (name = "keys", description = "Public keys of callback signatures"),
+        (name = "ops", description = "Health, readiness, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The `bearer` scheme the protected operations name (a JWT from Rails; `[server.auth]`).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document, as served and as committed.
+pub fn document_json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    text
+}
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(document))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+async fn document() -> Json<serde_json::Value> {
+    Json(serde_json::to_value(ApiDoc::openapi()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.json");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == super::document_json(),
+            "schemas/openapi.json is stale: run `cargo run -- openapi > schemas/openapi.json`"
+        );
+    }
+
+    #[test]
+    fn every_operation_documents_its_problem_answers() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document_json()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                for (status, response) in responses {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        assert!(
+                            response["content"]["application/problem+json"].is_object(),
+                            "{method} {path} {status} is not problem+json"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
