@@ -54,7 +54,7 @@ pub(super) async fn list(
 }
 
 /// One delivery with its attempts.
-#[utoipa::path(get, path = "/deliveries/{delivery_id}", tag = "deliveries", params(("delivery_id" = String, Path, description = "The delivery id (dlv_...)")),
+#[utoipa::path(get, path = "/deliveries/{delivery_id}", tag = "deliveries", params(("delivery_id" = crate::contract::DeliveryId, Path, description = "The delivery id (dlv_...)")),
     responses(
         (status = 200, description = "The delivery", body = DeliveryStatus),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
@@ -80,7 +80,7 @@ async fn find(app: &AppState, id: String) -> Result<DeliveryStatus, ApiError> {
 
 /// Redrives one dead delivery; it keeps its delivery id.
 /// Puts one dead delivery back in the outbox, with the same id.
-#[utoipa::path(post, path = "/deliveries/{delivery_id}/redrive", tag = "deliveries", params(("delivery_id" = String, Path, description = "The delivery id (dlv_...)")),
+#[utoipa::path(post, path = "/deliveries/{delivery_id}/redrive", tag = "deliveries", params(("delivery_id" = crate::contract::DeliveryId, Path, description = "The delivery id (dlv_...)")),
     responses(
         (status = 202, description = "Back in the outbox", body = RedriveResult),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),

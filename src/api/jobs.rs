@@ -35,7 +35,7 @@ pub(super) fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
 }
 
 /// A job's status: state, transitions, last progress, outputs, completion delivery.
-#[utoipa::path(get, path = "/jobs/{job_id}", tag = "jobs", params(("job_id" = String, Path, description = "The job's UUID")),
+#[utoipa::path(get, path = "/jobs/{job_id}", tag = "jobs", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID")),
     responses(
         (status = 200, description = "The job", body = JobStatus),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
@@ -64,7 +64,7 @@ pub(super) async fn status(
 }
 
 /// The design note's name for `GET /jobs/{job_id}`.
-#[utoipa::path(get, path = "/status/{job_id}", tag = "jobs", params(("job_id" = String, Path, description = "The job's UUID")),
+#[utoipa::path(get, path = "/status/{job_id}", tag = "jobs", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID")),
     responses(
         (status = 200, description = "The job", body = JobStatus),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
@@ -110,7 +110,7 @@ pub(super) async fn list(
 }
 
 /// Cancels a job: a queued one at once (200), a running one's agent is stopped (202).
-#[utoipa::path(post, path = "/jobs/{job_id}/cancel", tag = "jobs", params(("job_id" = String, Path, description = "The job's UUID")),
+#[utoipa::path(post, path = "/jobs/{job_id}/cancel", tag = "jobs", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID")),
     responses(
         (status = 200, description = "It was queued and is now canceled", body = CancelAccepted),
         (status = 202, description = "Its agent is being stopped; it ends canceled", body = CancelAccepted),

@@ -106,7 +106,7 @@ async fn nothing_more(app: &AppState, job: &JobRecord, after: u64) -> Result<boo
 
 /// Server-Sent Events: the job's history after the cursor, then live events, closing after
 /// the terminal event (`id:` is the seq, `data:` a job-event document).
-#[utoipa::path(get, path = "/jobs/{job_id}/events", tag = "watch", params(("job_id" = String, Path, description = "The job's UUID"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq"), Cursor),
+#[utoipa::path(get, path = "/jobs/{job_id}/events", tag = "watch", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq"), Cursor),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
         (status = 204, description = "The job has ended and nothing follows the cursor"),
@@ -164,7 +164,7 @@ fn sse_event(event: &JobEvent) -> Event {
 
 /// WebSocket: the same events as JSON messages; `{"signal":"STOP"}` cancels the job.
 #[utoipa::path(get, path = "/jobs/{job_id}/watch", tag = "watch",
-    params(("job_id" = String, Path, description = "The job's UUID"), Cursor),
+    params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID"), Cursor),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade, or malformed", content_type = "application/problem+json", body = crate::error::Problem),

@@ -165,10 +165,13 @@ pub struct JobFilter {
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// A job state, e.g. `in_progress`.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     /// An agent name.
+    #[param(value_type = Option<AgentName>)]
     pub agent: Option<String>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -345,21 +348,27 @@ pub struct DeliveryFilter {
 pub struct DeliveryQuery {
     /// pending, delivered or dead.
     #[arg(long)]
+    #[param(value_type = Option<DeliveryState>)]
     pub state: Option<String>,
     /// Only deliveries of jobs with this handler.
     #[arg(long)]
+    #[param(value_type = Option<JobName>)]
     pub job_name: Option<String>,
     /// Only deliveries to this origin, e.g. https://rails.internal:443.
     #[arg(long)]
+    #[param(format = Uri)]
     pub destination: Option<String>,
     /// Only deliveries written at or after this RFC 3339 time.
     #[arg(long)]
+    #[param(value_type = Option<Timestamp>)]
     pub since: Option<String>,
     /// Only deliveries written before this RFC 3339 time.
     #[arg(long)]
+    #[param(value_type = Option<Timestamp>)]
     pub until: Option<String>,
     /// At most this many (default 100, at most 1000).
     #[arg(long)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
