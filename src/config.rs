@@ -504,7 +504,7 @@ pub struct AuthConfig {
     pub secret: Option<Secret>,
     /// PEM public keys (RSA, EC P-256 or Ed25519) whose tokens are accepted; reread on SIGHUP.
     pub public_keys: Vec<PathBuf>,
-    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    /// Clock skew allowed on `exp` and `nbf` (whole seconds).
     pub leeway: Duration,
     /// Paths answered without authentication (`/.well-known/jwks.json` always is).
     pub public_paths: Vec<String>,

@@ -145,6 +145,7 @@ impl Sidecar {
                 tls: Arc::clone(&tls),
                 source: config.source.clone(),
             },
+            Arc::clone(&config),
             cancel.clone(),
         ));
         tracker.spawn(
@@ -247,14 +248,25 @@ struct Reloadable {
 }
 
 impl Reloadable {
-    fn reload(&self) -> Result<(), String> {
-        self.deliveries.reload()?;
+    /// Builds everything from the file first, then switches all of it, or nothing.
+    fn reload(&self, running: &Config) -> Result<(), String> {
         let Some(source) = &self.source else {
-            return Ok(());
+            return Err("no config file to reload from".into());
         };
         let config = Config::load(source).map_err(|e| e.to_string())?;
-        self.gate.reload(&config).map_err(|e| e.to_string())?;
-        self.tls.reload(&config).map_err(|e| e.to_string())?;
+        if config.server.tls.is_some() != running.server.tls.is_some()
+            || config.server.auth_required() != running.server.auth_required()
+        {
+            return Err(
+                "turning [server.tls] or API authentication on or off needs a restart".into(),
+            );
+        }
+        let transport = delivery::Transport::build(&config.callbacks).map_err(|e| e.to_string())?;
+        let auth = api::auth::Authenticator::load(&config).map_err(|e| e.to_string())?;
+        let tls = api::listener::TlsSettings::prepare(&config).map_err(|e| e.to_string())?;
+        self.deliveries.install(transport);
+        self.gate.install(auth);
+        self.tls.install(tls);
         info!("API auth keys and listener certificates reloaded");
         Ok(())
     }
@@ -262,7 +274,7 @@ impl Reloadable {
 
 /// Reloads keys and certificates on SIGHUP (`systemctl reload`); a failed reload keeps the ones
 /// in force and says why.
-async fn reload_on_sighup(reloadable: Reloadable, cancel: CancellationToken) {
+async fn reload_on_sighup(reloadable: Reloadable, running: Arc<Config>, cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload by restarting");
@@ -271,7 +283,7 @@ async fn reload_on_sighup(reloadable: Reloadable, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                if let Err(reason) = reloadable.reload() {
+                if let Err(reason) = reloadable.reload(&running) {
                     tracing::error!(%reason, "reload refused; the current keys and certificates stay in force");
                 }
             }

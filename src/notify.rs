@@ -29,7 +29,7 @@ fn send(states: &[NotifyState<'_>]) {
 /// Pings the watchdog at half its interval, each time after proving the store takes a write,
 /// so a wedged sidecar is restarted by systemd; returns at once when no watchdog is set.
 pub async fn watchdog(store: Arc<dyn Store>, cancel: CancellationToken) {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
+    let Some(interval) = sd_notify::watchdog_enabled().filter(|i| !i.is_zero()) else {
         return;
     };
     let mut tick = tokio::time::interval(interval / 2);

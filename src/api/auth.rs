@@ -250,11 +250,9 @@ impl Gate {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Rebuilds from `config`; the old keys stay in force if that fails.
-    pub fn reload(&self, config: &Config) -> Result<(), AuthSetupError> {
-        let fresh = Authenticator::load(config)?;
+    /// Switches to `fresh` (built by [`Authenticator::load`]).
+    pub fn install(&self, fresh: Authenticator) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
-        Ok(())
     }
 }
 

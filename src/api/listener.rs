@@ -31,6 +31,9 @@ use crate::config::{Config, ServerTlsConfig};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted (and handshaken) but not yet taken by the server.
 const BACKLOG: usize = 128;
+/// TLS handshakes in progress at once: clients that connect and stall cannot use up the
+/// process's file descriptors (each holds one for at most `HANDSHAKE_TIMEOUT`).
+const MAX_HANDSHAKES: usize = 256;
 
 type Timed = Pin<Box<TimeoutStream<TcpStream>>>;
 
@@ -135,14 +138,14 @@ impl TlsSettings {
         })
     }
 
-    /// Rereads the files; the ones in force stay if that fails. Plain stays plain.
-    pub fn reload(&self, config: &Config) -> Result<(), TlsSetupError> {
-        let fresh = config.server.tls.as_ref().map(build).transpose()?;
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if current.is_some() {
-            *current = fresh;
-        }
-        Ok(())
+    /// Builds the TLS configuration `config` names, without installing it.
+    pub fn prepare(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
+        config.server.tls.as_ref().map(build).transpose()
+    }
+
+    /// Switches to a prepared configuration (the caller checked plain stays plain).
+    pub fn install(&self, fresh: Option<Arc<rustls::ServerConfig>>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
     }
 
     fn acceptor(&self) -> Option<TlsAcceptor> {
@@ -237,7 +240,13 @@ async fn accept_loop(
     tls: Arc<TlsSettings>,
     ready: mpsc::Sender<(Conn, SocketAddr)>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
+        // Accept only with a handshake slot free, so stalled handshakes hold back new
+        // connections in the kernel's backlog rather than in open descriptors.
+        let Ok(slot) = Arc::clone(&handshakes).acquire_owned().await else {
+            return;
+        };
         let (stream, addr) = tokio::select! {
             accepted = accept_tcp(&inner) => accepted,
             () = ready.closed() => return,
@@ -248,6 +257,7 @@ async fn accept_loop(
         let io = Box::pin(io);
         match tls.acceptor() {
             None => {
+                drop(slot);
                 if ready.send((Conn::Plain(io), addr)).await.is_err() {
                     return;
                 }
@@ -255,6 +265,7 @@ async fn accept_loop(
             Some(acceptor) => {
                 let ready = ready.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io));
                     match handshake.await {
                         Ok(Ok(tls)) => {

@@ -15,6 +15,9 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::telemetry;
 
+/// Longest the filesystem checks of `/ready` may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `Retry-After` of a 503 from `/ready`.
 const NOT_READY_RETRY_AFTER_SECS: u32 = 5;
 
@@ -85,16 +88,26 @@ pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, Ap
         .await
         .map_err(|e| format!("store does not take writes: {e}"));
     let root = app.shared_root.clone();
-    let commands: Vec<(String, String)> = app
+    let commands: Vec<Command> = app
         .config
         .agents
         .iter()
-        .map(|(name, agent)| (name.to_string(), agent.command[0].clone()))
+        .map(|(name, agent)| Command {
+            agent: name.to_string(),
+            program: agent.command[0].clone(),
+            path: agent.env.get("PATH").cloned(),
+        })
         .collect();
-    let (root, commands) =
-        tokio::task::spawn_blocking(move || (check_shared_root(&root), check_commands(&commands)))
-            .await
-            .unwrap_or_else(|_| (Err("check failed".into()), Err("check failed".into())));
+    let checks =
+        tokio::task::spawn_blocking(move || (check_shared_root(&root), check_commands(&commands)));
+    // A hung mount must not hang the probe: it fails it.
+    let (root, commands) = match tokio::time::timeout(CHECK_TIMEOUT, checks).await {
+        Ok(Ok(results)) => results,
+        _ => (
+            Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+            Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        ),
+    };
     let draining = if app.runner.is_draining() {
         Err("shutting down".to_owned())
     } else {
@@ -128,12 +141,23 @@ fn check_shared_root(root: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: cannot write: {e}", root.display()))
 }
 
-/// Every agent's program exists and is executable (looked up on `PATH` when bare).
-fn check_commands(commands: &[(String, String)]) -> Result<(), String> {
+/// An agent's program, as its spawn will look for it.
+struct Command {
+    agent: String,
+    program: String,
+    /// The agent's own `PATH`, if its `env` sets one.
+    path: Option<String>,
+}
+
+/// Every agent's program exists and is executable: an absolute path as written, a bare name on
+/// the `PATH` the agent gets. A relative path is relative to each job's folder, so it is not
+/// checked here.
+fn check_commands(commands: &[Command]) -> Result<(), String> {
     let missing: Vec<String> = commands
         .iter()
-        .filter(|(_, program)| resolve(program).is_none())
-        .map(|(agent, program)| format!("{agent}: {program} not found or not executable"))
+        .filter(|c| !c.program.contains('/') || c.program.starts_with('/'))
+        .filter(|c| resolve(&c.program, c.path.as_deref()).is_none())
+        .map(|c| format!("{}: {} not found or not executable", c.agent, c.program))
         .collect();
     if missing.is_empty() {
         Ok(())
@@ -142,7 +166,7 @@ fn check_commands(commands: &[(String, String)]) -> Result<(), String> {
     }
 }
 
-fn resolve(program: &str) -> Option<PathBuf> {
+fn resolve(program: &str, agent_path: Option<&str>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -151,11 +175,12 @@ fn resolve(program: &str) -> Option<PathBuf> {
         let path = PathBuf::from(program);
         return executable(&path).then_some(path);
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|p| executable(p))
-    })
+    let paths = agent_path
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"))?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
 }
 
 /// Prometheus text exposition.

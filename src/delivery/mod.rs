@@ -127,9 +127,14 @@ impl Deliveries {
         };
         let config = Config::load(source).map_err(|e| e.to_string())?;
         let fresh = Transport::build(&config.callbacks).map_err(|e| e.to_string())?;
+        self.install(fresh);
+        Ok(())
+    }
+
+    /// Switches to a transport built elsewhere (a reload that builds everything first).
+    pub fn install(&self, fresh: Transport) {
         *self.transport.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         info!("callback keys and certificates reloaded");
-        Ok(())
     }
 
     /// How long an attempt may hold a delivery before the outbox makes it again.

@@ -465,7 +465,7 @@ impl Runner {
             running.total += 1;
             *running.per_agent.entry(job.agent_name.clone()).or_default() += 1;
             running.jobs.insert(job.job_id, Arc::clone(&control));
-            telemetry::job_started(&job.agent_name, job.created_at, control.started);
+            telemetry::job_started(&job.agent_name, job.queued_at, control.started);
             if let Some(reason) = running.early.remove(&(job.job_id, job.attempt)) {
                 control.stop(reason);
             }

@@ -114,6 +114,8 @@ pub struct JobRecord {
     pub trace_id: String,
     /// Acceptance time.
     pub created_at: Timestamp,
+    /// When it last entered the queue (acceptance, or a requeue).
+    pub queued_at: Timestamp,
     /// When the current attempt started.
     pub started_at: Option<Timestamp>,
     /// When the job ended.
@@ -494,7 +496,7 @@ pub trait Store: Send + Sync {
     /// Queued jobs per agent and dead-lettered completions, for the metrics.
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges>;
 
-    /// Proves the store takes writes (an empty transaction, committed).
+    /// Proves the store takes writes (rewrites a heartbeat row, committed).
     async fn check_writable(&self) -> StoreResult<()>;
 
     /// Deletes up to `limit` terminal jobs that ended before `before` and have no pending

@@ -48,6 +48,7 @@ fn migrations() -> Migrations<'static> {
             "../../migrations/sqlite/0001_jobs_events_outbox.sql"
         )),
         M::up(include_str!("../../migrations/sqlite/0002_lifecycle.sql")),
+        M::up(include_str!("../../migrations/sqlite/0003_heartbeat.sql")),
     ])
 }
 
@@ -200,7 +201,7 @@ fn in_savepoint<T>(
 
 const JOB_COLUMNS: &str = "job_id, user_id, agent_name, job_name, priority, state, attempt, request, \
      trace_id, created_at, started_at, finished_at, exit_code, error, output_index, last_progress, request_sha256, \
-     cancel_requested_at";
+     cancel_requested_at, queued_at";
 
 fn conversion(col: usize, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -249,6 +250,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         last_progress: json_col(row, 15)?,
         request_sha256: row.get(16)?,
         cancel_requested: row.get::<_, Option<i64>>(17)?.is_some(),
+        queued_at: Timestamp::from_unix_ms(row.get(18)?),
     })
 }
 
@@ -1002,7 +1004,15 @@ impl Store for SqliteStore {
     }
 
     async fn check_writable(&self) -> StoreResult<()> {
-        self.write(|_| Ok(())).await
+        let now = Timestamp::now().unix_ms();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO heartbeat (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )?
+            .execute([now])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {

@@ -213,3 +213,66 @@ async fn with_client_auth_required_only_a_certificate_from_the_configured_ca_get
         "the certificate authenticates the caller"
     );
 }
+
+#[tokio::test]
+async fn with_optional_client_auth_a_tls_client_without_a_certificate_needs_a_token() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new("sidecar ca");
+    let client_ca = Ca::new("rails client ca");
+    let server = server_ca.leaf(&["127.0.0.1"]);
+    let tls = format!(
+        "\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+        pki::write(dir.path(), "server.pem", &server.cert_pem)
+            .display()
+            .to_string(),
+        pki::write(dir.path(), "server.key", &server.key_pem)
+            .display()
+            .to_string(),
+        pki::write(dir.path(), "client-ca.pem", &client_ca.pem())
+            .display()
+            .to_string(),
+    );
+    let sidecar = Sidecar::start_with(&receiver, &[], &(tls + &auth_toml(""))).await;
+    let url = format!("{}/jobs", sidecar.base);
+
+    let anonymous = tls_client(&server_ca, None).get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "TLS alone does not authenticate");
+    let problem: Value = serde_json::from_slice(&anonymous.bytes().await.unwrap()).unwrap();
+    assert_eq!(problem["reason"], "missing");
+
+    let with_token = tls_client(&server_ca, None)
+        .get(&url)
+        .bearer_auth(hs256(&claims(), INBOUND_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+
+    let rails = client_ca.leaf(&["rails"]);
+    let with_cert = tls_client(&server_ca, Some(&rails))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        with_cert.status(),
+        200,
+        "a verified certificate authenticates"
+    );
+}
+
+#[tokio::test]
+async fn a_token_expired_within_the_leeway_is_still_accepted() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &auth_toml("leeway = \"60s\"\n")).await;
+    let mut barely = claims();
+    barely["exp"] = json!(now() - 10);
+    let (status, _, _) = get_with(&sidecar, "/jobs", Some(&hs256(&barely, INBOUND_SECRET))).await;
+    assert_eq!(status, 200);
+    let mut long_ago = claims();
+    long_ago["exp"] = json!(now() - 120);
+    let (status, problem, _) =
+        get_with(&sidecar, "/jobs", Some(&hs256(&long_ago, INBOUND_SECRET))).await;
+    assert_eq!((status, problem["reason"].as_str()), (401, Some("expired")));
+}
