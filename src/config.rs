@@ -225,6 +225,12 @@ struct RawStorage {
     shared_root: PathBuf,
     #[serde(default)]
     output_uri_prefix: Option<String>,
+    #[serde(default = "default_status_min_interval", with = "humantime_serde")]
+    status_min_interval: Duration,
+}
+
+fn default_status_min_interval() -> Duration {
+    Duration::from_millis(250)
 }
 
 #[derive(Debug, Deserialize)]
@@ -532,6 +538,8 @@ pub struct StorageConfig {
     pub shared_root: PathBuf,
     /// Prefix of `output_uri` (`<prefix><job_id>/output/`); defaults to a `file://` URI.
     pub output_uri_prefix: Option<String>,
+    /// Least time between two progress-driven rewrites of `output/status.json`.
+    pub status_min_interval: Duration,
 }
 
 /// `[store]`: where job state lives.
@@ -775,6 +783,7 @@ impl Config {
             storage: StorageConfig {
                 shared_root: base.join(raw.storage.shared_root),
                 output_uri_prefix: raw.storage.output_uri_prefix,
+                status_min_interval: raw.storage.status_min_interval,
             },
             store: resolve_store(&raw.store.url, base)?,
             callbacks: resolve_callbacks(raw.callbacks, base)?,

@@ -25,6 +25,7 @@ pub mod delivery;
 pub mod demo;
 pub mod error;
 pub mod jobdir;
+pub mod mirror;
 pub mod notify;
 pub mod runner;
 pub mod store;
@@ -95,11 +96,18 @@ impl Sidecar {
             .context("cannot open the store")?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let deliveries =
-            Deliveries::new(Arc::clone(&store), &config, tracker.clone(), cancel.clone())
-                .context("cannot load the callback keys and certificates")?;
+        let mirror = mirror::Mirror::new(Arc::clone(&store), &config, shared_root.clone());
+        let deliveries = Deliveries::new(
+            Arc::clone(&store),
+            Arc::clone(&mirror),
+            &config,
+            tracker.clone(),
+            cancel.clone(),
+        )
+        .context("cannot load the callback keys and certificates")?;
         let runner = Runner::new(
             Arc::clone(&store),
+            mirror,
             Arc::clone(&config),
             Arc::clone(&deliveries),
             shared_root.clone(),

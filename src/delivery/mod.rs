@@ -26,6 +26,7 @@ use url::Url;
 
 use crate::config::{CallbacksConfig, Config};
 use crate::contract::{DeliveryAttempt, JobId, JobState, ProgressCallback, Timestamp};
+use crate::mirror::Mirror;
 use crate::store::{AttemptOutcome, DueDelivery, Store};
 use crate::telemetry::{self, CallbackKind};
 use schedule::Failure;
@@ -54,6 +55,7 @@ struct Destination {
 /// The delivery side of the sidecar: the outbox worker and the per-job progress posters.
 pub struct Deliveries {
     store: Arc<dyn Store>,
+    mirror: Arc<Mirror>,
     transport: RwLock<Arc<Transport>>,
     source: Option<PathBuf>,
     cfg: CallbacksConfig,
@@ -96,11 +98,13 @@ impl Deliveries {
     /// [`Deliveries::reload`]); tasks are spawned on `tracker` and stop with `cancel`.
     pub fn new(
         store: Arc<dyn Store>,
+        mirror: Arc<Mirror>,
         config: &Config,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, TransportError> {
         Ok(Arc::new(Self {
+            mirror,
             transport: RwLock::new(Arc::new(Transport::build(&config.callbacks)?)),
             source: config.source.clone(),
             cfg: config.callbacks.clone(),
@@ -292,9 +296,18 @@ impl Deliveries {
             AttemptOutcome::Dead => "dead",
         };
         telemetry::callback(CallbackKind::Completion, label, started.elapsed());
-        match self.store.record_attempt(&d.id, record, outcome).await {
+        match self
+            .store
+            .record_attempt(&d.id, record.clone(), outcome)
+            .await
+        {
             // The worker slept until this lease's end; the retry may be due much sooner.
-            Ok(()) => self.wake(),
+            Ok(()) => {
+                self.wake();
+                self.mirror
+                    .delivery_attempt(d.job_id, &d.id, d.attempts + 1, &record, outcome)
+                    .await;
+            }
             // The lease expires and the attempt is made again: at-least-once, same delivery id.
             Err(e) => error!(error = %e, "cannot record a delivery attempt"),
         }

@@ -331,7 +331,11 @@ impl Runner {
             .filter(|dir| dir.prepare_output().is_ok())
             .map(|dir| dir.output());
         let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
-        self.conclude_in(job, output, ending).await
+        let job_id = job.job_id;
+        self.conclude_in(job, output, ending).await?;
+        // No follower ran for it: bring its files up to date here.
+        self.mirror.sync(job_id).await;
+        Ok(())
     }
 
     /// Finalises `output/` (when there is one) and ends the job with its completion callback;

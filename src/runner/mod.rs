@@ -26,6 +26,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::{Config, OnRestart};
 use crate::contract::{AgentName, ErrorReason, JobId, JobState, Timestamp};
 use crate::delivery::Deliveries;
+use crate::mirror::Mirror;
 use crate::store::{JobRecord, Store, StoreError, StoreResult};
 use crate::telemetry;
 
@@ -123,6 +124,7 @@ pub enum CancelError {
 /// The scheduler and supervisor of agent runs.
 pub struct Runner {
     store: Arc<dyn Store>,
+    mirror: Arc<Mirror>,
     config: Arc<Config>,
     deliveries: Arc<Deliveries>,
     shared_root: PathBuf,
@@ -147,6 +149,7 @@ impl Runner {
     /// A runner over `shared_root` (already canonical).
     pub fn new(
         store: Arc<dyn Store>,
+        mirror: Arc<Mirror>,
         config: Arc<Config>,
         deliveries: Arc<Deliveries>,
         shared_root: PathBuf,
@@ -155,6 +158,7 @@ impl Runner {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            mirror,
             config,
             deliveries,
             shared_root,
@@ -165,6 +169,12 @@ impl Runner {
             tracker,
             cancel,
         })
+    }
+
+    /// Writes a new job's `status.json` and `events.jsonl` (in the background).
+    pub fn mirror_accepted(&self, job_id: JobId) {
+        let mirror = Arc::clone(&self.mirror);
+        self.tracker.spawn(async move { mirror.sync(job_id).await });
     }
 
     /// Tells the scheduler to look at the queue now.
@@ -211,11 +221,13 @@ impl Runner {
                 max_attempts = max,
                 "job was running when the sidecar stopped; requeued"
             );
-            return ignore_stale(
+            let requeued = ignore_stale(
                 self.store
                     .requeue(job.job_id, job.attempt, Timestamp::now())
                     .await,
             );
+            self.mirror.sync(job.job_id).await;
+            return requeued;
         }
         let message = if requeue {
             format!("the sidecar stopped while the agent ran, and all {max} attempts are used")
@@ -470,6 +482,8 @@ impl Runner {
                 control.stop(reason);
             }
         }
+        self.tracker
+            .spawn(Arc::clone(&self.mirror).follow(job.job_id, self.cancel.clone()));
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
