@@ -227,6 +227,14 @@ struct RawStorage {
     output_uri_prefix: Option<String>,
     #[serde(default = "default_status_min_interval", with = "humantime_serde")]
     status_min_interval: Duration,
+    #[serde(default)]
+    folder_triggers: bool,
+    #[serde(default = "default_rescan_interval", with = "humantime_serde")]
+    rescan_interval: Duration,
+}
+
+fn default_rescan_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_status_min_interval() -> Duration {
@@ -540,6 +548,10 @@ pub struct StorageConfig {
     pub output_uri_prefix: Option<String>,
     /// Least time between two progress-driven rewrites of `output/status.json`.
     pub status_min_interval: Duration,
+    /// Whether `<job_id>/input/trigger.json` files start jobs.
+    pub folder_triggers: bool,
+    /// How often job folders are rescanned for trigger files a watch event missed.
+    pub rescan_interval: Duration,
 }
 
 /// `[store]`: where job state lives.
@@ -784,6 +796,8 @@ impl Config {
                 shared_root: base.join(raw.storage.shared_root),
                 output_uri_prefix: raw.storage.output_uri_prefix,
                 status_min_interval: raw.storage.status_min_interval,
+                folder_triggers: raw.storage.folder_triggers,
+                rescan_interval: raw.storage.rescan_interval,
             },
             store: resolve_store(&raw.store.url, base)?,
             callbacks: resolve_callbacks(raw.callbacks, base)?,

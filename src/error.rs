@@ -256,17 +256,23 @@ fn pointer_name(pointer: &str) -> &str {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let problem = Problem {
+impl ApiError {
+    /// The problem document this error is answered with.
+    pub fn problem(&self) -> Problem {
+        Problem {
             kind: format!("urn:agent-sidecar:problem:{}", self.slug),
             title: self.title,
             status: self.status.as_u16(),
-            detail: self.detail,
-            errors: self.errors,
-            extensions: *self.extensions,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+            detail: self.detail.clone(),
+            errors: self.errors.clone(),
+            extensions: (*self.extensions).clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -182,7 +182,7 @@ impl Sidecar {
             tls,
         )
         .context("cannot set up the listener")?;
-        let router = api::router(api::AppState::new(api::Parts {
+        let state = api::AppState::new(api::Parts {
             store,
             config: Arc::clone(&config),
             runner: Arc::clone(&runner),
@@ -191,7 +191,14 @@ impl Sidecar {
             public_url: config.public_url(addr),
             shutdown: cancel.clone(),
             gate,
-        }));
+        });
+        if config.storage.folder_triggers {
+            tracker.spawn(
+                api::folder::run(state.clone(), cancel.clone())
+                    .instrument(info_span!("folder_triggers")),
+            );
+        }
+        let router = api::router(state);
         Ok(Self {
             listener,
             runner,

@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod deliveries;
+pub mod folder;
 mod jobs;
 mod keys;
 pub mod listener;

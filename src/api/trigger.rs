@@ -51,18 +51,37 @@ pub(super) async fn trigger(
     principal: Option<Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
-    let app = &app.inner;
-    if app.runner.is_draining() {
-        return Err(ApiError::unavailable(
-            "the sidecar is shutting down and accepts no new jobs",
-            DRAINING_RETRY_AFTER_SECS,
-        ));
+    if app.inner.runner.is_draining() {
+        return Err(draining());
     }
     let body = body.map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
     let (request, request_sha256) = parse_request(&body)?;
     if let Some(Extension(principal)) = &principal {
         check_scope(principal, &request)?;
     }
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    accept(&app, request, request_sha256, traceparent)
+        .await
+        .map(|(status, body)| (status, Json(body)))
+}
+
+/// The 503 while the sidecar drains.
+fn draining() -> ApiError {
+    ApiError::unavailable(
+        "the sidecar is shutting down and accepts no new jobs",
+        DRAINING_RETRY_AFTER_SECS,
+    )
+}
+
+/// Everything after parsing, shared by the HTTP and folder triggers: idempotency, the
+/// registry, the job folder and manifest, the durable enqueue.
+pub(super) async fn accept(
+    app: &AppState,
+    request: TriggerRequest,
+    request_sha256: String,
+    traceparent: Option<&str>,
+) -> Result<(StatusCode, TriggerAccepted), ApiError> {
+    let app = &app.inner;
     // A replay is answered from the stored job, before the job folder is read again.
     if let Some(job) = app
         .store
@@ -70,7 +89,7 @@ pub(super) async fn trigger(
         .await
         .map_err(|e| ApiError::internal(&e))?
     {
-        return replay(&job, &request_sha256, &app.public_url);
+        return replay(&job, &request_sha256, &app.public_url).map(|(s, Json(b))| (s, b));
     }
     check_registry(&app.config, &request)?;
     check_manifest(&app.shared_root, &request)?;
@@ -79,9 +98,7 @@ pub(super) async fn trigger(
     let job = NewJob {
         request,
         request_sha256,
-        trace_id: headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
+        trace_id: traceparent
             .and_then(trace::trace_id_of)
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         at,
@@ -102,6 +119,7 @@ pub(super) async fn trigger(
         Enqueued::Duplicate(job) => Ok(accepted(&job, &app.public_url)),
         Enqueued::Conflict(job) => Err(conflict(&job)),
     }
+    .map(|(status, Json(body))| (status, body))
 }
 
 /// A token scoped to some agents may trigger only those.
@@ -129,7 +147,7 @@ fn check_scope(principal: &Principal, request: &TriggerRequest) -> Result<(), Ap
 }
 
 /// Parses and schema-checks the body; returns it with the SHA-256 of its canonical JSON.
-fn parse_request(body: &[u8]) -> Result<(TriggerRequest, String), ApiError> {
+pub(super) fn parse_request(body: &[u8]) -> Result<(TriggerRequest, String), ApiError> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| ApiError::malformed_json(&e))?;
     schema::validate(SchemaKind::TriggerRequest, 1, &doc)
         .map_err(|e| ApiError::invalid(ErrorSource::Request, e))?;

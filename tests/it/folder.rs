@@ -141,3 +141,94 @@ async fn events_jsonl_is_bounded_and_says_so() {
         "state changes are always written"
     );
 }
+
+/// Writes `input/trigger.json` the way Rails does: a temp file, then a rename.
+fn drop_trigger(sidecar: &Sidecar, body: &Value) {
+    let job_dir = sidecar.write_job(body);
+    let tmp = job_dir.join("input/.trigger.json.tmp");
+    std::fs::write(&tmp, body.to_string()).unwrap();
+    std::fs::rename(&tmp, job_dir.join("input/trigger.json")).unwrap();
+}
+
+async fn response(sidecar: &Sidecar, job_id: &str) -> Value {
+    eventually("output/trigger-response.json", || async {
+        let path = sidecar.job_dir(job_id).join("output/trigger-response.json");
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    })
+    .await
+}
+
+const FOLDER_TRIGGERS: (&str, &str) = ("STORAGE__FOLDER_TRIGGERS", "true");
+
+#[tokio::test]
+async fn a_folder_trigger_runs_the_job_end_to_end_and_writes_the_api_answer() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    let mut body = trigger(&receiver, "ticker");
+    body["params"] = json!({"count": 2});
+    drop_trigger(&sidecar, &body);
+    let job_id = body["job_id"].as_str().unwrap();
+    let c = receiver.completion(job_id).await.json();
+    assert_eq!(c["status"], "completed");
+    assert_eq!(c["job_name"], "ReportCompileJob");
+    let answer = response(&sidecar, job_id).await;
+    assert_eq!(answer["job_id"], job_id);
+    assert_eq!(answer["status"], "queued");
+    assert!(answer["status_url"].as_str().unwrap().ends_with(job_id));
+}
+
+#[tokio::test]
+async fn an_invalid_folder_trigger_gets_its_problem_in_the_folder_and_runs_nothing() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    let mut body = trigger(&receiver, "ticker");
+    body["job_name"] = json!("NotAllowedJob");
+    drop_trigger(&sidecar, &body);
+    let job_id = body["job_id"].as_str().unwrap();
+    let problem = response(&sidecar, job_id).await;
+    assert_eq!(problem["status"], 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/job_name");
+    assert_eq!(sidecar.get(&format!("/jobs/{job_id}")).await.0, 404);
+}
+
+#[tokio::test]
+async fn two_hundred_trigger_files_dropped_at_once_each_run_exactly_once() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let mut body = trigger(&receiver, "ticker");
+        body["params"] = json!({"count": 1, "interval": 0});
+        drop_trigger(&sidecar, &body);
+        ids.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        receiver.completion(id).await;
+    }
+    for id in &ids {
+        let (_, job) = sidecar.get(&format!("/jobs/{id}")).await;
+        assert_eq!(job["attempt"], 1, "{id} ran once");
+    }
+    let completions = receiver.hits("/completion");
+    assert_eq!(completions.len(), 200, "one completion per job");
+}
+
+#[tokio::test]
+async fn trigger_files_written_while_the_sidecar_is_stopped_run_once_after_it_starts() {
+    let receiver = Receiver::start().await;
+    let mut sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    assert_eq!(sidecar.terminate().code(), Some(0));
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let mut body = trigger(&receiver, "ticker");
+        body["params"] = json!({"count": 1});
+        drop_trigger(&sidecar, &body);
+        ids.push(body["job_id"].as_str().unwrap().to_owned());
+    }
+    let sidecar = sidecar.restart();
+    for id in &ids {
+        assert_eq!(receiver.completion(id).await.json()["status"], "completed");
+        assert_eq!(response(&sidecar, id).await["status"], "queued");
+    }
+    assert_eq!(receiver.hits("/completion").len(), 5);
+}

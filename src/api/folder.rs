@@ -1,0 +1,275 @@
+//! Folder triggers (`[storage] folder_triggers = true`): `<shared_root>/<job_id>/input/trigger.json`
+//! (the body of `POST /agents/trigger`, created by rename) starts the job through exactly the
+//! same validation, idempotency and durable enqueue as the HTTP trigger; the answer the API
+//! would have given is written to `output/trigger-response.json`.
+//!
+//! Watching uses `notify` (inotify): `shared_root` itself, and each new job folder and its
+//! `input/` for a while after it appears, so watches stay few however many folders exist. Events
+//! are missed in practice (NFS, restarts, overflow), so the folders are also rescanned on start
+//! and every `rescan_interval`; the store decides what is new (a repeat is an idempotent
+//! replay), so no trigger is lost and none runs twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::AppState;
+use super::trigger::{accept, parse_request};
+use crate::contract::{FieldError, JobId};
+use crate::error::{ApiError, ErrorSource};
+use crate::jobdir::write_atomic;
+
+const TRIGGER: &str = "trigger.json";
+const RESPONSE: &str = "trigger-response.json";
+/// How long a new job folder is watched for its trigger file (the rescan covers the rest).
+const WATCH_FOR: Duration = Duration::from_secs(600);
+/// Watch events waiting to be handled; beyond this the next rescan catches up.
+const QUEUE: usize = 4096;
+
+/// Watches `shared_root` for trigger files until `cancel`.
+pub async fn run(app: AppState, cancel: CancellationToken) {
+    let root = app.inner.shared_root.clone();
+    let every = app.inner.config.storage.rescan_interval;
+    let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&overflowed);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+        Ok(event) if !event.need_rescan() => {
+            if tx.try_send(event).is_err() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+        _ => flag.store(true, Ordering::Relaxed),
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch shared_root; folder triggers are found by rescans only");
+            return rescan_forever(&app, every, cancel).await;
+        }
+    };
+    if let Err(e) = watcher.watch(&root, RecursiveMode::NonRecursive) {
+        warn!(error = %e, "cannot watch shared_root; folder triggers are found by rescans only");
+    }
+    let mut watched: HashMap<PathBuf, Instant> = HashMap::new();
+    rescan(&app).await;
+    let mut tick = tokio::time::interval(every);
+    tick.reset();
+    loop {
+        tokio::select! {
+            Some(event) = rx.recv() => {
+                on_event(&app, &mut watcher, &mut watched, event).await;
+            }
+            _ = tick.tick() => {
+                expire(&mut watcher, &mut watched);
+                rescan(&app).await;
+            }
+            () = cancel.cancelled() => return,
+        }
+        if overflowed.swap(false, Ordering::Relaxed) {
+            warn!("watch events were lost; rescanning the job folders");
+            rescan(&app).await;
+        }
+    }
+}
+
+async fn rescan_forever(app: &AppState, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => rescan(app).await,
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn on_event(
+    app: &AppState,
+    watcher: &mut impl Watcher,
+    watched: &mut HashMap<PathBuf, Instant>,
+    event: Event,
+) {
+    let created = matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_));
+    if !created {
+        return;
+    }
+    let root = &app.inner.shared_root;
+    for path in event.paths {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let parent = path.parent().unwrap_or(root);
+        if parent == root && path.is_dir() {
+            // A new job folder: watch it (for input/) and its input/ (for trigger.json).
+            watch(watcher, watched, &path);
+            watch(watcher, watched, &path.join("input"));
+            answer_if_new(app, &path).await;
+        } else if name == "input" && path.is_dir() {
+            watch(watcher, watched, &path);
+            answer_if_new(app, parent).await;
+        } else if name == TRIGGER
+            && parent.file_name().is_some_and(|n| n == "input")
+            && let Some(job_dir) = parent.parent()
+        {
+            answer_if_new(app, job_dir).await;
+        }
+    }
+}
+
+fn watch(watcher: &mut impl Watcher, watched: &mut HashMap<PathBuf, Instant>, dir: &Path) {
+    if dir.is_dir()
+        && !watched.contains_key(dir)
+        && watcher.watch(dir, RecursiveMode::NonRecursive).is_ok()
+    {
+        watched.insert(dir.to_owned(), Instant::now());
+    }
+}
+
+fn expire(watcher: &mut impl Watcher, watched: &mut HashMap<PathBuf, Instant>) {
+    watched.retain(|dir, since| {
+        let keep = since.elapsed() < WATCH_FOR;
+        if !keep {
+            let _ = watcher.unwatch(dir);
+        }
+        keep
+    });
+}
+
+/// Answers every trigger file that has no answer newer than itself.
+async fn rescan(app: &AppState) {
+    let root = app.inner.shared_root.clone();
+    let pending = tokio::task::spawn_blocking(move || unanswered(&root))
+        .await
+        .unwrap_or_default();
+    for job_dir in pending {
+        answer(app, &job_dir).await;
+    }
+}
+
+fn unanswered(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|dir| needs_answer(dir))
+        .collect()
+}
+
+/// A trigger file exists and no answer was written after it.
+fn needs_answer(job_dir: &Path) -> bool {
+    let modified =
+        |p: PathBuf| -> Option<SystemTime> { std::fs::symlink_metadata(p).ok()?.modified().ok() };
+    match (
+        modified(job_dir.join("input").join(TRIGGER)),
+        modified(job_dir.join("output").join(RESPONSE)),
+    ) {
+        (Some(trigger), Some(answered)) => answered < trigger,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+async fn answer_if_new(app: &AppState, job_dir: &Path) {
+    let dir = job_dir.to_owned();
+    let new = tokio::task::spawn_blocking(move || needs_answer(&dir))
+        .await
+        .unwrap_or(false);
+    if new {
+        answer(app, job_dir).await;
+    }
+}
+
+/// Takes one trigger file through the HTTP trigger's pipeline and writes the answer.
+async fn answer(app: &AppState, job_dir: &Path) {
+    if app.inner.runner.is_draining() {
+        // Left for the next start, which rescans.
+        return;
+    }
+    let result = take(app, job_dir).await;
+    // The body the API would have answered: the 202 document or the problem+json.
+    let text = match &result {
+        Ok(accepted) => serde_json::to_vec_pretty(accepted),
+        Err(problem) => serde_json::to_vec_pretty(&problem.problem()),
+    };
+    let Ok(mut text) = text else { return };
+    text.push(b'\n');
+    let output = job_dir.join("output");
+    let path = output.join(RESPONSE);
+    let written = tokio::task::spawn_blocking(move || {
+        if std::fs::symlink_metadata(&output).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(std::io::Error::other("output/ is a symlink"));
+        }
+        std::fs::create_dir_all(&output)?;
+        write_atomic(&path, &text)
+    })
+    .await;
+    let name = job_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+    match (written, result) {
+        (Ok(Ok(())), Ok(_)) => info!(folder = name, "folder trigger accepted"),
+        (Ok(Ok(())), Err(e)) => info!(folder = name, detail = e.detail(), "folder trigger refused"),
+        _ => warn!(folder = name, "cannot write output/trigger-response.json"),
+    }
+}
+
+async fn take(
+    app: &AppState,
+    job_dir: &Path,
+) -> Result<crate::contract::TriggerAccepted, ApiError> {
+    let limit = app.inner.config.server.max_body_bytes;
+    let path = job_dir.join("input").join(TRIGGER);
+    let bytes = tokio::task::spawn_blocking(move || read_bounded(&path, limit))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    let (request, sha256) = parse_request(&bytes)?;
+    let folder = job_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if folder.parse::<JobId>().ok() != Some(request.job_id) {
+        return Err(ApiError::invalid(
+            ErrorSource::Request,
+            vec![FieldError::new(
+                "/job_id",
+                format!("must be the job folder's name ({folder})"),
+            )],
+        ));
+    }
+    accept(app, request, sha256, None)
+        .await
+        .map(|(_, body)| body)
+}
+
+fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    let md = std::fs::symlink_metadata(path).map_err(|e| {
+        ApiError::unreadable_body(axum::http::StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    if !md.is_file() {
+        return Err(ApiError::unreadable_body(
+            axum::http::StatusCode::BAD_REQUEST,
+            "input/trigger.json is not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| {
+            ApiError::unreadable_body(axum::http::StatusCode::BAD_REQUEST, e.to_string())
+        })?;
+    if bytes.len() > limit {
+        return Err(ApiError::unreadable_body(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("input/trigger.json is larger than server.max_body_bytes ({limit})"),
+        ));
+    }
+    Ok(bytes)
+}
