@@ -1,6 +1,8 @@
 //! The `agent-sidecar` command: parses the command line and calls the library.
 
 use std::path::PathBuf;
+
+mod tail;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +66,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum JobsCommand {
+    /// Follow a job's output/events.jsonl live; ends once its completion is delivered or dead.
+    Tail {
+        /// The job's id.
+        job_id: String,
+        /// The TOML config file (for shared_root).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Print a job's status: every state change and every callback attempt (its audit trail).
     Show {
         /// The job's id.
@@ -352,6 +362,18 @@ async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
                 200 => println!("job {job_id} canceled (it had not started)"),
                 _ => println!("job {job_id}: stopping its agent; it ends canceled"),
             }
+        }
+        JobsCommand::Tail { job_id, config } => {
+            let config = Config::load(&config)?;
+            let job_id: agent_sidecar::contract::JobId = job_id
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{job_id:?}: {e}"))?;
+            let path = config
+                .storage
+                .shared_root
+                .join(job_id.to_string())
+                .join("output/events.jsonl");
+            tail::follow(&path).await?;
         }
         JobsCommand::Show { job_id, target } => {
             let (_, body) = call(&target, reqwest::Method::GET, &format!("/jobs/{job_id}")).await?;

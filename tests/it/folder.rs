@@ -232,3 +232,33 @@ async fn trigger_files_written_while_the_sidecar_is_stopped_run_once_after_it_st
     }
     assert_eq!(receiver.hits("/completion").len(), 5);
 }
+
+#[tokio::test]
+async fn jobs_tail_follows_events_jsonl_live_until_the_completion_is_delivered() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let mut body = trigger(&receiver, "ticker");
+    body["params"] = json!({"count": 5, "interval": 0.1});
+    sidecar.write_job(&body);
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    let tail = std::process::Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(["jobs", "tail", &job_id, "--config"])
+        .arg(&sidecar.config_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(sidecar.post_trigger(&body).await.0, 202);
+    let out = tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let states: Vec<&str> = lines.iter().filter_map(|l| l["state"].as_str()).collect();
+    assert_eq!(states, ["received", "queued", "in_progress", "completed"]);
+    assert_eq!(lines.iter().filter(|l| l["type"] == "progress").count(), 5);
+    assert_eq!(lines.last().unwrap()["outcome"], "delivered");
+}
