@@ -13,6 +13,7 @@
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default).
 //! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs.
 //! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
+//! - [`reload`]: keys and certificates reread on SIGHUP and when their files change.
 //! - [`sweeper`]: ends stuck jobs (stale, over time, too long queued) and prunes old ones.
 //! - [`demo`]: the README's first command, end to end on loopback.
 //!
@@ -27,6 +28,7 @@ pub mod error;
 pub mod jobdir;
 pub mod mirror;
 pub mod notify;
+pub mod reload;
 pub mod runner;
 pub mod store;
 pub mod sweeper;
@@ -146,16 +148,16 @@ impl Sidecar {
         let gate = Arc::new(api::auth::Gate::new(
             api::auth::Authenticator::load(&config).context("cannot load the API's auth keys")?,
         ));
-        tracker.spawn(reload_on_sighup(
-            Reloadable {
-                deliveries: Arc::clone(&deliveries),
-                gate: Arc::clone(&gate),
-                tls: Arc::clone(&tls),
-                source: config.source.clone(),
-            },
-            Arc::clone(&config),
-            cancel.clone(),
-        ));
+        let reloadable = Arc::new(reload::Reloadable {
+            deliveries: Arc::clone(&deliveries),
+            gate: Arc::clone(&gate),
+            tls: Arc::clone(&tls),
+            running: Arc::clone(&config),
+        });
+        tracker.spawn(reload::on_sighup(Arc::clone(&reloadable), cancel.clone()));
+        tracker.spawn(
+            reload::on_file_change(reloadable, cancel.clone()).instrument(info_span!("reload")),
+        );
         tracker.spawn(
             Arc::clone(&runner)
                 .run()
@@ -251,58 +253,5 @@ impl Sidecar {
         self.tracker.wait().await;
         info!("stopped");
         served
-    }
-}
-
-/// What SIGHUP rereads: keys and certificates, outbound and inbound.
-struct Reloadable {
-    deliveries: Arc<Deliveries>,
-    gate: Arc<api::auth::Gate>,
-    tls: Arc<api::listener::TlsSettings>,
-    source: Option<std::path::PathBuf>,
-}
-
-impl Reloadable {
-    /// Builds everything from the file first, then switches all of it, or nothing.
-    fn reload(&self, running: &Config) -> Result<(), String> {
-        let Some(source) = &self.source else {
-            return Err("no config file to reload from".into());
-        };
-        let config = Config::load(source).map_err(|e| e.to_string())?;
-        if config.server.tls.is_some() != running.server.tls.is_some()
-            || config.server.auth_required() != running.server.auth_required()
-        {
-            return Err(
-                "turning [server.tls] or API authentication on or off needs a restart".into(),
-            );
-        }
-        let transport = delivery::Transport::build(&config.callbacks).map_err(|e| e.to_string())?;
-        let auth = api::auth::Authenticator::load(&config).map_err(|e| e.to_string())?;
-        let tls = api::listener::TlsSettings::prepare(&config).map_err(|e| e.to_string())?;
-        self.deliveries.install(transport);
-        self.gate.install(auth);
-        self.tls.install(tls);
-        info!("API auth keys and listener certificates reloaded");
-        Ok(())
-    }
-}
-
-/// Reloads keys and certificates on SIGHUP (`systemctl reload`); a failed reload keeps the ones
-/// in force and says why.
-async fn reload_on_sighup(reloadable: Reloadable, running: Arc<Config>, cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload by restarting");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                if let Err(reason) = reloadable.reload(&running) {
-                    tracing::error!(%reason, "reload refused; the current keys and certificates stay in force");
-                }
-            }
-            () = cancel.cancelled() => return,
-        }
     }
 }

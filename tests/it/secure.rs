@@ -553,3 +553,45 @@ async fn nginx_with_ssl_verify_client_accepts_the_sidecar_and_rejects_a_client_w
         .verify_callback(hit.authorization.as_deref(), &hit.body)
         .unwrap();
 }
+
+#[tokio::test]
+async fn replacing_the_client_certificate_files_switches_callbacks_without_a_restart_and_a_broken_key_is_refused()
+ {
+    let s = mtls_receiver().await;
+    // Start with a certificate the receiver does not trust: completions stay pending.
+    let stranger = Ca::new("not-trusted").leaf(&["agent-sidecar"]);
+    let ca = pki::write(s.dir.path(), "rails-ca.pem", &s.server_ca.pem());
+    let cert = pki::write(s.dir.path(), "client.pem", &stranger.cert_pem);
+    let key = pki::write(s.dir.path(), "client.key", &stranger.key_pem);
+    let sidecar = Sidecar::start_with(&s.receiver, &[], &tls_toml(&ca, Some((&cert, &key)))).await;
+    let refused = first_attempt(&sidecar, &s.receiver).await;
+    assert_eq!(refused["state"], "pending", "{refused}");
+
+    // Rotate the files in place (no SIGHUP): the next attempt uses the new certificate.
+    let trusted = s.client_ca.leaf(&["agent-sidecar"]);
+    pki::write(s.dir.path(), "client.pem", &trusted.cert_pem);
+    pki::write(s.dir.path(), "client.key", &trusted.key_pem);
+    s.receiver
+        .wait_until("the retried completion over the new certificate", |hits| {
+            hits.iter().any(|h| h.path == "/completion")
+        })
+        .await;
+
+    // A broken key file is refused with one log line; the working certificate stays.
+    pki::write(
+        s.dir.path(),
+        "client.key",
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n",
+    );
+    eventually("the refusal to be logged", || async {
+        sidecar
+            .log()
+            .lines()
+            .any(|l| l.contains("reload refused") && l.contains("client_key_file"))
+            .then_some(())
+    })
+    .await;
+    let body = trigger(&s.receiver, "failing_agent");
+    let hit = run_job(&sidecar, &s.receiver, &body).await;
+    assert_eq!(hit.json()["status"], "failed", "callbacks still go out");
+}
