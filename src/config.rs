@@ -469,8 +469,8 @@ pub struct Config {
     pub sweeper: SweeperConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
-    /// `[agents.NAME]`: the agent registry.
-    pub agents: BTreeMap<AgentName, Arc<AgentConfig>>,
+    /// `[agents.NAME]`: the agent registry (replaced whole on reload).
+    pub agents: Agents,
     /// The file this was loaded from (reloaded on SIGHUP).
     pub source: Option<PathBuf>,
 }
@@ -717,6 +717,41 @@ pub enum OnRestart {
     Fail,
 }
 
+/// The agent registry. Clones share it, so a reload that replaces it is seen everywhere; a
+/// run keeps the `Arc<AgentConfig>` it started with.
+#[derive(Debug, Clone)]
+pub struct Agents(Arc<std::sync::RwLock<Arc<Registry>>>);
+
+/// The agents by name.
+pub type Registry = BTreeMap<AgentName, Arc<AgentConfig>>;
+
+impl Agents {
+    fn new(agents: Registry) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(agents))))
+    }
+
+    /// The registry as it is now.
+    pub fn snapshot(&self) -> Arc<Registry> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// One agent, as defined now.
+    pub fn get(&self, name: &AgentName) -> Option<Arc<AgentConfig>> {
+        self.snapshot().get(name).cloned()
+    }
+
+    /// Whether the registry is empty.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot().is_empty()
+    }
+
+    /// Replaces the registry with `other`'s.
+    pub fn replace_with(&self, other: &Agents) {
+        let fresh = other.snapshot();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+}
+
 /// `[agents.NAME]`: one agent of the registry.
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -804,7 +839,7 @@ impl Config {
             jobs,
             sweeper: resolve_sweeper(raw.sweeper)?,
             logging: raw.logging,
-            agents,
+            agents: Agents::new(agents),
             source: None,
         };
         if cfg.agents.is_empty() {

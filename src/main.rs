@@ -262,7 +262,8 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     agent_sidecar::install_crypto_provider();
     agent_sidecar::delivery::Transport::build(&config.callbacks)?;
-    let agents: Vec<&str> = config.agents.keys().map(|a| a.as_str()).collect();
+    let registry = config.agents.snapshot();
+    let agents: Vec<&str> = registry.keys().map(|a| a.as_str()).collect();
     println!(
         "config OK: listen {}, shared_root {}, {} agent(s): {}",
         config.server.listen,

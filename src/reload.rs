@@ -1,4 +1,4 @@
-//! Reloading keys and certificates without a restart: on SIGHUP (`systemctl reload`) and when
+//! Reloading keys, certificates and the agent registry without a restart: on SIGHUP (`systemctl reload`) and when
 //! the config file or a key or certificate file it names changes (watched with `notify`,
 //! debounced). The file is read once, everything is built, then all of it is switched, or
 //! nothing: a file that fails to load is refused with one log line and the old ones stay.
@@ -53,7 +53,9 @@ impl Reloadable {
         self.deliveries.install(transport);
         self.gate.install(auth);
         self.tls.install(tls);
-        info!("API auth keys and listener certificates reloaded");
+        // Runs in flight keep the definition they started with (their own Arc).
+        self.running.agents.replace_with(&config.agents);
+        info!("keys, certificates and the agent registry reloaded");
         Ok(())
     }
 

@@ -91,6 +91,7 @@ pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, Ap
     let commands: Vec<Command> = app
         .config
         .agents
+        .snapshot()
         .iter()
         .map(|(name, agent)| Command {
             agent: name.to_string(),
@@ -195,7 +196,7 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
         Ok(g) => g,
         Err(e) => return ApiError::internal(&e).into_response(),
     };
-    let text = telemetry::render(app.config.agents.keys(), gauges);
+    let text = telemetry::render(app.config.agents.snapshot().keys(), gauges);
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

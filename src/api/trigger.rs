@@ -196,7 +196,8 @@ fn check_registry(config: &Config, request: &TriggerRequest) -> Result<(), ApiEr
     let mut errors = Vec::new();
     match config.agents.get(&request.agent_name) {
         None => {
-            let known: Vec<&str> = config.agents.keys().map(|a| a.as_str()).collect();
+            let registry = config.agents.snapshot();
+            let known: Vec<&str> = registry.keys().map(|a| a.as_str()).collect();
             errors.push(FieldError::new(
                 "/agent_name",
                 format!(

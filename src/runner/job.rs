@@ -95,7 +95,7 @@ impl Runner {
                 )
                 .await;
         };
-        let Some(agent) = self.config.agents.get(&job.agent_name).cloned() else {
+        let Some(agent) = self.config.agents.get(&job.agent_name) else {
             cannot_run(format!("agent {} is no longer configured", job.agent_name)).await;
             return;
         };

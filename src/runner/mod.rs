@@ -314,13 +314,14 @@ impl Runner {
     /// Stops runs that went silent past their agent's `stale_after` or ran past its
     /// `timeout`; returns the jobs stopped, with why.
     pub fn stop_overdue(&self, now: Timestamp) -> Vec<(JobId, StopReason)> {
+        let agents = self.config.agents.snapshot();
         let running = self.lock();
         let mut stopped = Vec::new();
         for (job_id, control) in &running.jobs {
             if control.stop.is_cancelled() {
                 continue;
             }
-            let Some(agent) = self.config.agents.get(&control.agent) else {
+            let Some(agent) = agents.get(&control.agent) else {
                 continue;
             };
             let silent = Duration::from_millis(now.millis_since(control.last_output()));
@@ -454,6 +455,7 @@ impl Runner {
         let slots = self
             .config
             .agents
+            .snapshot()
             .iter()
             .map(|(name, agent)| {
                 let busy = running.per_agent.get(name).copied().unwrap_or(0);

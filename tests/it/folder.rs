@@ -262,3 +262,54 @@ async fn jobs_tail_follows_events_jsonl_live_until_the_completion_is_delivered()
     assert_eq!(lines.iter().filter(|l| l["type"] == "progress").count(), 5);
     assert_eq!(lines.last().unwrap()["outcome"], "delivered");
 }
+
+#[tokio::test]
+async fn editing_the_config_file_adds_an_agent_without_a_restart_and_a_broken_file_changes_nothing()
+{
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let script = repo().join("tests/agents/ticker.py");
+    let mut body = trigger(&receiver, "late_agent");
+    body["params"] = json!({"count": 1});
+    sidecar.write_job(&body);
+    let (status, problem) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, 422, "{problem}");
+
+    let added = format!(
+        "\n[agents.late_agent]\ncommand = [\"python3\", {:?}]\ntimeout = \"10s\"\n",
+        script.display().to_string()
+    );
+    let config = std::fs::read_to_string(&sidecar.config_path).unwrap();
+    std::fs::write(&sidecar.config_path, format!("{config}{added}")).unwrap();
+    eventually("the new agent to be accepted", || async {
+        (sidecar.post_trigger(&body).await.0 == 202).then_some(())
+    })
+    .await;
+    let job_id = body["job_id"].as_str().unwrap();
+    assert_eq!(
+        receiver.completion(job_id).await.json()["status"],
+        "completed"
+    );
+
+    std::fs::write(
+        &sidecar.config_path,
+        format!("{config}{added}\n[agents.broken\n"),
+    )
+    .unwrap();
+    eventually("the broken file to be refused", || async {
+        sidecar
+            .log()
+            .lines()
+            .any(|l| l.contains("reload refused"))
+            .then_some(())
+    })
+    .await;
+    let mut again = trigger(&receiver, "late_agent");
+    again["params"] = json!({"count": 1});
+    sidecar.write_job(&again);
+    assert_eq!(
+        sidecar.post_trigger(&again).await.0,
+        202,
+        "the registry in force stays"
+    );
+}
