@@ -820,6 +820,15 @@ impl Config {
     /// Turns what was written into what is used, resolving paths against `base`.
     pub fn resolve(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
         let jobs = resolve_jobs(raw.jobs)?;
+        if raw.storage.rescan_interval.is_zero() {
+            return Err(invalid("storage.rescan_interval", "must be more than 0s"));
+        }
+        if raw.storage.status_min_interval.is_zero() {
+            return Err(invalid(
+                "storage.status_min_interval",
+                "must be more than 0s",
+            ));
+        }
         let agents = raw
             .agents
             .into_iter()

@@ -153,6 +153,7 @@ impl Sidecar {
             gate: Arc::clone(&gate),
             tls: Arc::clone(&tls),
             running: Arc::clone(&config),
+            busy: std::sync::Mutex::new(()),
         });
         tracker.spawn(reload::on_sighup(Arc::clone(&reloadable), cancel.clone()));
         tracker.spawn(

@@ -26,26 +26,22 @@ use crate::store::{AttemptOutcome, Store, StoreError};
 /// Events read from the store at once.
 const PAGE: usize = 512;
 
-/// Where a job's `events.jsonl` is.
+/// Where a job's `events.jsonl` is. Shared by every writer of the job (behind its lock), so
+/// lines are never duplicated or interleaved.
 #[derive(Debug, Default)]
 struct Cursor {
+    /// Whether `output` and the counts below were read from disk.
+    loaded: bool,
+    /// The job's `output/`, if its folder is usable.
+    output: Option<PathBuf>,
     /// The last seq appended.
     seq: u64,
     /// Lines in the file.
     lines: usize,
     /// Whether the bound was hit (and said so).
     truncated: bool,
-    /// Whether the file was read back after a restart.
-    loaded: bool,
-}
-
-/// What a sync found.
-#[derive(Debug, Default)]
-struct Synced {
-    /// The terminal event is on disk.
+    /// Whether the terminal event is in the file.
     ended: bool,
-    /// A state change was appended.
-    state_changed: bool,
 }
 
 /// A line of `events.jsonl` that is not a job event.
@@ -98,42 +94,75 @@ impl Mirror {
         Arc::clone(cursors.entry(job_id).or_default())
     }
 
+    /// Drops the job's cursor unless another writer still holds it (the next writer reads the
+    /// file back).
     fn forget(&self, job_id: JobId) {
-        self.cursors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job_id);
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        if cursors
+            .get(&job_id)
+            .is_some_and(|c| Arc::strong_count(c) == 1)
+        {
+            cursors.remove(&job_id);
+        }
     }
 
-    fn output(&self, job_id: JobId) -> Option<PathBuf> {
-        let dir = JobDir::open(&self.shared_root, job_id).ok()?;
-        dir.prepare_output().ok()?;
-        Some(dir.output())
+    /// Resolves the job's output folder and reads back what the file holds (off the runtime).
+    async fn load(&self, job_id: JobId, cursor: &mut Cursor) {
+        if cursor.loaded {
+            return;
+        }
+        let root = self.shared_root.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let output = JobDir::open(&root, job_id)
+                .ok()
+                .filter(|dir| dir.prepare_output().is_ok())
+                .map(|dir| dir.output());
+            let mut cursor = output
+                .as_ref()
+                .map(|o| read_back(&o.join("events.jsonl")))
+                .unwrap_or_default();
+            cursor.output = output;
+            cursor.loaded = true;
+            cursor
+        })
+        .await;
+        *cursor = loaded.unwrap_or_else(|_| Cursor {
+            loaded: true,
+            ..Cursor::default()
+        });
     }
 
     /// Brings the job's files up to date now. Its cursor is not kept (a queued job may wait
     /// long; the next sync reads the file back).
     pub async fn sync(&self, job_id: JobId) {
-        match self.sync_events(job_id).await {
-            Ok(_) => self.write_status(job_id).await,
-            Err(e) => warn!(job_id = %job_id, error = %e, "cannot update events.jsonl"),
+        {
+            let cursor = self.cursor(job_id);
+            let mut cursor = cursor.lock().await;
+            if let Err(e) = self.sync_events(job_id, &mut cursor).await {
+                warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
+            }
+            self.write_status(job_id, &cursor).await;
         }
         self.forget(job_id);
     }
 
-    /// Follows a running job until its terminal event is on disk, or `cancel`.
+    /// Follows a running job until its terminal event is on disk (whoever wrote it), or
+    /// `cancel`.
     pub async fn follow(self: Arc<Self>, job_id: JobId, cancel: CancellationToken) {
         let mut changed = self.store.subscribe(job_id);
+        let cursor = self.cursor(job_id);
         let mut status_due: Option<Instant> = None;
         let mut last_status = Instant::now() - self.status_interval;
         loop {
-            let state_changed = match self.sync_events(job_id).await {
-                Ok(synced) if synced.ended => {
-                    self.write_status(job_id).await;
-                    self.forget(job_id);
-                    return;
-                }
-                Ok(synced) => synced.state_changed,
+            let mut guard = cursor.lock().await;
+            let synced = self.sync_events(job_id, &mut guard).await;
+            if guard.output.is_none() || guard.ended {
+                // An unusable folder has nothing to follow; an ended job nothing more.
+                self.write_status(job_id, &guard).await;
+                break;
+            }
+            let state_changed = match synced {
+                Ok(state_changed) => state_changed,
                 Err(e) => {
                     warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
                     false
@@ -141,45 +170,51 @@ impl Mirror {
             };
             if state_changed || status_due.is_some_and(|at| at <= Instant::now()) {
                 if last_status.elapsed() >= self.status_interval {
-                    self.write_status(job_id).await;
+                    self.write_status(job_id, &guard).await;
                     last_status = Instant::now();
                     status_due = None;
                 } else {
                     status_due = Some(last_status + self.status_interval);
                 }
             }
+            drop(guard);
             let wait = status_due.map(|at| at.saturating_duration_since(Instant::now()));
             tokio::select! {
-                changed = changed.changed() => if changed.is_err() { return },
+                changed = changed.changed() => if changed.is_err() { break },
                 () = sleep_or_forever(wait) => {}
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => break,
             }
         }
+        drop(cursor);
+        self.forget(job_id);
     }
 
-    /// Appends the events after the cursor.
-    async fn sync_events(&self, job_id: JobId) -> Result<Synced, StoreError> {
-        let cursor = self.cursor(job_id);
-        let mut cursor = cursor.lock().await;
-        let mut synced = Synced::default();
-        let Some(output) = self.output(job_id) else {
-            return Ok(synced);
+    /// Appends the events after the cursor; `Ok(true)` if a state change was among them. The
+    /// cursor moves only past what was written.
+    async fn sync_events(&self, job_id: JobId, cursor: &mut Cursor) -> Result<bool, StoreError> {
+        self.load(job_id, cursor).await;
+        let Some(output) = cursor.output.clone() else {
+            return Ok(false);
         };
         let path = output.join("events.jsonl");
-        if !cursor.loaded {
-            *cursor = read_back(&path);
-        }
+        let mut state_changed = false;
         loop {
             let events = self.store.events_after(job_id, cursor.seq, PAGE).await?;
-            if events.is_empty() {
-                return Ok(synced);
-            }
+            let Some(last) = events.last() else {
+                return Ok(state_changed);
+            };
+            let mut next = Cursor {
+                seq: last.seq,
+                lines: cursor.lines,
+                truncated: cursor.truncated,
+                ended: cursor.ended,
+                ..Cursor::default()
+            };
             let mut text = String::new();
             for event in &events {
-                synced.ended |= event.is_terminal();
-                synced.state_changed |= matches!(event.data, EventData::State { .. });
-                self.line_for(&mut cursor, event, &mut text);
-                cursor.seq = event.seq;
+                next.ended |= event.is_terminal();
+                state_changed |= matches!(event.data, EventData::State { .. });
+                self.line_for(&mut next, event, &mut text);
             }
             append_blocking(path.clone(), text)
                 .await
@@ -187,6 +222,10 @@ impl Mirror {
                     job_id: job_id.to_string(),
                     reason: format!("events.jsonl: {e}"),
                 })?;
+            cursor.seq = next.seq;
+            cursor.lines = next.lines;
+            cursor.truncated = next.truncated;
+            cursor.ended = next.ended;
         }
     }
 
@@ -197,9 +236,9 @@ impl Mirror {
                 cursor.truncated = true;
                 let note = Note::Truncated {
                     job_id: event.job_id,
-                    after_seq: cursor.seq,
+                    after_seq: event.seq.saturating_sub(1),
                     message: format!(
-                        "events.jsonl holds at most {} lines; later progress is only in GET /jobs/{}/events",
+                        "events.jsonl holds at most {} progress lines; later progress is not written here (the newest is in GET /jobs/{}/events and status.json)",
                         self.max_lines, event.job_id
                     ),
                 };
@@ -236,29 +275,30 @@ impl Mirror {
         };
         let mut text = String::new();
         push_line(&mut text, &note);
-        // The job's own events first, so the file reads in the order things happened.
-        if let Err(e) = self.sync_events(job_id).await {
-            warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
-        }
-        let cursor = self.cursor(job_id);
         {
+            let cursor = self.cursor(job_id);
             let mut cursor = cursor.lock().await;
-            if let Some(output) = self.output(job_id) {
-                let path = output.join("events.jsonl");
-                if !cursor.loaded {
-                    *cursor = read_back(&path);
-                }
-                if let Err(e) = append_blocking(path, text).await {
-                    warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
-                }
-                cursor.lines += 1;
+            // The job's own events first, so the file reads in the order things happened.
+            if let Err(e) = self.sync_events(job_id, &mut cursor).await {
+                warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
             }
+            if let Some(output) = cursor.output.clone() {
+                match append_blocking(output.join("events.jsonl"), text).await {
+                    Ok(()) => cursor.lines += 1,
+                    Err(e) => warn!(job_id = %job_id, error = %e, "cannot update events.jsonl"),
+                }
+            }
+            self.write_status(job_id, &cursor).await;
         }
         self.forget(job_id);
-        self.write_status(job_id).await;
     }
 
-    async fn write_status(&self, job_id: JobId) {
+    /// Rewrites `status.json`; called with the job's cursor locked, so two writers cannot
+    /// leave an older view on disk.
+    async fn write_status(&self, job_id: JobId, cursor: &Cursor) {
+        let Some(output) = cursor.output.clone() else {
+            return;
+        };
         let view = match self.store.job_view(job_id).await {
             Ok(Some(view)) => view,
             Ok(None) => return,
@@ -272,9 +312,6 @@ impl Mirror {
             return;
         };
         bytes.push(b'\n');
-        let Some(output) = self.output(job_id) else {
-            return;
-        };
         let written =
             tokio::task::spawn_blocking(move || replace(&output.join("status.json"), &bytes)).await;
         if let Ok(Err(e)) = written {
@@ -300,18 +337,22 @@ fn push_line<T: Serialize>(text: &mut String, value: &T) {
 /// Where an existing `events.jsonl` left off (after a restart).
 fn read_back(path: &Path) -> Cursor {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut cursor = Cursor {
-        loaded: true,
-        ..Cursor::default()
-    };
+    let mut cursor = Cursor::default();
     for line in text.lines() {
         cursor.lines += 1;
         let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
         if let Some(seq) = value.get("seq").and_then(serde_json::Value::as_u64) {
             cursor.seq = cursor.seq.max(seq);
         }
-        if value.get("type").and_then(serde_json::Value::as_str) == Some("truncated") {
-            cursor.truncated = true;
+        match value.get("type").and_then(serde_json::Value::as_str) {
+            Some("truncated") => cursor.truncated = true,
+            Some("state") => {
+                let state = value.get("state").and_then(serde_json::Value::as_str);
+                cursor.ended |= state
+                    .and_then(|s| s.parse::<crate::contract::JobState>().ok())
+                    .is_some_and(|s| s.is_terminal());
+            }
+            _ => {}
         }
     }
     cursor

@@ -31,11 +31,14 @@ pub struct Reloadable {
     pub tls: Arc<api::listener::TlsSettings>,
     /// The configuration the process started with.
     pub running: Arc<Config>,
+    /// One reload at a time (SIGHUP and a file change may coincide).
+    pub busy: std::sync::Mutex<()>,
 }
 
 impl Reloadable {
     /// Builds everything from the file first, then switches all of it, or nothing.
     pub fn reload(&self) -> Result<(), String> {
+        let _one_at_a_time = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let Some(source) = &self.running.source else {
             return Err("no config file to reload from".into());
         };

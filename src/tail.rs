@@ -10,23 +10,24 @@ use tokio::sync::mpsc;
 
 /// Prints the file and follows it until the job's story is over.
 pub async fn follow(path: &Path) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .context("events.jsonl has no folder")?
-        .to_owned();
+    let output = path.parent().context("events.jsonl has no folder")?;
+    let job_dir = output.parent().context("output/ has no job folder")?;
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
         let _ = tx.try_send(());
     })?;
-    // The folder, not the file: the file may not exist yet.
-    std::fs::create_dir_all(&dir).ok();
+    // The job folder (for output/ to appear), then output/ itself: read-only, nothing created.
     watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .with_context(|| format!("cannot watch {}", dir.display()))?;
+        .watch(job_dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("no job folder at {}", job_dir.display()))?;
+    let mut watching_output = false;
     let mut offset = 0u64;
     let mut partial = String::new();
     let mut out = std::io::stdout().lock();
     loop {
+        if !watching_output && output.is_dir() {
+            watching_output = watcher.watch(output, RecursiveMode::NonRecursive).is_ok();
+        }
         for line in read_new(path, &mut offset, &mut partial)? {
             writeln!(out, "{line}")?;
             out.flush()?;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -164,17 +164,31 @@ fn unanswered(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A trigger file exists and no answer was written after it.
+/// Whether `path` is a real directory (not a symlink to one).
+fn real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// A job folder (a real directory named by a canonical job id, with a real `input/`) holds a
+/// trigger file that no answer was written after. The trigger's ctime counts, since a rename
+/// keeps the temp file's mtime but sets its ctime.
 fn needs_answer(job_dir: &Path) -> bool {
-    let modified =
-        |p: PathBuf| -> Option<SystemTime> { std::fs::symlink_metadata(p).ok()?.modified().ok() };
-    match (
-        modified(job_dir.join("input").join(TRIGGER)),
-        modified(job_dir.join("output").join(RESPONSE)),
-    ) {
-        (Some(trigger), Some(answered)) => answered < trigger,
-        (Some(_), None) => true,
-        _ => false,
+    use std::os::unix::fs::MetadataExt;
+    let canonical_name = job_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<JobId>().ok().filter(|id| id.to_string() == n))
+        .is_some();
+    if !canonical_name || !real_dir(job_dir) || !real_dir(&job_dir.join("input")) {
+        return false;
+    }
+    let Ok(trigger) = std::fs::symlink_metadata(job_dir.join("input").join(TRIGGER)) else {
+        return false;
+    };
+    let changed = (trigger.ctime(), trigger.ctime_nsec());
+    match std::fs::symlink_metadata(job_dir.join("output").join(RESPONSE)) {
+        Ok(answer) => (answer.mtime(), answer.mtime_nsec()) <= changed,
+        Err(_) => true,
     }
 }
 
@@ -195,6 +209,16 @@ async fn answer(app: &AppState, job_dir: &Path) {
         return;
     }
     let result = take(app, job_dir).await;
+    if let Err(e) = &result
+        && e.status().is_server_error()
+    {
+        // Our fault, maybe passing: no answer, so the next rescan tries again.
+        warn!(
+            detail = e.detail(),
+            "folder trigger not taken; retried on the next rescan"
+        );
+        return;
+    }
     // The body the API would have answered: the 202 document or the problem+json.
     let text = match &result {
         Ok(accepted) => serde_json::to_vec_pretty(accepted),
@@ -204,9 +228,15 @@ async fn answer(app: &AppState, job_dir: &Path) {
     text.push(b'\n');
     let output = job_dir.join("output");
     let path = output.join(RESPONSE);
+    let folder = job_dir.to_owned();
     let written = tokio::task::spawn_blocking(move || {
-        if std::fs::symlink_metadata(&output).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(std::io::Error::other("output/ is a symlink"));
+        // Nothing here may lead outside shared_root.
+        if !real_dir(&folder)
+            || std::fs::symlink_metadata(&output).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(std::io::Error::other(
+                "the job folder or output/ is a symlink",
+            ));
         }
         std::fs::create_dir_all(&output)?;
         write_atomic(&path, &text)
@@ -234,7 +264,7 @@ async fn take(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    if folder.parse::<JobId>().ok() != Some(request.job_id) {
+    if folder != request.job_id.to_string() {
         return Err(ApiError::invalid(
             ErrorSource::Request,
             vec![FieldError::new(
@@ -248,23 +278,26 @@ async fn take(
         .map(|(_, body)| body)
 }
 
+/// Reads the trigger file without following a symlink or blocking on a FIFO, up to `limit`.
 fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, ApiError> {
     use std::io::Read;
-    let md = std::fs::symlink_metadata(path).map_err(|e| {
-        ApiError::unreadable_body(axum::http::StatusCode::BAD_REQUEST, e.to_string())
-    })?;
-    if !md.is_file() {
-        return Err(ApiError::unreadable_body(
-            axum::http::StatusCode::BAD_REQUEST,
-            "input/trigger.json is not a regular file",
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable =
+        |detail: String| ApiError::unreadable_body(axum::http::StatusCode::BAD_REQUEST, detail);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| unreadable(format!("input/trigger.json: {e}")))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(unreadable(
+            "input/trigger.json is not a regular file".into(),
         ));
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut bytes))
-        .map_err(|e| {
-            ApiError::unreadable_body(axum::http::StatusCode::BAD_REQUEST, e.to_string())
-        })?;
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(format!("input/trigger.json: {e}")))?;
     if bytes.len() > limit {
         return Err(ApiError::unreadable_body(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,

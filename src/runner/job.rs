@@ -84,7 +84,12 @@ enum Waited {
 
 impl Runner {
     /// Runs one claimed job to its end.
-    pub(super) async fn supervise(self: &Arc<Self>, job: JobRecord, control: Arc<Control>) {
+    pub(super) async fn supervise(
+        self: &Arc<Self>,
+        job: JobRecord,
+        control: Arc<Control>,
+        agent: Option<Arc<AgentConfig>>,
+    ) {
         let cannot_run = |message: String| async {
             let _ = self
                 .conclude_without_run(
@@ -95,7 +100,7 @@ impl Runner {
                 )
                 .await;
         };
-        let Some(agent) = self.config.agents.get(&job.agent_name) else {
+        let Some(agent) = agent else {
             cannot_run(format!("agent {} is no longer configured", job.agent_name)).await;
             return;
         };
@@ -333,7 +338,8 @@ impl Runner {
         let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
         let job_id = job.job_id;
         self.conclude_in(job, output, ending).await?;
-        // No follower ran for it: bring its files up to date here.
+        // A job that never ran has no follower: bring its files up to date here (a follower,
+        // if one runs, shares the same cursor, so nothing is written twice).
         self.mirror.sync(job_id).await;
         Ok(())
     }

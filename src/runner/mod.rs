@@ -50,7 +50,9 @@ pub enum StopReason {
 
 /// The handle on one running attempt.
 pub struct Control {
-    agent: AgentName,
+    /// The run's limits, as defined when it started (a reload does not change them).
+    timeout: Duration,
+    stale_after: Option<Duration>,
     span: tracing::Span,
     attempt: u32,
     started: Timestamp,
@@ -60,9 +62,15 @@ pub struct Control {
 }
 
 impl Control {
-    fn new(agent: AgentName, span: tracing::Span, attempt: u32, started: Timestamp) -> Self {
+    fn new(
+        agent: Option<&crate::config::AgentConfig>,
+        span: tracing::Span,
+        attempt: u32,
+        started: Timestamp,
+    ) -> Self {
         Self {
-            agent,
+            timeout: agent.map_or(Duration::MAX, |a| a.timeout),
+            stale_after: agent.and_then(|a| a.stale_after),
             span,
             attempt,
             started,
@@ -314,21 +322,17 @@ impl Runner {
     /// Stops runs that went silent past their agent's `stale_after` or ran past its
     /// `timeout`; returns the jobs stopped, with why.
     pub fn stop_overdue(&self, now: Timestamp) -> Vec<(JobId, StopReason)> {
-        let agents = self.config.agents.snapshot();
         let running = self.lock();
         let mut stopped = Vec::new();
         for (job_id, control) in &running.jobs {
             if control.stop.is_cancelled() {
                 continue;
             }
-            let Some(agent) = agents.get(&control.agent) else {
-                continue;
-            };
             let silent = Duration::from_millis(now.millis_since(control.last_output()));
             let ran = Duration::from_millis(now.millis_since(control.started));
-            let reason = if ran > agent.timeout {
+            let reason = if ran > control.timeout {
                 StopReason::Timeout
-            } else if agent.stale_after.is_some_and(|limit| silent > limit) {
+            } else if control.stale_after.is_some_and(|limit| silent > limit) {
                 StopReason::Stale
             } else {
                 continue;
@@ -468,8 +472,10 @@ impl Runner {
 
     fn start(self: &Arc<Self>, job: JobRecord) {
         let span = job_span(&job);
+        // The definition in force now is the one this run keeps, whatever a reload does.
+        let agent = self.config.agents.get(&job.agent_name);
         let control = Arc::new(Control::new(
-            job.agent_name.clone(),
+            agent.as_deref(),
             span.clone(),
             job.attempt,
             job.started_at.unwrap_or_else(Timestamp::now),
@@ -489,10 +495,10 @@ impl Runner {
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
-                let agent = job.agent_name.clone();
+                let name = job.agent_name.clone();
                 let job_id = job.job_id;
-                this.supervise(job, control).await;
-                this.release(job_id, &agent);
+                this.supervise(job, control, agent).await;
+                this.release(job_id, &name);
             }
             .instrument(span),
         );

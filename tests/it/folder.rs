@@ -159,11 +159,14 @@ async fn response(sidecar: &Sidecar, job_id: &str) -> Value {
 }
 
 const FOLDER_TRIGGERS: (&str, &str) = ("STORAGE__FOLDER_TRIGGERS", "true");
+/// No periodic rescan within a test: what is found is found by the watcher (or the rescan at
+/// start).
+const NO_RESCAN: (&str, &str) = ("STORAGE__RESCAN_INTERVAL", "1h");
 
 #[tokio::test]
 async fn a_folder_trigger_runs_the_job_end_to_end_and_writes_the_api_answer() {
     let receiver = Receiver::start().await;
-    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
     let mut body = trigger(&receiver, "ticker");
     body["params"] = json!({"count": 2});
     drop_trigger(&sidecar, &body);
@@ -180,7 +183,7 @@ async fn a_folder_trigger_runs_the_job_end_to_end_and_writes_the_api_answer() {
 #[tokio::test]
 async fn an_invalid_folder_trigger_gets_its_problem_in_the_folder_and_runs_nothing() {
     let receiver = Receiver::start().await;
-    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
     let mut body = trigger(&receiver, "ticker");
     body["job_name"] = json!("NotAllowedJob");
     drop_trigger(&sidecar, &body);
@@ -194,7 +197,7 @@ async fn an_invalid_folder_trigger_gets_its_problem_in_the_folder_and_runs_nothi
 #[tokio::test]
 async fn two_hundred_trigger_files_dropped_at_once_each_run_exactly_once() {
     let receiver = Receiver::start().await;
-    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
     let mut ids = Vec::new();
     for _ in 0..200 {
         let mut body = trigger(&receiver, "ticker");
@@ -216,7 +219,7 @@ async fn two_hundred_trigger_files_dropped_at_once_each_run_exactly_once() {
 #[tokio::test]
 async fn trigger_files_written_while_the_sidecar_is_stopped_run_once_after_it_starts() {
     let receiver = Receiver::start().await;
-    let mut sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS]).await;
+    let mut sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
     assert_eq!(sidecar.terminate().code(), Some(0));
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -248,9 +251,13 @@ async fn jobs_tail_follows_events_jsonl_live_until_the_completion_is_delivered()
         .spawn()
         .unwrap();
     assert_eq!(sidecar.post_trigger(&body).await.0, 202);
-    let out = tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap()),
+    )
+    .await
+    .expect("jobs tail ends once the completion is delivered")
+    .unwrap();
     assert!(out.status.success());
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -312,4 +319,38 @@ async fn editing_the_config_file_adds_an_agent_without_a_restart_and_a_broken_fi
         202,
         "the registry in force stays"
     );
+}
+
+#[tokio::test]
+async fn a_job_folder_that_is_a_symlink_out_of_shared_root_is_never_triggered() {
+    let receiver = Receiver::start().await;
+    let mut sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
+    assert_eq!(sidecar.terminate().code(), Some(0));
+    // A real trigger, and a folder elsewhere reached through a symlink in shared_root.
+    let mut real = trigger(&receiver, "ticker");
+    real["params"] = json!({"count": 1});
+    drop_trigger(&sidecar, &real);
+    let outside = tempfile::tempdir().unwrap();
+    let mut lured = trigger(&receiver, "ticker");
+    lured["params"] = json!({"count": 1});
+    let lured_id = lured["job_id"].as_str().unwrap().to_owned();
+    let staged = drop_trigger_at(&sidecar, &lured);
+    std::fs::rename(&staged, outside.path().join("job")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("job"), sidecar.job_dir(&lured_id)).unwrap();
+
+    let sidecar = sidecar.restart();
+    let real_id = real["job_id"].as_str().unwrap();
+    receiver.completion(real_id).await;
+    assert_eq!(response(&sidecar, real_id).await["status"], "queued");
+    assert!(
+        !outside.path().join("job/output").exists(),
+        "nothing is written through the symlink"
+    );
+    assert_eq!(sidecar.get(&format!("/jobs/{lured_id}")).await.0, 404);
+}
+
+/// Like [`drop_trigger`], returning the folder (to be moved elsewhere).
+fn drop_trigger_at(sidecar: &Sidecar, body: &Value) -> std::path::PathBuf {
+    drop_trigger(sidecar, body);
+    sidecar.job_dir(body["job_id"].as_str().unwrap())
 }
