@@ -155,7 +155,12 @@ impl Sidecar {
             running: Arc::clone(&config),
             busy: std::sync::Mutex::new(()),
         });
-        tracker.spawn(reload::on_sighup(Arc::clone(&reloadable), cancel.clone()));
+        let hup = reload::sighup().context("cannot install the SIGHUP handler")?;
+        tracker.spawn(reload::on_sighup(
+            Arc::clone(&reloadable),
+            hup,
+            cancel.clone(),
+        ));
         tracker.spawn(
             reload::on_file_change(reloadable, cancel.clone()).instrument(info_span!("reload")),
         );

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 mod tail;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -196,29 +197,29 @@ fn serve(config: PathBuf, log_format: Option<LogFormat>) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let tls = config.server.tls.is_some();
+        let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
         let sidecar = agent_sidecar::Sidecar::start(config, listener).await?;
         let scheme = if tls { "https" } else { "http" };
         println!(
             "agent-sidecar listening on {scheme}://{}",
             sidecar.local_addr()?
         );
-        sidecar.serve(shutdown_signal()).await
+        sidecar.serve(shutdown).await
     })
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (a signal that arrives before the returned
+/// future is first polled is not lost, and does not kill the process undrained).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {

@@ -69,13 +69,18 @@ impl Reloadable {
     }
 }
 
-/// Reloads on SIGHUP until `cancel`.
-pub async fn on_sighup(reloadable: Arc<Reloadable>, cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; reload by restarting");
-        return;
-    };
+/// The SIGHUP handler, installed now: a SIGHUP arriving before the task runs is kept, not
+/// fatal (its default action ends the process).
+pub fn sighup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+/// Reloads on each SIGHUP until `cancel`.
+pub async fn on_sighup(
+    reloadable: Arc<Reloadable>,
+    mut hup: tokio::signal::unix::Signal,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = hup.recv() => reloadable.reload_and_log("SIGHUP"),
