@@ -52,6 +52,24 @@ fn migrations() -> Migrations<'static> {
     ])
 }
 
+impl Drop for SqliteStore {
+    /// The idle read connections are closed on the writer thread, just before it closes its
+    /// own: SQLite (3.50's unix VFS) can deadlock when two threads close connections to the
+    /// same file at once (`unixClose` and `unixLock` take its two mutexes in opposite orders).
+    fn drop(&mut self) {
+        let idle =
+            std::mem::take(&mut *self.readers.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        if idle.is_empty() {
+            return;
+        }
+        let close: WriteOp = Box::new(move |_txn| {
+            drop(idle);
+            Box::new(|_commit| {})
+        });
+        let _ = self.writer.send(close);
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`; each job keeps at most
     /// `events_per_job` events.
