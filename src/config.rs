@@ -927,14 +927,20 @@ fn resolve_server_tls(raw: RawServerTls, base: &Path) -> Result<ServerTlsConfig,
     })
 }
 
-fn resolve_auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
-    let secret = match (raw.secret, raw.secret_file) {
+/// An HS256 secret written inline or in `secret_file` (one of them, 32 bytes or more).
+fn hs256_secret(
+    section: &str,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    base: &Path,
+) -> Result<Option<String>, ConfigError> {
+    let secret = match (secret, secret_file) {
         (Some(s), None) => Some(s),
         (None, Some(file)) => {
             let path = base.join(file);
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 invalid(
-                    "server.auth.secret_file",
+                    format!("{section}.secret_file"),
                     format!("{}: {e}", path.display()),
                 )
             })?;
@@ -942,7 +948,7 @@ fn resolve_auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
         }
         (Some(_), Some(_)) => {
             return Err(invalid(
-                "server.auth",
+                section.to_owned(),
                 "set either secret or secret_file, not both",
             ));
         }
@@ -950,10 +956,15 @@ fn resolve_auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
     };
     if secret.as_ref().is_some_and(|s| s.len() < 32) {
         return Err(invalid(
-            "server.auth.secret",
+            format!("{section}.secret"),
             "must be at least 32 bytes for HS256",
         ));
     }
+    Ok(secret)
+}
+
+fn resolve_auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
+    let secret = hs256_secret("server.auth", raw.secret, raw.secret_file, base)?;
     if secret.is_none() && raw.public_keys.is_empty() {
         return Err(invalid(
             "server.auth",
@@ -1077,32 +1088,7 @@ fn resolve_standard_webhooks(
 }
 
 fn resolve_jwt(raw: RawJwt, base: &Path) -> Result<JwtConfig, ConfigError> {
-    let secret = match (raw.secret, raw.secret_file) {
-        (Some(s), None) => Some(s),
-        (None, Some(file)) => {
-            let path = base.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "callbacks.jwt.secret_file",
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
-            Some(text.trim_end_matches(['\r', '\n']).to_owned())
-        }
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "callbacks.jwt",
-                "set either secret or secret_file, not both",
-            ));
-        }
-        (None, None) => None,
-    };
-    if secret.as_ref().is_some_and(|s| s.len() < 32) {
-        return Err(invalid(
-            "callbacks.jwt.secret",
-            "must be at least 32 bytes for HS256",
-        ));
-    }
+    let secret = hs256_secret("callbacks.jwt", raw.secret, raw.secret_file, base)?;
     let keys: Vec<KeyConfig> = raw
         .keys
         .into_iter()

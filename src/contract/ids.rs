@@ -190,23 +190,19 @@ mod tests {
 }
 
 /// A string schema for the OpenAPI document: ids are strings with a pattern or format.
-fn string_schema(
-    pattern: Option<&str>,
-    format: Option<utoipa::openapi::schema::KnownFormat>,
-) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+fn string_schema(pattern: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .pattern(pattern)
-        .format(format.map(SchemaFormat::KnownFormat))
+        .pattern(Some(pattern))
         .into()
 }
 
 macro_rules! string_schema {
-    ($name:ident, $pattern:expr, $format:expr) => {
+    ($name:ident, $pattern:expr) => {
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                string_schema($pattern, $format)
+                string_schema($pattern)
             }
         }
         impl utoipa::ToSchema for $name {}
@@ -215,13 +211,8 @@ macro_rules! string_schema {
 
 string_schema!(
     JobId,
-    Some("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
-    None
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 );
-string_schema!(AgentName, Some("^[a-z][a-z0-9_]{0,63}$"), None);
-string_schema!(
-    JobName,
-    Some("^[A-Z][A-Za-z0-9_]*(::[A-Z][A-Za-z0-9_]*)*$"),
-    None
-);
-string_schema!(DeliveryId, Some("^dlv_[0-9a-f]{32}$"), None);
+string_schema!(AgentName, "^[a-z][a-z0-9_]{0,63}$");
+string_schema!(JobName, "^[A-Z][A-Za-z0-9_]*(::[A-Z][A-Za-z0-9_]*)*$");
+string_schema!(DeliveryId, "^dlv_[0-9a-f]{32}$");

@@ -155,6 +155,37 @@ async fn tokens_signed_with_a_configured_public_key_are_accepted_and_keys_reload
     assert_eq!(get_with(&sidecar, "/jobs", Some(&hs)).await.0, 200);
 }
 
+/// A listener certificate from one CA and a client CA, as `[server.tls]` TOML.
+struct TlsSetup {
+    server_ca: Ca,
+    client_ca: Ca,
+    toml: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsSetup {
+    fn new(require_client_cert: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server_ca = Ca::new("sidecar ca");
+        let client_ca = Ca::new("rails client ca");
+        let server = server_ca.leaf(&["127.0.0.1"]);
+        let path =
+            |name: &str, text: &str| pki::write(dir.path(), name, text).display().to_string();
+        let toml = format!(
+            "\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nrequire_client_cert = {require_client_cert}\n",
+            path("server.pem", &server.cert_pem),
+            path("server.key", &server.key_pem),
+            path("client-ca.pem", &client_ca.pem()),
+        );
+        Self {
+            server_ca,
+            client_ca,
+            toml,
+            _dir: dir,
+        }
+    }
+}
+
 fn tls_client(ca: &Ca, identity: Option<&pki::Leaf>) -> reqwest::Client {
     agent_sidecar::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
@@ -169,30 +200,16 @@ fn tls_client(ca: &Ca, identity: Option<&pki::Leaf>) -> reqwest::Client {
 #[tokio::test]
 async fn with_client_auth_required_only_a_certificate_from_the_configured_ca_gets_through() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let server_ca = Ca::new("sidecar ca");
-    let client_ca = Ca::new("rails client ca");
-    let server = server_ca.leaf(&["127.0.0.1"]);
-    let tls = format!(
-        "\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nrequire_client_cert = true\n",
-        pki::write(dir.path(), "server.pem", &server.cert_pem)
-            .display()
-            .to_string(),
-        pki::write(dir.path(), "server.key", &server.key_pem)
-            .display()
-            .to_string(),
-        pki::write(dir.path(), "client-ca.pem", &client_ca.pem())
-            .display()
-            .to_string(),
-    );
-    let sidecar = Sidecar::start_with(&receiver, &[], &tls).await;
+    let tls = TlsSetup::new(true);
+    let sidecar = Sidecar::start_with(&receiver, &[], &tls.toml).await;
+    let (server_ca, client_ca) = (&tls.server_ca, &tls.client_ca);
     assert!(sidecar.base.starts_with("https://"), "{}", sidecar.base);
     let url = format!("{}/jobs", sidecar.base);
 
-    let anonymous = tls_client(&server_ca, None).get(&url).send().await;
+    let anonymous = tls_client(server_ca, None).get(&url).send().await;
     assert!(anonymous.is_err(), "no client certificate: no handshake");
     let stranger = Ca::new("other ca").leaf(&["stranger"]);
-    let foreign = tls_client(&server_ca, Some(&stranger))
+    let foreign = tls_client(server_ca, Some(&stranger))
         .get(&url)
         .send()
         .await;
@@ -202,7 +219,7 @@ async fn with_client_auth_required_only_a_certificate_from_the_configured_ca_get
     );
 
     let rails = client_ca.leaf(&["rails"]);
-    let response = tls_client(&server_ca, Some(&rails))
+    let response = tls_client(server_ca, Some(&rails))
         .get(&url)
         .send()
         .await
@@ -217,31 +234,17 @@ async fn with_client_auth_required_only_a_certificate_from_the_configured_ca_get
 #[tokio::test]
 async fn with_optional_client_auth_a_tls_client_without_a_certificate_needs_a_token() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let server_ca = Ca::new("sidecar ca");
-    let client_ca = Ca::new("rails client ca");
-    let server = server_ca.leaf(&["127.0.0.1"]);
-    let tls = format!(
-        "\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
-        pki::write(dir.path(), "server.pem", &server.cert_pem)
-            .display()
-            .to_string(),
-        pki::write(dir.path(), "server.key", &server.key_pem)
-            .display()
-            .to_string(),
-        pki::write(dir.path(), "client-ca.pem", &client_ca.pem())
-            .display()
-            .to_string(),
-    );
-    let sidecar = Sidecar::start_with(&receiver, &[], &(tls + &auth_toml(""))).await;
+    let tls = TlsSetup::new(false);
+    let sidecar = Sidecar::start_with(&receiver, &[], &(tls.toml.clone() + &auth_toml(""))).await;
+    let (server_ca, client_ca) = (&tls.server_ca, &tls.client_ca);
     let url = format!("{}/jobs", sidecar.base);
 
-    let anonymous = tls_client(&server_ca, None).get(&url).send().await.unwrap();
+    let anonymous = tls_client(server_ca, None).get(&url).send().await.unwrap();
     assert_eq!(anonymous.status(), 401, "TLS alone does not authenticate");
     let problem: Value = serde_json::from_slice(&anonymous.bytes().await.unwrap()).unwrap();
     assert_eq!(problem["reason"], "missing");
 
-    let with_token = tls_client(&server_ca, None)
+    let with_token = tls_client(server_ca, None)
         .get(&url)
         .bearer_auth(hs256(&claims(), INBOUND_SECRET))
         .send()
@@ -250,7 +253,7 @@ async fn with_optional_client_auth_a_tls_client_without_a_certificate_needs_a_to
     assert_eq!(with_token.status(), 200);
 
     let rails = client_ca.leaf(&["rails"]);
-    let with_cert = tls_client(&server_ca, Some(&rails))
+    let with_cert = tls_client(server_ca, Some(&rails))
         .get(&url)
         .send()
         .await

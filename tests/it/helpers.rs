@@ -581,6 +581,21 @@ pub fn trigger(receiver: &Receiver, agent: &str) -> Value {
     })
 }
 
+/// Writes the job's folder, triggers it with `params` (asserting 202) and returns its id.
+pub async fn start_job(
+    sidecar: &Sidecar,
+    receiver: &Receiver,
+    agent: &str,
+    params: Value,
+) -> String {
+    let mut body = trigger(receiver, agent);
+    body["params"] = params;
+    sidecar.write_job(&body);
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    body["job_id"].as_str().unwrap().to_owned()
+}
+
 /// Triggers a job whose folder is written first; asserts 202.
 pub async fn run_job(sidecar: &Sidecar, receiver: &Receiver, body: &Value) -> Hit {
     sidecar.write_job(body);

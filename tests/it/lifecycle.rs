@@ -7,15 +7,6 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// Writes the job's folder, triggers it and returns its id.
-async fn start_job(sidecar: &Sidecar, receiver: &Receiver, agent: &str, params: Value) -> String {
-    let mut body = trigger(receiver, agent);
-    body["params"] = params;
-    sidecar.write_job(&body);
-    let (status, answer) = sidecar.post_trigger(&body).await;
-    assert_eq!(status, 202, "{answer}");
-    body["job_id"].as_str().unwrap().to_owned()
-}
-
 async fn job(sidecar: &Sidecar, job_id: &str) -> Value {
     let (status, job) = sidecar.get(&format!("/jobs/{job_id}")).await;
     assert_eq!(status, 200, "{job}");

@@ -23,14 +23,6 @@ async fn scrape(sidecar: &Sidecar) -> Vec<Sample> {
     parse_metrics(&response.text().await.unwrap())
 }
 
-async fn start(sidecar: &Sidecar, receiver: &Receiver, agent: &str, params: Value) -> String {
-    let mut body = trigger(receiver, agent);
-    body["params"] = params;
-    sidecar.write_job(&body);
-    assert_eq!(sidecar.post_trigger(&body).await.0, 202);
-    body["job_id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn health_is_200_and_ready_lists_passing_checks() {
     let receiver = Receiver::start().await;
@@ -124,7 +116,7 @@ async fn ready_is_503_naming_shared_root_when_it_is_read_only_and_200_again_afte
 async fn ready_is_503_while_draining() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start_with_env(&receiver, &[("JOBS__DRAIN_TIMEOUT", "30s")]).await;
-    let job_id = start(&sidecar, &receiver, "napper", json!({"seconds": 2})).await;
+    let job_id = start_job(&sidecar, &receiver, "napper", json!({"seconds": 2})).await;
     eventually("the job to run", || async {
         let (_, job) = sidecar.get(&format!("/jobs/{job_id}")).await;
         (job["state"] == "in_progress").then_some(())
@@ -152,11 +144,11 @@ async fn after_a_run_of_mixed_jobs_the_metrics_counters_match_what_happened() {
     let sidecar = Sidecar::start(&receiver).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        ids.push(start(&sidecar, &receiver, "ticker", json!({"count": 2})).await);
+        ids.push(start_job(&sidecar, &receiver, "ticker", json!({"count": 2})).await);
     }
-    ids.push(start(&sidecar, &receiver, "failing_agent", json!({})).await);
-    ids.push(start(&sidecar, &receiver, "silent", json!({})).await);
-    let canceled = start(&sidecar, &receiver, "napper", json!({})).await;
+    ids.push(start_job(&sidecar, &receiver, "failing_agent", json!({})).await);
+    ids.push(start_job(&sidecar, &receiver, "silent", json!({})).await);
+    let canceled = start_job(&sidecar, &receiver, "napper", json!({})).await;
     eventually("the napper to run", || async {
         let (_, job) = sidecar.get(&format!("/jobs/{canceled}")).await;
         (job["state"] == "in_progress").then_some(())
@@ -238,14 +230,14 @@ async fn after_a_run_of_mixed_jobs_the_metrics_counters_match_what_happened() {
 async fn queue_depth_counts_the_jobs_waiting_for_an_agent() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
-    let blocker = start(&sidecar, &receiver, "lane", json!({})).await;
+    let blocker = start_job(&sidecar, &receiver, "lane", json!({})).await;
     eventually("the blocker to run", || async {
         let (_, job) = sidecar.get(&format!("/jobs/{blocker}")).await;
         (job["state"] == "in_progress").then_some(())
     })
     .await;
     for _ in 0..3 {
-        start(&sidecar, &receiver, "lane", json!({"seconds": 0})).await;
+        start_job(&sidecar, &receiver, "lane", json!({"seconds": 0})).await;
     }
     let m = scrape(&sidecar).await;
     assert_eq!(
@@ -307,7 +299,7 @@ async fn a_full_run_logs_json_lines_with_the_job_fields_and_never_a_secret_or_a_
     let sentinel = "param-sentinel-7f3a9c";
     let mut ids = Vec::new();
     for agent in ["env_dump", "failing_agent", "ticker"] {
-        ids.push(start(&sidecar, &receiver, agent, json!({"api_key": sentinel})).await);
+        ids.push(start_job(&sidecar, &receiver, agent, json!({"api_key": sentinel})).await);
     }
     for id in &ids {
         receiver.completion(id).await;
@@ -354,7 +346,7 @@ async fn a_full_run_logs_json_lines_with_the_job_fields_and_never_a_secret_or_a_
 async fn jobs_show_prints_every_state_change_and_delivery_attempt() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
-    let job_id = start(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    let job_id = start_job(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
     receiver.completion(&job_id).await;
     let shown = eventually("the attempt to be recorded", || async {
         let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))

@@ -79,20 +79,12 @@ async fn ws_events(sidecar: &Sidecar, job_id: &str) -> Vec<Value> {
     events
 }
 
-async fn start(sidecar: &Sidecar, receiver: &Receiver, agent: &str, params: Value) -> String {
-    let mut body = trigger(receiver, agent);
-    body["params"] = params;
-    sidecar.write_job(&body);
-    assert_eq!(sidecar.post_trigger(&body).await.0, 202);
-    body["job_id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn two_sse_watchers_and_a_websocket_watcher_get_every_event_in_order_and_late_ones_the_replay()
  {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
-    let job_id = start(
+    let job_id = start_job(
         &sidecar,
         &receiver,
         "ticker",
@@ -141,7 +133,7 @@ async fn two_sse_watchers_and_a_websocket_watcher_get_every_event_in_order_and_l
 async fn last_event_id_resumes_exactly_after_that_seq() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
-    let job_id = start(&sidecar, &receiver, "ticker", json!({"count": 5})).await;
+    let job_id = start_job(&sidecar, &receiver, "ticker", json!({"count": 5})).await;
     let all = sse(&sidecar, &job_id, None).await;
     let middle = all[all.len() / 2].id;
     let resumed = sse(&sidecar, &job_id, Some(middle)).await;
@@ -170,7 +162,7 @@ async fn a_watcher_that_never_reads_is_dropped_without_delaying_the_agent_or_oth
         ],
     )
     .await;
-    let ticker = start(
+    let ticker = start_job(
         &sidecar,
         &receiver,
         "ticker",
@@ -222,7 +214,7 @@ async fn a_watcher_that_never_reads_is_dropped_without_delaying_the_agent_or_oth
 async fn a_websocket_stop_cancels_the_job() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
-    let job_id = start(&sidecar, &receiver, "napper", json!({})).await;
+    let job_id = start_job(&sidecar, &receiver, "napper", json!({})).await;
     let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&sidecar, &job_id))
         .await
         .unwrap();
@@ -265,7 +257,7 @@ async fn watching_an_unknown_job_is_404_and_a_bad_last_event_id_names_the_header
         .get(&format!("/jobs/{}/events", uuid::Uuid::new_v4()))
         .await;
     assert_eq!(status, 404);
-    let job_id = start(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    let job_id = start_job(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
     let response = client()
         .get(format!("{}/jobs/{job_id}/events", sidecar.base))
         .header("Last-Event-ID", "soon")
@@ -282,7 +274,7 @@ async fn watching_an_unknown_job_is_404_and_a_bad_last_event_id_names_the_header
 async fn jobs_are_listed_by_state_and_agent_and_a_bad_filter_names_the_field() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
-    let done = start(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
+    let done = start_job(&sidecar, &receiver, "ticker", json!({"count": 1})).await;
     receiver.completion(&done).await;
     let (status, list) = sidecar.get("/jobs?state=completed&agent=ticker").await;
     assert_eq!(status, 200);
