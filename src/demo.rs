@@ -235,7 +235,7 @@ fn ready_job(root: &Path) -> anyhow::Result<(PathBuf, Manifest)> {
     dirs.sort();
     for dir in dirs {
         if let Ok(bytes) = std::fs::read(dir.join("input/manifest.json")) {
-            let (_, manifest) = crate::contract::parse_manifest(&bytes)
+            let manifest = crate::contract::parse_manifest(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {:?}", dir.display(), e.errors))?;
             return Ok((dir, manifest));
         }

@@ -2,10 +2,12 @@
 //! written by the sidecar and the agent. Folders are resolved without following symlinks, so
 //! nothing a job folder contains can point the sidecar outside `shared_root`.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
 
-use crate::contract::JobId;
+use sha2::{Digest, Sha256};
+
+use crate::contract::{FieldError, InputFile, JobId};
 
 /// Why a job folder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +95,93 @@ impl JobDir {
         self.root.join("output")
     }
 
+    /// Checks every file a v2 manifest declares against what is on disk: present under `input/`
+    /// without a symlink on the way, of the declared size and SHA-256. Reads every byte, so it
+    /// belongs off the async runtime.
+    pub fn check_inputs(&self, files: &[InputFile]) -> Vec<FieldError> {
+        files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, file)| {
+                self.check_input(file)
+                    .err()
+                    .map(|(field, detail)| FieldError::new(format!("/inputs/{i}{field}"), detail))
+            })
+            .collect()
+    }
+
+    fn check_input(&self, file: &InputFile) -> Result<(), (&'static str, String)> {
+        let path = self.input_file(&file.path).map_err(|e| ("/path", e))?;
+        let (bytes, sha256) = sha256_file(&path)
+            .map_err(|e| ("/path", format!("input/{} cannot be read: {e}", file.path)))?;
+        if bytes != file.bytes {
+            return Err((
+                "/bytes",
+                format!(
+                    "input/{} has {bytes} bytes, the manifest says {}",
+                    file.path, file.bytes
+                ),
+            ));
+        }
+        if sha256 != file.sha256 {
+            return Err((
+                "/sha256",
+                format!(
+                    "input/{} has SHA-256 {sha256}, the manifest says {}",
+                    file.path, file.sha256
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `input/<relative>`, walked one component at a time so no symlink is followed.
+    fn input_file(&self, relative: &str) -> Result<PathBuf, String> {
+        let mut path = self.input();
+        for part in Path::new(relative).components() {
+            let Component::Normal(name) = part else {
+                return Err(format!("{relative:?} is not a plain relative path"));
+            };
+            path.push(name);
+            let md = std::fs::symlink_metadata(&path)
+                .map_err(|_| format!("input/{relative} does not exist"))?;
+            if md.file_type().is_symlink() {
+                return Err(format!("input/{relative} goes through a symlink"));
+            }
+        }
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("input/{relative} is not a regular file"))
+        }
+    }
+
     /// Creates `output/` and `output/artifacts/` if missing.
     pub fn prepare_output(&self) -> io::Result<()> {
         std::fs::create_dir_all(self.output().join("artifacts"))
     }
+}
+
+/// Size and lower-case hex SHA-256 of a file, read in 64 KiB blocks.
+pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, hex(&hasher.finalize())))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 enum Kind {

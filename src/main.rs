@@ -231,8 +231,8 @@ fn validate(path: &std::path::Path) -> ExitCode {
         }
     };
     match parse_manifest(&bytes) {
-        Ok((version, _)) => {
-            println!("valid (schema v{version})");
+        Ok(manifest) => {
+            println!("valid (schema v{})", manifest.version());
             ExitCode::SUCCESS
         }
         Err(invalid) => {

@@ -45,7 +45,9 @@ def main():
     with open(os.environ["AGENT_MANIFEST"]) as f:
         manifest = json.load(f)
 
-    names = manifest.get("inputs") or sorted(n for n in os.listdir(input_dir) if n.endswith(".txt"))
+    # Manifest v1 lists paths, v2 lists {path, bytes, sha256} objects.
+    listed = [i["path"] if isinstance(i, dict) else i for i in manifest.get("inputs") or []]
+    names = listed or sorted(n for n in os.listdir(input_dir) if n.endswith(".txt"))
     progress("reading", f"Reading {len(names)} input files", 5)
     log(f"summarizer: job {os.environ['AGENT_JOB_ID']} with {len(names)} files, max_sentences={max_sentences}")
 

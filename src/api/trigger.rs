@@ -14,13 +14,13 @@ use super::AppState;
 use super::auth::Principal;
 use crate::config::Config;
 use crate::contract::{
-    FieldError, Manifest, SchemaKind, Timestamp, TriggerAccepted, TriggerRequest, from_value_at,
-    parse_manifest, schema, trace,
+    FieldError, Inputs, Manifest, SchemaKind, Timestamp, TriggerAccepted, TriggerRequest,
+    from_value_at, parse_manifest, schema, trace,
 };
 use crate::delivery::origin_allowed;
 use crate::error::{ApiError, ErrorSource};
 use crate::jobdir::JobDir;
-use crate::runner::outputs::hex;
+use crate::jobdir::hex;
 use crate::store::{Enqueued, JobRecord, NewJob};
 
 /// `Retry-After` while draining: about the time a restart takes.
@@ -92,7 +92,8 @@ pub(super) async fn accept(
         return replay(&job, &request_sha256, &app.public_url).map(|(s, Json(b))| (s, b));
     }
     check_registry(&app.config, &request)?;
-    check_manifest(&app.shared_root, &request)?;
+    let (dir, manifest) = check_manifest(&app.shared_root, &request)?;
+    check_input_files(dir, manifest).await?;
     let at = Timestamp::now();
     let rank = u32::try_from(request.priority.rank()).unwrap_or(0);
     let job = NewJob {
@@ -255,7 +256,7 @@ fn check_registry(config: &Config, request: &TriggerRequest) -> Result<(), ApiEr
 fn check_manifest(
     shared_root: &std::path::Path,
     request: &TriggerRequest,
-) -> Result<Manifest, ApiError> {
+) -> Result<(JobDir, Manifest), ApiError> {
     let manifest_error = |detail: String| {
         ApiError::invalid(ErrorSource::Manifest, vec![FieldError::new("", detail)])
     };
@@ -263,13 +264,32 @@ fn check_manifest(
         JobDir::open(shared_root, request.job_id).map_err(|e| manifest_error(e.to_string()))?;
     let bytes = std::fs::read(dir.manifest())
         .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?;
-    let (_, manifest) =
+    let manifest =
         parse_manifest(&bytes).map_err(|e| ApiError::invalid(ErrorSource::Manifest, e.errors))?;
     let contradictions = contradictions(&manifest, request);
     if contradictions.is_empty() {
-        Ok(manifest)
+        Ok((dir, manifest))
     } else {
         Err(ApiError::invalid(ErrorSource::Manifest, contradictions))
+    }
+}
+
+/// A v2 manifest's files, hashed on the blocking pool: the job is accepted only if Rails and
+/// the sidecar see the same bytes.
+async fn check_input_files(dir: JobDir, manifest: Manifest) -> Result<(), ApiError> {
+    let Inputs::Files(files) = manifest.inputs else {
+        return Ok(());
+    };
+    if files.is_empty() {
+        return Ok(());
+    }
+    let errors = tokio::task::spawn_blocking(move || dir.check_inputs(&files))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(ErrorSource::Manifest, errors))
     }
 }
 

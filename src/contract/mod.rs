@@ -25,7 +25,7 @@ pub struct InvalidManifest {
 }
 
 /// Parses and validates a manifest: its `schema_version` picks the schema.
-pub fn parse_manifest(bytes: &[u8]) -> Result<(u32, Manifest), InvalidManifest> {
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, InvalidManifest> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|e| InvalidManifest {
         version: None,
         errors: vec![FieldError::new("", format!("is not valid JSON: {e}"))],
@@ -36,8 +36,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(u32, Manifest), InvalidManifest> 
         errors,
     };
     schema::validate(SchemaKind::Manifest, version, &doc).map_err(invalid)?;
-    let manifest = from_value_at(doc).map_err(|e| invalid(vec![e]))?;
-    Ok((version, manifest))
+    let manifest = match version {
+        1 => from_value_at::<ManifestV1>(doc).map(|m| m.into_manifest(Inputs::Paths)),
+        _ => from_value_at::<ManifestV2>(doc).map(|m| m.into_manifest(Inputs::Files)),
+    };
+    manifest.map_err(|e| invalid(vec![e]))
 }
 
 fn manifest_version(doc: &Value) -> Result<u32, InvalidManifest> {

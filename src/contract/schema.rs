@@ -73,8 +73,9 @@ impl FieldError {
     }
 }
 
-/// Schema versions this build knows, newest last.
-pub const KNOWN_VERSIONS: [u32; 1] = [1];
+/// Manifest schema versions this build accepts, oldest first. Every other document has one
+/// version (1) so far; see `schemas/CHANGELOG.md` for the policy.
+pub const KNOWN_VERSIONS: [u32; 2] = [1, 2];
 
 struct Compiled {
     version: u32,
@@ -82,45 +83,59 @@ struct Compiled {
     validator: jsonschema::Validator,
 }
 
-static V1: [(SchemaKind, &str); 8] = [
+static EMBEDDED: [(u32, SchemaKind, &str); 9] = [
     (
+        1,
         SchemaKind::Manifest,
         include_str!("../../schemas/v1/manifest.json"),
     ),
     (
+        2,
+        SchemaKind::Manifest,
+        include_str!("../../schemas/v2/manifest.json"),
+    ),
+    (
+        1,
         SchemaKind::TriggerRequest,
         include_str!("../../schemas/v1/trigger-request.json"),
     ),
     (
+        1,
         SchemaKind::ProgressCallback,
         include_str!("../../schemas/v1/progress-callback.json"),
     ),
     (
+        1,
         SchemaKind::CompletionCallback,
         include_str!("../../schemas/v1/completion-callback.json"),
     ),
     (
+        1,
         SchemaKind::Summary,
         include_str!("../../schemas/v1/summary.json"),
     ),
     (
+        1,
         SchemaKind::Metrics,
         include_str!("../../schemas/v1/metrics.json"),
     ),
     (
+        1,
         SchemaKind::Status,
         include_str!("../../schemas/v1/status.json"),
     ),
     (
+        1,
         SchemaKind::JobEvent,
         include_str!("../../schemas/v1/job-event.json"),
     ),
 ];
 
 static COMPILED: LazyLock<Vec<Compiled>> = LazyLock::new(|| {
-    V1.iter()
-        .map(|(kind, text)| Compiled {
-            version: 1,
+    EMBEDDED
+        .iter()
+        .map(|(version, kind, text)| Compiled {
+            version: *version,
             kind: *kind,
             // The schemas are part of the binary and covered by tests: a broken one is a build bug.
             validator: compile(text).expect("embedded schema compiles"),
@@ -128,9 +143,17 @@ static COMPILED: LazyLock<Vec<Compiled>> = LazyLock::new(|| {
         .collect()
 });
 
-/// The raw text of an embedded schema, if this build knows that version.
+/// The raw text of an embedded schema, if this build knows that version of it.
 pub fn schema_text(kind: SchemaKind, version: u32) -> Option<&'static str> {
-    (version == 1).then(|| V1.iter().find(|(k, _)| *k == kind).map(|(_, t)| *t))?
+    EMBEDDED
+        .iter()
+        .find(|(v, k, _)| *k == kind && *v == version)
+        .map(|(_, _, text)| *text)
+}
+
+/// Every embedded schema as `(version, kind, text)`.
+pub fn embedded() -> impl Iterator<Item = (u32, SchemaKind, &'static str)> {
+    EMBEDDED.iter().copied()
 }
 
 /// Compiles a JSON Schema (draft 2020-12 unless it says otherwise).
@@ -214,6 +237,9 @@ mod tests {
         for kind in SchemaKind::ALL {
             assert!(compile(schema_text(kind, 1).unwrap()).is_ok(), "{kind:?}");
         }
+        for (version, kind, text) in embedded() {
+            assert!(compile(text).is_ok(), "v{version} {kind:?}");
+        }
     }
 
     #[test]
@@ -229,7 +255,7 @@ mod tests {
         let errs = validate(SchemaKind::Manifest, 9, &json!({})).unwrap_err();
         assert_eq!(errs[0].pointer, "/schema_version");
         assert!(
-            errs[0].detail.contains("known versions: 1"),
+            errs[0].detail.contains("known versions: 1, 2"),
             "{}",
             errs[0].detail
         );

@@ -55,12 +55,10 @@ pub struct TriggerAccepted {
     pub status_url: String,
 }
 
-/// `<shared_root>/<job_id>/input/manifest.json`, the authoritative job descriptor (v1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// `<shared_root>/<job_id>/input/manifest.json`, the authoritative job descriptor, whichever
+/// schema version it was written in (the versions differ only in how they list inputs).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
-    /// Picks the schema the manifest is checked against.
-    pub schema_version: u32,
     /// Must equal the trigger's `job_id`.
     pub job_id: JobId,
     /// Must equal the trigger's `user_id`.
@@ -70,14 +68,91 @@ pub struct Manifest {
     /// Must equal the trigger's `job_name`.
     pub job_name: JobName,
     /// Parameters as Rails recorded them.
+    pub params: Option<Map<String, Value>>,
+    /// When Rails wrote the manifest.
+    pub created_at: Option<Timestamp>,
+    /// The input list, in the form of the manifest's version.
+    pub inputs: Inputs,
+}
+
+/// A manifest's input list; its form is what tells the versions apart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inputs {
+    /// v1: paths relative to `input/`.
+    Paths(Vec<String>),
+    /// v2: files with the size and digest Rails wrote.
+    Files(Vec<InputFile>),
+}
+
+impl Manifest {
+    /// The schema version it was written in.
+    pub fn version(&self) -> u32 {
+        match self.inputs {
+            Inputs::Paths(_) => 1,
+            Inputs::Files(_) => 2,
+        }
+    }
+}
+
+/// The wire form of manifest v1 (`schemas/v1/manifest.json`).
+pub type ManifestV1 = ManifestOf<String>;
+
+/// The wire form of manifest v2 (`schemas/v2/manifest.json`).
+pub type ManifestV2 = ManifestOf<InputFile>;
+
+/// The wire form of a manifest whose inputs are listed as `I`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestOf<I> {
+    /// Picks the schema the manifest is checked against.
+    pub schema_version: u32,
+    /// See [`Manifest::job_id`].
+    pub job_id: JobId,
+    /// See [`Manifest::user_id`].
+    pub user_id: String,
+    /// See [`Manifest::agent_name`].
+    pub agent_name: AgentName,
+    /// See [`Manifest::job_name`].
+    pub job_name: JobName,
+    /// See [`Manifest::params`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Map<String, Value>>,
-    /// Input files, relative to `input/`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub inputs: Vec<String>,
-    /// When Rails wrote the manifest.
+    /// Input files under `input/`.
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<I>,
+    /// See [`Manifest::created_at`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Timestamp>,
+}
+
+impl<I> ManifestOf<I> {
+    /// The version-independent view, with the inputs wrapped by `inputs`.
+    pub fn into_manifest(self, inputs: impl FnOnce(Vec<I>) -> Inputs) -> Manifest {
+        Manifest {
+            job_id: self.job_id,
+            user_id: self.user_id,
+            agent_name: self.agent_name,
+            job_name: self.job_name,
+            params: self.params,
+            created_at: self.created_at,
+            inputs: inputs(self.inputs),
+        }
+    }
+}
+
+/// One input file of a v2 manifest: what Rails wrote, so the sidecar can prove it reads the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// Relative to `input/`.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    /// The file's media type, if Rails knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
 }
 
 /// One progress event as the agent reported it (before it gets a `seq`).

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{CallbacksConfig, KeyAlgorithm, KeyConfig};
 use crate::contract::{JobId, JobName, JobState};
-use crate::runner::outputs::hex;
+use crate::jobdir::hex;
 
 /// Which callback a token authorises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

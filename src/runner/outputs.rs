@@ -3,17 +3,16 @@
 //! Runs on the blocking pool (it hashes files). Every file is written atomically, so a reader
 //! never sees half a summary.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::contract::{
     AgentName, Artifact, JobError, JobId, JobState, MetricsFile, PAYLOAD_VERSION, RejectedArtifact,
     Summary, Timing,
 };
-use crate::jobdir::write_atomic;
+use crate::jobdir::{sha256_file, write_atomic};
 
 /// Everything known about a finished attempt that goes into the output files.
 pub struct RunReport {
@@ -188,18 +187,7 @@ pub fn index_artifacts(output: &Path) -> io::Result<(Vec<Artifact>, Vec<Rejected
 }
 
 fn describe(path: &Path, rel: String) -> io::Result<Artifact> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
+    let (bytes, sha256) = sha256_file(path)?;
     let mime = mime_guess::from_path(path)
         .first_or_octet_stream()
         .essence_str()
@@ -208,13 +196,8 @@ fn describe(path: &Path, rel: String) -> io::Result<Artifact> {
         path: rel,
         mime,
         bytes,
-        sha256: hex(&hasher.finalize()),
+        sha256,
     })
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The `output_index` of a completion: the summary itself, or a pointer when it is too large.

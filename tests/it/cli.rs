@@ -62,7 +62,7 @@ fn validate_names_an_unknown_schema_version() {
     let out = cli(&["validate", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text_of(&out).contains("unknown schema version 3; known versions: 1"),
+        text_of(&out).contains("unknown schema version 3; known versions: 1, 2"),
         "{}",
         text_of(&out)
     );

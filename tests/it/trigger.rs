@@ -154,7 +154,10 @@ async fn a_manifest_of_an_unknown_schema_version_is_422_listing_known_versions()
     let (status, answer) = sidecar.post_trigger(&body).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_names(&answer, "manifest", "/schema_version");
-    assert!(answer.to_string().contains("known versions: 1"), "{answer}");
+    assert!(
+        answer.to_string().contains("known versions: 1, 2"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -266,4 +269,73 @@ async fn an_unknown_job_is_404() {
     assert_eq!(answer["status"], 404);
     let (status, _) = sidecar.get("/status/not-a-uuid").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// A v2 manifest whose `inputs` list `notes.txt` (as `write_manifest` writes it) with `sha256`.
+fn manifest_v2(body: &Value, sha256: &str) -> String {
+    let notes = b"The quarter went well. Revenue grew. Costs fell.\n";
+    json!({
+        "schema_version": 2,
+        "job_id": body["job_id"],
+        "user_id": body["user_id"],
+        "agent_name": body["agent_name"],
+        "job_name": body["job_name"],
+        "inputs": [{"path": "notes.txt", "bytes": notes.len(), "sha256": sha256, "media_type": "text/plain"}]
+    })
+    .to_string()
+}
+
+/// Well-formed, but not the digest of `notes.txt`.
+const WRONG_SHA256: &str = "0a9e1d7c2c6a4f4e2b8b8a3c7cf57e4c2b7e5e7a4c3f7f1c9b6d8a0e2f4c6b8a";
+
+#[tokio::test]
+async fn v1_and_v2_manifests_are_accepted_side_by_side() {
+    let (r, sidecar) = setup().await;
+    let notes = b"The quarter went well. Revenue grew. Costs fell.\n";
+    let sha = agent_sidecar::jobdir::hex(&<sha2::Sha256 as sha2::Digest>::digest(notes));
+    let v2 = trigger(&r, "summarizer_v2");
+    sidecar.write_manifest(v2["job_id"].as_str().unwrap(), &manifest_v2(&v2, &sha));
+    let v1 = trigger(&r, "summarizer_v2");
+    sidecar.write_job(&v1);
+    for body in [&v2, &v1] {
+        let (status, answer) = sidecar.post_trigger(body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    for body in [&v2, &v1] {
+        let done = r.completion(body["job_id"].as_str().unwrap()).await;
+        assert_eq!(done.json()["status"], "completed", "{}", done.json());
+    }
+}
+
+#[tokio::test]
+async fn a_v2_input_whose_sha256_differs_is_422_naming_the_input() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let id = body["job_id"].as_str().unwrap();
+    sidecar.write_manifest(id, &manifest_v2(&body, WRONG_SHA256));
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/inputs/0/sha256");
+    assert!(answer.to_string().contains("notes.txt"), "{answer}");
+    let (status, _) = sidecar.get(&format!("/jobs/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a refused job is not stored");
+}
+
+#[tokio::test]
+async fn a_v2_input_that_is_missing_or_a_symlink_is_422_naming_its_path() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let dir = sidecar.write_manifest(
+        body["job_id"].as_str().unwrap(),
+        &manifest_v2(&body, WRONG_SHA256),
+    );
+    std::fs::remove_file(dir.join("input/notes.txt")).unwrap();
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/inputs/0/path");
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("input/notes.txt")).unwrap();
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/inputs/0/path");
+    assert!(answer.to_string().contains("symlink"), "{answer}");
 }
