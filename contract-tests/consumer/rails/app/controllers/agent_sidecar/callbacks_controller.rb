@@ -1,0 +1,53 @@
+module AgentSidecar
+  # callback_urls.progress and callback_urls.completion (seed 000, "Completion Handling").
+  class CallbacksController < ActionController::API
+    include AgentSidecar::VerifiedCallback
+
+    # POST /agents/update/:user_id — broadcast to the job's ActionCable stream, newest seq only.
+    def progress
+      payload = callback_payload or return
+      job_id = checked_job_id(payload) or return
+      seq = payload["seq"]
+      return render_problem(400, "Bad Request", "seq must be a positive integer", pointer: "/seq") unless seq.is_a?(Integer) && seq.positive?
+
+      if AgentSidecar::Job.advance_progress(job_id, seq)
+        message = payload.slice("seq", "stage", "message", "percent", "timestamp").merge("type" => "progress")
+        ActionCable.server.broadcast(AgentSidecar.stream_for(job_id), message)
+      end
+      render json: { status: "ok" }
+    end
+
+    # POST /agents/completed/:user_id — dispatch JobName.completed once per job.
+    def completion
+      payload = callback_payload or return
+      job_id = checked_job_id(payload) or return
+      job_name = payload["job_name"]
+      return render_problem(400, "Bad Request", "job_name is required", pointer: "/job_name") if job_name.blank?
+
+      handler = AgentSidecar.config.registry[job_name]
+      unless handler
+        Rails.logger.error("agent-sidecar completion for unknown job_name #{job_name.inspect} (job #{job_id})")
+        return render_problem(422, "Unprocessable Entity", "unknown job_name #{job_name}", pointer: "/job_name")
+      end
+      return render_problem(400, "Bad Request", "status is not terminal", pointer: "/status") unless AgentSidecar::TERMINAL.include?(payload["status"])
+
+      outcome = AgentSidecar::Completion.new(payload, job_id: job_id, handler: handler, delivery_id: callback_claims["jti"]).apply
+      case outcome
+      when :handled then render json: { status: "ok" }
+      when :duplicate then render json: { status: "duplicate" }
+      when :handler_unavailable
+        render_problem(422, "Unprocessable Entity", "#{job_name}.completed is not implemented", pointer: "/job_name")
+      end
+    end
+
+    private
+
+    # The body's job_id, which must be the token's subject.
+    def checked_job_id(payload)
+      job_id = payload["job_id"].to_s.downcase
+      return job_id if AgentSidecar::UUID.match?(job_id) && job_id == callback_claims["sub"].to_s.downcase
+
+      render_problem(400, "Bad Request", "job_id is missing or is not the token's subject", pointer: "/job_id") && nil
+    end
+  end
+end

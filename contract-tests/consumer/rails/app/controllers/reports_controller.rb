@@ -1,0 +1,29 @@
+# The example domain: POST /reports starts an agent job through AgentSidecar::Client, GET shows it.
+class ReportsController < ApplicationController
+  def create
+    body = JSON.parse(request.raw_post)
+    accepted = AgentSidecar::Client.new.trigger(
+      agent_name: body.fetch("agent_name", "summarizer_v2"), job_name: "ReportCompileJob",
+      user_id: body.fetch("user_id", "42"), params: body.fetch("params", {}),
+      inputs: body.fetch("inputs", { "notes.txt" => "The quarter went well. Revenue grew. Costs fell.\n" })
+    )
+    Report.create!(job_id: accepted["job_id"], status: accepted["status"])
+    render json: accepted, status: :accepted
+  rescue AgentSidecar::Client::Refused => e
+    render json: e.problem, status: e.status, content_type: "application/problem+json"
+  end
+
+  def show
+    report = Report.find_by!(job_id: params[:job_id])
+    job = AgentSidecar::Job.find_by(job_id: params[:job_id])
+    render json: report.as_json(only: %i[job_id status handler_calls artifact_count error_reason]).merge(
+      "duplicate_completions" => job&.duplicate_completions, "last_progress_seq" => job&.last_progress_seq
+    )
+  rescue ActiveRecord::RecordNotFound
+    head :not_found
+  end
+
+  def cancel
+    render json: AgentSidecar::Client.new.cancel(params[:job_id])
+  end
+end

@@ -1,0 +1,14 @@
+# The example handler: ReportCompileJob.completed is what the registry dispatches. It reads the
+# job's outputs (here the index the callback carries) and updates the domain record.
+class ReportCompileJob
+  def self.completed(job_id:, status:, output_uri:, output_index:, error:, meta:)
+    report = Report.find_or_create_by!(job_id: job_id)
+    report.update!(
+      status: status,
+      handler_calls: report.handler_calls + 1,
+      artifact_count: Array(output_index["artifacts"]).size,
+      error_reason: error && error["reason"]
+    )
+    Rails.logger.info("ReportCompileJob.completed job #{job_id} #{status} (#{meta['duration_ms']} ms, #{output_uri})")
+  end
+end

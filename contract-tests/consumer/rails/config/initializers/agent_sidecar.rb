@@ -1,0 +1,17 @@
+# agent-sidecar settings; every value from the environment so one file serves every deploy.
+AgentSidecar.configure do |c|
+  c.issuer = ENV.fetch("AGENT_SIDECAR_ISSUER", "agent-sidecar")
+  c.audience = ENV.fetch("AGENT_SIDECAR_AUDIENCE", "rails")
+  c.secret = ENV["AGENT_SIDECAR_CALLBACK_SECRET"]
+  c.jwks_url = ENV["AGENT_SIDECAR_JWKS_URL"]
+  c.webhook_secrets = ENV.fetch("AGENT_SIDECAR_WEBHOOK_SECRETS", "").split(",")
+  c.sidecar_url = ENV.fetch("AGENT_SIDECAR_URL", "http://127.0.0.1:8780")
+  c.sidecar_token = ENV["AGENT_SIDECAR_TOKEN"]
+  c.shared_root = ENV.fetch("AGENT_SIDECAR_SHARED_ROOT", "/srv/shared_root")
+  c.callback_base_url = ENV.fetch("AGENT_SIDECAR_CALLBACK_BASE_URL", "http://127.0.0.1:3000")
+end
+
+# The registry: the only classes a completion can dispatch to (never constantize a job_name).
+Rails.application.config.to_prepare do
+  AgentSidecar.config.register("ReportCompileJob", ReportCompileJob)
+end

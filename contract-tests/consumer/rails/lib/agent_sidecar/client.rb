@@ -1,0 +1,83 @@
+require "json"
+require "net/http"
+require "openssl"
+require "fileutils"
+require "securerandom"
+
+module AgentSidecar
+  # Starts agent jobs: writes <shared_root>/<job_id>/input/ (the files, then manifest.json v2
+  # with each file's size and SHA-256, both by rename so the sidecar never reads half a file),
+  # then POSTs /agents/trigger. The job folder is complete before the sidecar hears of it.
+  class Client
+    # The sidecar refused the trigger; `problem` is its RFC 9457 body.
+    class Refused < StandardError
+      attr_reader :status, :problem
+
+      def initialize(status, problem)
+        @status = status
+        @problem = problem
+        fields = Array(problem["errors"]).map { |e| "#{e['source']} #{e['pointer']}: #{e['detail']}" }
+        super("agent-sidecar answered #{status}: #{problem['detail'] || problem['title']} #{fields.join('; ')}".strip)
+      end
+    end
+
+    def initialize(config = AgentSidecar.config)
+      @config = config
+    end
+
+    # Returns the 202 body ({"job_id", "status", "status_url"}). `inputs` maps file names under
+    # input/ to their content. Raises Refused on any other answer.
+    def trigger(agent_name:, job_name:, user_id:, inputs: {}, params: {}, job_id: SecureRandom.uuid, priority: nil)
+      write_job_folder(job_id, user_id: user_id, agent_name: agent_name, job_name: job_name, params: params, inputs: inputs)
+      body = {
+        job_id: job_id, user_id: user_id.to_s, agent_name: agent_name, job_name: job_name, params: params,
+        callback_urls: {
+          progress: "#{@config.callback_base_url}/agents/update/#{user_id}",
+          completion: "#{@config.callback_base_url}/agents/completed/#{user_id}"
+        }
+      }
+      body[:priority] = priority if priority
+      post("/agents/trigger", body)
+    end
+
+    # POST /jobs/{id}/cancel: the sidecar stops the agent and sends a `canceled` completion.
+    def cancel(job_id)
+      post("/jobs/#{job_id}/cancel", nil, accept: [200, 202])
+    end
+
+    private
+
+    def write_job_folder(job_id, user_id:, agent_name:, job_name:, params:, inputs:)
+      input = File.join(@config.shared_root, job_id, "input")
+      FileUtils.mkdir_p(input)
+      files = inputs.map do |name, content|
+        write_atomically(File.join(input, name), content)
+        { path: name, bytes: content.bytesize, sha256: OpenSSL::Digest::SHA256.hexdigest(content) }
+      end
+      manifest = {
+        schema_version: 2, job_id: job_id, user_id: user_id.to_s, agent_name: agent_name, job_name: job_name,
+        params: params, inputs: files, created_at: Time.now.utc.iso8601(3)
+      }
+      write_atomically(File.join(input, "manifest.json"), JSON.generate(manifest))
+    end
+
+    def write_atomically(path, content)
+      FileUtils.mkdir_p(File.dirname(path))
+      tmp = "#{path}.tmp-#{SecureRandom.hex(4)}"
+      File.binwrite(tmp, content)
+      File.rename(tmp, path)
+    end
+
+    def post(path, body, accept: [202])
+      uri = URI.join(@config.sidecar_url, path)
+      request = Net::HTTP::Post.new(uri, "Content-Type" => "application/json")
+      request["Authorization"] = "Bearer #{@config.sidecar_token}" if @config.sidecar_token
+      request.body = JSON.generate(body) if body
+      response = Net::HTTP.start(uri.host, uri.port, use_ssl: uri.scheme == "https") { |http| http.request(request) }
+      parsed = response.body.to_s.empty? ? {} : JSON.parse(response.body)
+      raise Refused.new(response.code.to_i, parsed) unless accept.include?(response.code.to_i)
+
+      parsed
+    end
+  end
+end
