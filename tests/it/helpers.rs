@@ -263,7 +263,7 @@ fn agents_toml() -> String {
 }
 
 impl Sidecar {
-    pub fn config_text(shared_root: &Path, db: &Path, receiver: &Receiver) -> String {
+    pub fn config_text(shared_root: &Path, db: &Path, origin: &str) -> String {
         format!(
             r#"
 [server]
@@ -302,7 +302,6 @@ interval = "100ms"
 "#,
             shared_root = shared_root.display().to_string(),
             db = db.display(),
-            origin = receiver.origin,
             agents = agents_toml(),
         )
     }
@@ -322,7 +321,12 @@ interval = "100ms"
             .iter()
             .map(|(k, v)| (format!("AGENT_SIDECAR__{k}"), (*v).to_owned()))
             .collect();
-        Self::start_in_env(receiver, env, extra)
+        Self::start_in_env(&receiver.origin, env, extra)
+    }
+
+    /// Starts with callbacks allowed to `origin` (e.g. a Rails app) instead of a receiver.
+    pub fn start_for_origin(origin: &str, extra: &str) -> Self {
+        Self::start_in_env(origin, Vec::new(), extra)
     }
 
     /// Starts with these variables in the process environment as written (e.g.
@@ -332,17 +336,17 @@ interval = "100ms"
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Self::start_in_env(receiver, env, "")
+        Self::start_in_env(&receiver.origin, env, "")
     }
 
-    fn start_in_env(receiver: &Receiver, env: Vec<(String, String)>, extra: &str) -> Self {
+    fn start_in_env(origin: &str, env: Vec<(String, String)>, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let shared_root = dir.path().join("shared_root");
         std::fs::create_dir_all(&shared_root).unwrap();
         let config_path = dir.path().join("sidecar.toml");
         std::fs::write(
             &config_path,
-            Self::config_text(&shared_root, &dir.path().join("state.db"), receiver) + extra,
+            Self::config_text(&shared_root, &dir.path().join("state.db"), origin) + extra,
         )
         .unwrap();
         Self::spawn(dir, shared_root, config_path, env)
@@ -434,7 +438,7 @@ interval = "100ms"
         let text = Self::config_text(
             &self.shared_root,
             &self.dir.path().join("state.db"),
-            receiver,
+            &receiver.origin,
         ) + extra;
         std::fs::write(&self.config_path, text).unwrap();
         let status = Command::new("kill")

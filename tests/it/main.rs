@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod contract;
 mod delivery;
 mod demo;
 mod folder;

@@ -4,7 +4,7 @@ class ReportsController < ApplicationController
     body = JSON.parse(request.raw_post)
     accepted = AgentSidecar::Client.new.trigger(
       agent_name: body.fetch("agent_name", "summarizer_v2"), job_name: "ReportCompileJob",
-      user_id: body.fetch("user_id", "42"), params: body.fetch("params", {}),
+      user_id: body.fetch("user_id", "42"), params: body.fetch("params", {}), job_id: body["job_id"] || SecureRandom.uuid,
       inputs: body.fetch("inputs", { "notes.txt" => "The quarter went well. Revenue grew. Costs fell.\n" })
     )
     Report.create!(job_id: accepted["job_id"], status: accepted["status"])

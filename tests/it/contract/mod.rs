@@ -1,0 +1,240 @@
+//! The contract suite (`cargo test --test it contract::`): the Rails reference consumer on real
+//! Rails, the consumer check against it and against a broken consumer, and the provider checked
+//! by an independent validator.
+
+mod rails;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+
+use crate::helpers::{client, repo};
+
+/// The reference consumer app (`contract-tests/consumer/rails/`) served by puma on loopback.
+pub struct Rails {
+    pub origin: String,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rails {
+    /// Boots puma on `addr` with these `AGENT_SIDECAR_*` settings and waits until it answers.
+    pub async fn start(addr: SocketAddr, env: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("puma.log");
+        let child = Command::new("puma")
+            .args(["-b", &format!("tcp://{addr}"), "-t", "1:8", "config.ru"])
+            .current_dir(repo().join("contract-tests/consumer/rails"))
+            .env("RAILS_ENV", "production")
+            .env("CONSUMER_DATABASE", dir.path().join("consumer.sqlite3"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("puma.err")).unwrap())
+            .spawn()
+            .expect("puma runs (.ci/run installs puma and the ruby-* Rails packages)");
+        let mut rails = Self {
+            origin: format!("http://{addr}"),
+            child,
+            log,
+            _dir: dir,
+        };
+        rails.wait_until_up().await;
+        rails
+    }
+
+    async fn wait_until_up(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client().get(format!("{}/up", self.origin)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("puma exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "Rails did not answer /up:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Both of puma's logs, for a failing assertion.
+    pub fn logs(&self) -> String {
+        let err = self.log.with_file_name("puma.err");
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(err).unwrap_or_default()
+        )
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        let r = client()
+            .post(format!("{}{path}", self.origin))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (
+            status,
+            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default(),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let r = client()
+            .get(format!("{}{path}", self.origin))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (
+            status,
+            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Rails {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port, released for the process about to listen on it.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One request that went through the [`LossyProxy`].
+#[derive(Debug, Clone)]
+pub struct Passed {
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub body: serde_json::Value,
+    /// What Rails answered.
+    pub status: StatusCode,
+    pub answer: serde_json::Value,
+    /// Whether the answer was dropped (the sidecar got a 502 instead).
+    pub lost: bool,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    passed: Vec<Passed>,
+}
+
+/// Forwards callbacks to Rails and loses Rails' answer to the first completion of every job
+/// (502, as a gateway does when the upstream's answer does not reach it): the handler has run,
+/// the sidecar does not know, and re-delivers.
+#[derive(Clone)]
+pub struct LossyProxy {
+    pub origin: String,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+impl LossyProxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            origin: format!("http://{}", listener.local_addr().unwrap()),
+            state: Arc::default(),
+        };
+        let handler = {
+            let proxy = proxy.clone();
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let proxy = proxy.clone();
+                let upstream = upstream.clone();
+                async move { proxy.forward(&upstream, method, uri, headers, body).await }
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        proxy
+    }
+
+    async fn forward(
+        &self,
+        upstream: &str,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let mut request = client().request(method, format!("{upstream}{uri}"));
+        for (name, value) in &headers {
+            if name != "host" && name != "content-length" {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.body(body.clone()).send().await.unwrap();
+        let status = response.status();
+        let mut out_headers = HeaderMap::new();
+        if let Some(ct) = response.headers().get("content-type") {
+            out_headers.insert("content-type", ct.clone());
+        }
+        let answer = response.bytes().await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let path = uri.path().to_owned();
+        let lost = {
+            let mut state = self.state.lock().unwrap();
+            let first = path.starts_with("/agents/completed/")
+                && !state
+                    .passed
+                    .iter()
+                    .any(|p| p.path == path && p.body["job_id"] == body["job_id"]);
+            state.passed.push(Passed {
+                path,
+                idempotency_key: headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                body,
+                status,
+                answer: serde_json::from_slice(&answer).unwrap_or_default(),
+                lost: first,
+            });
+            first
+        };
+        if lost {
+            (StatusCode::BAD_GATEWAY, HeaderMap::new(), Bytes::new())
+        } else {
+            (status, out_headers, answer)
+        }
+    }
+
+    /// Everything that passed so far for `job_id`.
+    pub fn passed_for(&self, job_id: &str) -> Vec<Passed> {
+        self.state
+            .lock()
+            .unwrap()
+            .passed
+            .iter()
+            .filter(|p| p.body["job_id"] == job_id)
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,213 @@
+//! The Rails reference consumer on real Rails (Debian's Rails 6.1 under puma) with a real
+//! sidecar: jobs triggered through its Ruby client run to completion, failure and cancel; each
+//! handler runs exactly once although the sidecar re-delivers; an ActionCable subscriber sees
+//! the progress.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::{LossyProxy, Rails, free_addr};
+use crate::helpers::{Sidecar, eventually};
+use crate::pki;
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A sidecar signing with an ES256 key (Rails verifies against its JWKS) and Standard Webhooks,
+/// calling Rails through a proxy that loses the first completion answer of every job; and the
+/// Rails app, pointed at both.
+pub async fn rails_behind_lossy_proxy() -> (Sidecar, LossyProxy, Rails) {
+    let rails_addr = free_addr();
+    let proxy = LossyProxy::start(format!("http://{rails_addr}")).await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = pki::write(keys.path(), "es256.pem", &pki::signing_key("ES256"));
+    let extra = format!(
+        "\n[[callbacks.jwt.keys]]\nkid = \"rails-test\"\nalgorithm = \"ES256\"\nprivate_key_file = {:?}\nsigning = true\n\
+         \n[callbacks.standard_webhooks]\nenabled = true\nsecrets = [\"{WEBHOOK_SECRET}\"]\n",
+        key.display().to_string()
+    );
+    let sidecar = Sidecar::start_for_origin(&proxy.origin, &extra);
+    let rails = Rails::start(
+        rails_addr,
+        &[
+            ("AGENT_SIDECAR_ISSUER", crate::helpers::ISSUER.to_owned()),
+            (
+                "AGENT_SIDECAR_AUDIENCE",
+                crate::helpers::AUDIENCE.to_owned(),
+            ),
+            (
+                "AGENT_SIDECAR_JWKS_URL",
+                format!("{}/.well-known/jwks.json", sidecar.base),
+            ),
+            ("AGENT_SIDECAR_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned()),
+            ("AGENT_SIDECAR_URL", sidecar.base.clone()),
+            (
+                "AGENT_SIDECAR_SHARED_ROOT",
+                sidecar.shared_root.display().to_string(),
+            ),
+            ("AGENT_SIDECAR_CALLBACK_BASE_URL", proxy.origin.clone()),
+        ],
+    )
+    .await;
+    (sidecar, proxy, rails)
+}
+
+/// An ActionCable client subscribed to one job's stream.
+struct CableSubscriber {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl CableSubscriber {
+    async fn subscribe(rails: &Rails, job_id: &str) -> Self {
+        let url = format!("{}/cable", rails.origin.replace("http://", "ws://"));
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "actioncable-v1-json".parse().unwrap(),
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let mut cable = Self { socket };
+        let identifier =
+            json!({"channel": "AgentSidecar::JobChannel", "job_id": job_id}).to_string();
+        cable
+            .socket
+            .send(Message::text(
+                json!({"command": "subscribe", "identifier": identifier}).to_string(),
+            ))
+            .await
+            .unwrap();
+        cable
+            .next_where(|m| m["type"] == "confirm_subscription")
+            .await;
+        cable
+    }
+
+    /// The next frame matching `wanted`, skipping welcome and pings.
+    async fn next_where(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(60), self.socket.next())
+                .await
+                .expect("an ActionCable frame within 60 s")
+                .expect("the ActionCable socket stays open")
+                .unwrap();
+            if let Message::Text(text) = frame {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if wanted(&value) {
+                    return value;
+                }
+            }
+        }
+    }
+
+    /// Broadcast messages until the job's final one (inclusive).
+    async fn messages_until_completed(&mut self) -> Vec<Value> {
+        let mut messages = Vec::new();
+        loop {
+            let frame = self.next_where(|m| m.get("message").is_some()).await;
+            let message = frame["message"].clone();
+            let done = message["type"] == "completed";
+            messages.push(message);
+            if done {
+                return messages;
+            }
+        }
+    }
+}
+
+/// Waits until Rails' report of `job_id` is terminal and its duplicate was seen.
+async fn settled_report(rails: &Rails, job_id: &str) -> Value {
+    eventually("the report to settle after the re-delivery", || async {
+        let (status, report) = rails.get(&format!("/reports/{job_id}")).await;
+        (status == 200 && report["duplicate_completions"] == 1).then_some(report)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rails_dispatches_each_completion_once_despite_redelivery_and_streams_progress() {
+    let (_sidecar, proxy, rails) = rails_behind_lossy_proxy().await;
+    let cases = [
+        (
+            "summarizer_v2",
+            json!({"step_delay_s": 0.05}),
+            "completed",
+            Value::Null,
+        ),
+        ("failing_agent", json!({}), "failed", json!("exit_code")),
+    ];
+    for (agent, params, status, reason) in cases {
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let mut cable = CableSubscriber::subscribe(&rails, &job_id).await;
+        let (code, accepted) = rails
+            .post(
+                "/reports",
+                json!({"agent_name": agent, "params": params, "job_id": job_id}),
+            )
+            .await;
+        assert_eq!(code, 202, "{accepted}\n{}", rails.logs());
+        let messages = cable.messages_until_completed().await;
+        let report = settled_report(&rails, &job_id).await;
+        assert_eq!(report["status"], status, "{report}");
+        assert_eq!(report["handler_calls"], 1, "handler ran once: {report}");
+        assert_eq!(report["error_reason"], reason, "{report}");
+
+        let progress: Vec<u64> = messages
+            .iter()
+            .filter(|m| m["type"] == "progress")
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            !progress.is_empty(),
+            "{agent}: no progress broadcast: {messages:?}"
+        );
+        assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+        assert_eq!(messages.last().unwrap()["status"], status);
+
+        let completions: Vec<_> = proxy
+            .passed_for(&job_id)
+            .into_iter()
+            .filter(|p| p.path.starts_with("/agents/completed/"))
+            .collect();
+        assert_eq!(completions.len(), 2, "{completions:?}");
+        assert!(completions[0].lost && completions[0].answer["status"] == "ok");
+        assert!(
+            completions.iter().all(|c| c.status == 200),
+            "{completions:?}"
+        );
+        assert_eq!(completions[1].answer["status"], "duplicate");
+        assert_eq!(
+            completions[0].idempotency_key, completions[1].idempotency_key,
+            "a re-delivery keeps its delivery id"
+        );
+        assert_eq!(completions[1].body["job_name"], "ReportCompileJob");
+    }
+}
+
+#[tokio::test]
+async fn a_job_canceled_through_the_ruby_client_reaches_its_handler_once_as_canceled() {
+    let (_sidecar, _proxy, rails) = rails_behind_lossy_proxy().await;
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let mut cable = CableSubscriber::subscribe(&rails, &job_id).await;
+    let (code, accepted) = rails
+        .post(
+            "/reports",
+            json!({"agent_name": "napper", "job_id": job_id}),
+        )
+        .await;
+    assert_eq!(code, 202, "{accepted}");
+    let (code, answer) = rails
+        .post(&format!("/reports/{job_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(code, 200, "{answer}\n{}", rails.logs());
+    let messages = cable.messages_until_completed().await;
+    assert_eq!(messages.last().unwrap()["status"], "canceled");
+    let report = settled_report(&rails, &job_id).await;
+    assert_eq!(report["status"], "canceled", "{report}");
+    assert_eq!(report["handler_calls"], 1, "{report}");
+    assert_eq!(report["error_reason"], "canceled", "{report}");
+}
