@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod config;
+pub mod consumer_check;
 pub mod contract;
 pub mod delivery;
 pub mod demo;

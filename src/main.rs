@@ -63,6 +63,49 @@ enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Check the Rails side of the contract.
+    Contract {
+        #[command(subcommand)]
+        action: ContractCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContractCommand {
+    /// Send the golden callbacks (validly signed, badly signed, expired, without job_name, with
+    /// an unknown job_name, duplicated) to a Rails app and report per case whether it answered
+    /// as the contract says. Exits 1 when any case fails.
+    VerifyConsumer(VerifyConsumer),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("signing").required(true).args(["secret", "config"])))]
+struct VerifyConsumer {
+    /// The app's progress endpoint, e.g. https://rails.internal/agents/update/42.
+    #[arg(long)]
+    progress_url: url::Url,
+    /// The app's completion endpoint, e.g. https://rails.internal/agents/completed/42.
+    #[arg(long)]
+    completion_url: url::Url,
+    /// A job_name the app's registry knows.
+    #[arg(long, default_value = "ReportCompileJob")]
+    job_name: String,
+    /// Sign with this HS256 shared secret (the app's [callbacks.jwt] secret).
+    #[arg(long, env = "AGENT_SIDECAR_CALLBACK_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Sign and send exactly as this sidecar config does: its secret or its asymmetric signing
+    /// key (the app verifies against the sidecar's JWKS), Standard Webhooks, mTLS.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// `iss` with --secret.
+    #[arg(long, default_value = "agent-sidecar", requires = "secret")]
+    issuer: String,
+    /// `aud` with --secret.
+    #[arg(long, default_value = "rails", requires = "secret")]
+    audience: String,
+    /// A Standard Webhooks secret (whsec_...) the app checks, with --secret; repeatable.
+    #[arg(long = "webhook-secret", requires = "secret")]
+    webhook_secrets: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -148,6 +191,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Jobs { action } => runtime().and_then(|rt| rt.block_on(jobs(action))),
+        Command::Contract {
+            action: ContractCommand::VerifyConsumer(args),
+        } => return verify_consumer(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,6 +266,43 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+fn verify_consumer(args: VerifyConsumer) -> ExitCode {
+    let run = || -> anyhow::Result<bool> {
+        let target = agent_sidecar::consumer_check::Target {
+            progress_url: args.progress_url,
+            completion_url: args.completion_url,
+            job_name: args
+                .job_name
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--job-name: {e}"))?,
+        };
+        agent_sidecar::install_crypto_provider();
+        let checker = match (&args.config, &args.secret) {
+            (Some(path), _) => agent_sidecar::consumer_check::Checker::from_callbacks(
+                &Config::load(path)?.callbacks,
+            )?,
+            (None, Some(secret)) => agent_sidecar::consumer_check::Checker::with_secret(
+                secret,
+                &args.issuer,
+                &args.audience,
+                &args.webhook_secrets,
+            )?,
+            (None, None) => anyhow::bail!("give --secret or --config"),
+        };
+        let outcomes = runtime()?.block_on(checker.run(&target));
+        print!("{}", agent_sidecar::consumer_check::report(&outcomes));
+        Ok(outcomes.iter().all(|o| o.passed()))
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {

@@ -26,6 +26,11 @@ pub enum IdError {
 pub struct JobId(Uuid);
 
 impl JobId {
+    /// A fresh random id (Rails makes the real ones; this is for checks and tests).
+    pub fn generate() -> Self {
+        Self(Uuid::new_v4())
+    }
+
     /// The UUID behind the id.
     pub fn as_uuid(&self) -> Uuid {
         self.0

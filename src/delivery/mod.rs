@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -445,16 +444,10 @@ impl Deliveries {
         let mut request = transport
             .client
             .post(url.clone())
-            .header(AUTHORIZATION, format!("Bearer {token}"))
-            .header(CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", id)
-            .header("webhook-id", id)
             .header("traceparent", crate::contract::trace::traceparent(trace_id));
-        let timestamp = jsonwebtoken::get_current_timestamp();
-        if let Some(signature) = transport.signer.webhook_signature(id, timestamp, &body) {
-            request = request
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature);
+        let now = jsonwebtoken::get_current_timestamp();
+        for (name, value) in transport.signer.callback_headers(token, id, &body, now) {
+            request = request.header(name, value);
         }
         let mut response = match request.body(body).send().await {
             Ok(r) => r,

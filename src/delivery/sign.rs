@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{CallbacksConfig, KeyAlgorithm, KeyConfig};
+use crate::config::{JwtConfig, KeyAlgorithm, KeyConfig, StandardWebhooksConfig};
 use crate::contract::{JobId, JobName, JobState};
 use crate::jobdir::hex;
 
@@ -226,8 +226,10 @@ fn public_jwk(
 
 impl Signer {
     /// Loads every configured key (reading key files now).
-    pub fn load(cfg: &CallbacksConfig) -> Result<Self, KeyError> {
-        let jwt = &cfg.jwt;
+    pub fn load(
+        jwt: &JwtConfig,
+        standard_webhooks: &StandardWebhooksConfig,
+    ) -> Result<Self, KeyError> {
         let mut signing = jwt.secret.as_ref().map(|secret| SigningKey {
             key: EncodingKey::from_secret(secret.expose().as_bytes()),
             algorithm: Algorithm::HS256,
@@ -258,9 +260,8 @@ impl Signer {
                 });
             }
         }
-        let webhooks = if cfg.standard_webhooks.enabled {
-            let hmac = cfg
-                .standard_webhooks
+        let webhooks = if standard_webhooks.enabled {
+            let hmac = standard_webhooks
                 .secrets
                 .iter()
                 .enumerate()
@@ -311,6 +312,29 @@ impl Signer {
             body_sha256: body_sha256(t.body),
         };
         self.encode(&claims)
+    }
+
+    /// The headers of one callback attempt besides `traceparent`: the bearer token, the
+    /// delivery id as `Idempotency-Key` and `webhook-id`, and the Standard Webhooks signature
+    /// when enabled.
+    pub fn callback_headers(
+        &self,
+        token: &str,
+        id: &str,
+        body: &[u8],
+        now: u64,
+    ) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".to_owned()),
+            ("idempotency-key", id.to_owned()),
+            ("webhook-id", id.to_owned()),
+        ];
+        if let Some(signature) = self.webhook_signature(id, now, body) {
+            headers.push(("webhook-timestamp", now.to_string()));
+            headers.push(("webhook-signature", signature));
+        }
+        headers
     }
 
     /// The `sig` of a completion body.

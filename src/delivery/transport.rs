@@ -43,7 +43,7 @@ impl Transport {
     /// Reads every key and certificate file now and builds the client.
     pub fn build(cfg: &CallbacksConfig) -> Result<Self, TransportError> {
         Ok(Self {
-            signer: Signer::load(cfg)?,
+            signer: Signer::load(&cfg.jwt, &cfg.standard_webhooks)?,
             client: http_client(cfg)?,
         })
     }

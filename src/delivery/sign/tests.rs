@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::config::{JwtConfig, Secret, StandardWebhooksConfig};
+use crate::config::{CallbacksConfig, JwtConfig, Secret, StandardWebhooksConfig};
 
 fn config(webhook_secrets: &[&str]) -> CallbacksConfig {
     CallbacksConfig {
@@ -32,8 +32,12 @@ fn config(webhook_secrets: &[&str]) -> CallbacksConfig {
     }
 }
 
+fn load(cfg: &CallbacksConfig) -> Result<Signer, KeyError> {
+    Signer::load(&cfg.jwt, &cfg.standard_webhooks)
+}
+
 fn signer() -> Signer {
-    Signer::load(&config(&[])).unwrap()
+    load(&config(&[])).unwrap()
 }
 
 fn verifier() -> Verifier {
@@ -119,7 +123,7 @@ fn the_payload_sig_verifies_without_expiry() {
 /// The Standard Webhooks specification's published test vector.
 #[test]
 fn standard_webhooks_signatures_match_the_spec_test_vector() {
-    let signer = Signer::load(&config(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])).unwrap();
+    let signer = load(&config(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])).unwrap();
     let signature = signer
         .webhook_signature(
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -132,7 +136,7 @@ fn standard_webhooks_signatures_match_the_spec_test_vector() {
 
 #[test]
 fn during_a_rotation_every_webhook_secret_signs() {
-    let signer = Signer::load(&config(&[
+    let signer = load(&config(&[
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "whsec_dGhlLW5ldy1zZWNyZXQtdGhlLW5ldy1zZWNyZXQ=",
     ]))
@@ -147,6 +151,6 @@ fn during_a_rotation_every_webhook_secret_signs() {
 #[test]
 fn webhook_signatures_are_off_unless_enabled_and_bad_secrets_are_named() {
     assert!(signer().webhook_signature("msg_1", 1, b"{}").is_none());
-    let err = Signer::load(&config(&["whsec_not base64!"])).err().unwrap();
+    let err = load(&config(&["whsec_not base64!"])).err().unwrap();
     assert!(err.to_string().contains("secrets[0]"), "{err}");
 }

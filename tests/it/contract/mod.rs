@@ -3,6 +3,7 @@
 //! by an independent validator.
 
 mod rails;
+mod verify_consumer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ AgentSidecar.configure do |c|
   c.secret = ENV["AGENT_SIDECAR_CALLBACK_SECRET"]
   c.jwks_url = ENV["AGENT_SIDECAR_JWKS_URL"]
   c.webhook_secrets = ENV.fetch("AGENT_SIDECAR_WEBHOOK_SECRETS", "").split(",")
+  c.leeway = Integer(ENV.fetch("AGENT_SIDECAR_LEEWAY", "30"))
   c.sidecar_url = ENV.fetch("AGENT_SIDECAR_URL", "http://127.0.0.1:8780")
   c.sidecar_token = ENV["AGENT_SIDECAR_TOKEN"]
   c.shared_root = ENV.fetch("AGENT_SIDECAR_SHARED_ROOT", "/srv/shared_root")
