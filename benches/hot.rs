@@ -35,7 +35,7 @@ fn benches(c: &mut Criterion) {
 
     agent_sidecar::install_crypto_provider();
     let config = Config::load(&repo("agent-sidecar.example.toml")).unwrap();
-    let signer = Signer::load(&config.callbacks).unwrap();
+    let signer = Signer::load(&config.callbacks.jwt, &config.callbacks.standard_webhooks).unwrap();
     let body = std::fs::read(repo(
         "contract-tests/fixtures/v1/completion-callback/valid/completed.json",
     ))
