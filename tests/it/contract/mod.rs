@@ -2,6 +2,7 @@
 //! Rails, the consumer check against it and against a broken consumer, and the provider checked
 //! by an independent validator.
 
+mod provider;
 mod rails;
 mod verify_consumer;
 
