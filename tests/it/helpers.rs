@@ -324,9 +324,14 @@ interval = "100ms"
         Self::start_in_env(&receiver.origin, env, extra)
     }
 
-    /// Starts with callbacks allowed to `origin` (e.g. a Rails app) instead of a receiver.
-    pub fn start_for_origin(origin: &str, extra: &str) -> Self {
-        Self::start_in_env(origin, Vec::new(), extra)
+    /// Starts with callbacks allowed to `origin` (e.g. a Rails app) instead of a receiver,
+    /// with `AGENT_SIDECAR__*` overrides and `extra` TOML.
+    pub fn start_for_origin(origin: &str, env: &[(&str, &str)], extra: &str) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| (format!("AGENT_SIDECAR__{k}"), (*v).to_owned()))
+            .collect();
+        Self::start_in_env(origin, env, extra)
     }
 
     /// Starts with these variables in the process environment as written (e.g.

@@ -18,8 +18,16 @@ const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A sidecar signing with an ES256 key (Rails verifies against its JWKS) and Standard Webhooks,
 /// calling Rails through a proxy that loses the first completion answer of every job; and the
-/// Rails app, pointed at both.
-pub async fn rails_behind_lossy_proxy() -> (Sidecar, LossyProxy, Rails) {
+/// Rails app, pointed at both. `mode` is how the Ruby client triggers: `http` or `folder`.
+pub async fn rails_behind_lossy_proxy(mode: &str) -> (Sidecar, LossyProxy, Rails) {
+    let env: &[(&str, &str)] = if mode == "folder" {
+        &[
+            ("STORAGE__FOLDER_TRIGGERS", "true"),
+            ("STORAGE__RESCAN_INTERVAL", "1h"),
+        ]
+    } else {
+        &[]
+    };
     let rails_addr = free_addr();
     let proxy = LossyProxy::start(format!("http://{rails_addr}")).await;
     let keys = tempfile::tempdir().unwrap();
@@ -29,7 +37,7 @@ pub async fn rails_behind_lossy_proxy() -> (Sidecar, LossyProxy, Rails) {
          \n[callbacks.standard_webhooks]\nenabled = true\nsecrets = [\"{WEBHOOK_SECRET}\"]\n",
         key.display().to_string()
     );
-    let sidecar = Sidecar::start_for_origin(&proxy.origin, &extra);
+    let sidecar = Sidecar::start_for_origin(&proxy.origin, env, &extra);
     let rails = Rails::start(
         rails_addr,
         &[
@@ -49,6 +57,7 @@ pub async fn rails_behind_lossy_proxy() -> (Sidecar, LossyProxy, Rails) {
                 sidecar.shared_root.display().to_string(),
             ),
             ("AGENT_SIDECAR_CALLBACK_BASE_URL", proxy.origin.clone()),
+            ("AGENT_SIDECAR_TRIGGER_MODE", mode.to_owned()),
         ],
     )
     .await;
@@ -130,7 +139,7 @@ async fn settled_report(rails: &Rails, job_id: &str) -> Value {
 
 #[tokio::test]
 async fn rails_dispatches_each_completion_once_despite_redelivery_and_streams_progress() {
-    let (_sidecar, proxy, rails) = rails_behind_lossy_proxy().await;
+    let (_sidecar, proxy, rails) = rails_behind_lossy_proxy("http").await;
     let cases = [
         (
             "summarizer_v2",
@@ -190,7 +199,7 @@ async fn rails_dispatches_each_completion_once_despite_redelivery_and_streams_pr
 
 #[tokio::test]
 async fn a_job_canceled_through_the_ruby_client_reaches_its_handler_once_as_canceled() {
-    let (_sidecar, _proxy, rails) = rails_behind_lossy_proxy().await;
+    let (_sidecar, _proxy, rails) = rails_behind_lossy_proxy("http").await;
     let job_id = uuid::Uuid::new_v4().to_string();
     let mut cable = CableSubscriber::subscribe(&rails, &job_id).await;
     let (code, accepted) = rails
@@ -210,4 +219,31 @@ async fn a_job_canceled_through_the_ruby_client_reaches_its_handler_once_as_canc
     assert_eq!(report["status"], "canceled", "{report}");
     assert_eq!(report["handler_calls"], 1, "{report}");
     assert_eq!(report["error_reason"], "canceled", "{report}");
+}
+
+#[tokio::test]
+async fn the_ruby_client_triggers_through_the_job_folder_when_told_to() {
+    let (_sidecar, _proxy, rails) = rails_behind_lossy_proxy("folder").await;
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let (code, accepted) = rails
+        .post(
+            "/reports",
+            json!({"agent_name": "summarizer_v2", "params": {"step_delay_s": 0}, "job_id": job_id}),
+        )
+        .await;
+    assert_eq!(code, 202, "{accepted}\n{}", rails.logs());
+    assert_eq!(accepted["job_id"], job_id.as_str());
+    let report = settled_report(&rails, &job_id).await;
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(report["handler_calls"], 1, "{report}");
+}
+
+#[tokio::test]
+async fn a_folder_trigger_the_sidecar_refuses_reaches_rails_as_the_problem() {
+    let (_sidecar, _proxy, rails) = rails_behind_lossy_proxy("folder").await;
+    let (code, problem) = rails
+        .post("/reports", json!({"agent_name": "no_such_agent"}))
+        .await;
+    assert_eq!(code, 422, "{problem}\n{}", rails.logs());
+    assert!(problem.to_string().contains("/agent_name"), "{problem}");
 }

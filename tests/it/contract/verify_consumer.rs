@@ -78,6 +78,7 @@ async fn the_rails_reference_consumer_passes_every_case_against_the_sidecars_jwk
     let rails_addr = free_addr();
     let sidecar = Sidecar::start_for_origin(
         &format!("http://{rails_addr}"),
+        &[],
         &format!(
             "\n[[callbacks.jwt.keys]]\nkid = \"check\"\nalgorithm = \"RS256\"\nprivate_key_file = {:?}\nsigning = true\n",
             key.display().to_string()

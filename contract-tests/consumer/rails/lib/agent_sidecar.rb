@@ -17,6 +17,9 @@ module AgentSidecar
     attr_accessor :sidecar_url, :sidecar_token, :shared_root
     # Base URL the sidecar reaches this app at (callback_urls are built from it).
     attr_accessor :callback_base_url
+    # :http (POST /agents/trigger) or :folder (input/trigger.json), and how long folder mode
+    # waits for output/trigger-response.json.
+    attr_accessor :trigger_mode, :folder_answer_timeout
     # job_name => handler class: the only classes a callback can ever dispatch to.
     attr_reader :registry
 
@@ -25,6 +28,8 @@ module AgentSidecar
       @audience = "rails"
       @webhook_secrets = []
       @leeway = 30
+      @trigger_mode = :http
+      @folder_answer_timeout = 30
       @registry = {}
     end
 

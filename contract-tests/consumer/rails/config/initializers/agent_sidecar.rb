@@ -10,6 +10,7 @@ AgentSidecar.configure do |c|
   c.sidecar_token = ENV["AGENT_SIDECAR_TOKEN"]
   c.shared_root = ENV.fetch("AGENT_SIDECAR_SHARED_ROOT", "/srv/shared_root")
   c.callback_base_url = ENV.fetch("AGENT_SIDECAR_CALLBACK_BASE_URL", "http://127.0.0.1:3000")
+  c.trigger_mode = ENV.fetch("AGENT_SIDECAR_TRIGGER_MODE", "http").to_sym
 end
 
 # The registry: the only classes a completion can dispatch to (never constantize a job_name).

@@ -7,7 +7,8 @@ require "securerandom"
 module AgentSidecar
   # Starts agent jobs: writes <shared_root>/<job_id>/input/ (the files, then manifest.json v2
   # with each file's size and SHA-256, both by rename so the sidecar never reads half a file),
-  # then POSTs /agents/trigger. The job folder is complete before the sidecar hears of it.
+  # then POSTs /agents/trigger, or in folder mode writes input/trigger.json and reads the answer
+  # from output/trigger-response.json. The job folder is complete before the sidecar hears of it.
   class Client
     # The sidecar refused the trigger; `problem` is its RFC 9457 body.
     class Refused < StandardError
@@ -37,7 +38,7 @@ module AgentSidecar
         }
       }
       body[:priority] = priority if priority
-      post("/agents/trigger", body)
+      @config.trigger_mode == :folder ? trigger_by_folder(job_id, body) : post("/agents/trigger", body)
     end
 
     # POST /jobs/{id}/cancel: the sidecar stops the agent and sends a `canceled` completion.
@@ -46,6 +47,26 @@ module AgentSidecar
     end
 
     private
+
+    # Folder mode ([storage] folder_triggers = true on the sidecar): input/trigger.json instead
+    # of the POST; the sidecar answers in output/trigger-response.json, same body as the API.
+    def trigger_by_folder(job_id, body)
+      write_atomically(File.join(@config.shared_root, job_id, "input", "trigger.json"), JSON.generate(body))
+      answer = JSON.parse(wait_for_file(File.join(@config.shared_root, job_id, "output", "trigger-response.json")))
+      raise Refused.new(answer["status"], answer) if answer["status"].is_a?(Integer)
+
+      answer
+    end
+
+    def wait_for_file(path)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + @config.folder_answer_timeout
+      until File.file?(path)
+        raise Timeout::Error, "no answer in #{path} after #{@config.folder_answer_timeout}s" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.05
+      end
+      File.read(path)
+    end
 
     def write_job_folder(job_id, user_id:, agent_name:, job_name:, params:, inputs:)
       input = File.join(@config.shared_root, job_id, "input")
