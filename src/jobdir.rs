@@ -112,7 +112,8 @@ impl JobDir {
 
     fn check_input(&self, file: &InputFile) -> Result<(), (&'static str, String)> {
         let path = self.input_file(&file.path).map_err(|e| ("/path", e))?;
-        let (bytes, sha256) = sha256_file(&path)
+        let (bytes, sha256) = open_regular(&path)
+            .and_then(sha256_of)
             .map_err(|e| ("/path", format!("input/{} cannot be read: {e}", file.path)))?;
         if bytes != file.bytes {
             return Err((
@@ -162,9 +163,27 @@ impl JobDir {
     }
 }
 
+/// Opens `path` only if it is a regular file, without following a symlink swapped in since it
+/// was checked and without blocking on a FIFO or device put there.
+fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::other("not a regular file"))
+    }
+}
+
 /// Size and lower-case hex SHA-256 of a file, read in 64 KiB blocks.
 pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
+    sha256_of(std::fs::File::open(path)?)
+}
+
+fn sha256_of(mut file: std::fs::File) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut bytes = 0u64;

@@ -91,7 +91,7 @@ struct VerifyConsumer {
     #[arg(long, default_value = "ReportCompileJob")]
     job_name: String,
     /// Sign with this HS256 shared secret (the app's [callbacks.jwt] secret).
-    #[arg(long, env = "AGENT_SIDECAR_CALLBACK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "AGENT_SIDECAR_VERIFY_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Sign and send exactly as this sidecar config does: its secret or its asymmetric signing
     /// key (the app verifies against the sidecar's JWKS), Standard Webhooks, mTLS.

@@ -156,7 +156,8 @@ class Sidecar:
         )
         line = self.process.stdout.readline()
         if "listening on " not in line:
-            raise SystemExit(f"the sidecar did not start: {line!r}; see {root / 'sidecar.log'}")
+            self.process.kill()
+            raise SystemExit(f"the sidecar did not start: {line!r}; {(root / 'sidecar.log').read_text()}")
         self.base = line.split("listening on ")[1].strip()
 
     def request(self, method, path, body=None):
@@ -178,7 +179,11 @@ class Sidecar:
 
     def stop(self):
         self.process.terminate()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def fresh(request, origin):
@@ -293,7 +298,8 @@ def check_outputs(sidecar, jobs):
             path = out / f"{name}.json"
             errors = [e.message for e in schema(1, name).iter_errors(json.loads(path.read_text()))] if path.exists() else ["missing"]
             check(not errors, f"output/{name}.json of {job['agent_name']} validates ({errors})")
-        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        # Only whole lines: a delivery line may still be being appended.
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().split("\n")[:-1]]
         event_schema = schema(1, "job-event")
         bad = [e for e in events if e.get("type") in ("state", "progress") and list(event_schema.iter_errors(e))]
         check(events and not bad, f"output/events.jsonl of {job['agent_name']} validates ({bad[:1]})")

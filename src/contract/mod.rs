@@ -38,7 +38,8 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, InvalidManifest> {
     schema::validate(SchemaKind::Manifest, version, &doc).map_err(invalid)?;
     let manifest = match version {
         1 => from_value_at::<ManifestV1>(doc).map(|m| m.into_manifest(Inputs::Paths)),
-        _ => from_value_at::<ManifestV2>(doc).map(|m| m.into_manifest(Inputs::Files)),
+        2 => from_value_at::<ManifestV2>(doc).map(|m| m.into_manifest(Inputs::Files)),
+        other => Err(schema::unknown_version(other)),
     };
     manifest.map_err(|e| invalid(vec![e]))
 }

@@ -45,7 +45,6 @@ fn round_trips<T: Serialize + DeserializeOwned>(kind: SchemaKind, version: u32, 
     }
 }
 
-/// Each invalid fixture is rejected with an error at the pointer it names.
 /// Each invalid fixture is rejected with an error at the pointer it names (and, when it says,
 /// a detail containing `detail_contains`).
 fn rejects_invalid(kind: SchemaKind, version: u32, folder: &str) {

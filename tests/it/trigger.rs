@@ -339,3 +339,29 @@ async fn a_v2_input_that_is_missing_or_a_symlink_is_422_naming_its_path() {
     assert_names(&answer, "manifest", "/inputs/0/path");
     assert!(answer.to_string().contains("symlink"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_v2_input_of_another_size_is_422_naming_bytes() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let mut manifest: Value = serde_json::from_str(&manifest_v2(&body, WRONG_SHA256)).unwrap();
+    manifest["inputs"][0]["bytes"] = json!(1);
+    sidecar.write_manifest(body["job_id"].as_str().unwrap(), &manifest.to_string());
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/inputs/0/bytes");
+}
+
+#[tokio::test]
+async fn a_v2_input_behind_a_symlinked_folder_is_refused() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    let mut manifest: Value = serde_json::from_str(&manifest_v2(&body, WRONG_SHA256)).unwrap();
+    manifest["inputs"][0]["path"] = json!("sub/passwd");
+    let dir = sidecar.write_manifest(body["job_id"].as_str().unwrap(), &manifest.to_string());
+    std::os::unix::fs::symlink("/etc", dir.join("input/sub")).unwrap();
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_names(&answer, "manifest", "/inputs/0/path");
+    assert!(answer.to_string().contains("symlink"), "{answer}");
+}

@@ -177,11 +177,16 @@ async fn rails_dispatches_each_completion_once_despite_redelivery_and_streams_pr
         assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
         assert_eq!(messages.last().unwrap()["status"], status);
 
-        let completions: Vec<_> = proxy
-            .passed_for(&job_id)
-            .into_iter()
-            .filter(|p| p.path.starts_with("/agents/completed/"))
-            .collect();
+        // The proxy records an answer after Rails gave it, so wait for the second one too.
+        let completions = eventually("both completion deliveries through the proxy", || async {
+            let passed: Vec<_> = proxy
+                .passed_for(&job_id)
+                .into_iter()
+                .filter(|p| p.path.starts_with("/agents/completed/"))
+                .collect();
+            (passed.len() >= 2).then_some(passed)
+        })
+        .await;
         assert_eq!(completions.len(), 2, "{completions:?}");
         assert!(completions[0].lost && completions[0].answer["status"] == "ok");
         assert!(
@@ -246,4 +251,21 @@ async fn a_folder_trigger_the_sidecar_refuses_reaches_rails_as_the_problem() {
         .await;
     assert_eq!(code, 422, "{problem}\n{}", rails.logs());
     assert!(problem.to_string().contains("/agent_name"), "{problem}");
+}
+
+#[tokio::test]
+async fn the_ruby_client_refuses_a_job_id_or_input_name_that_would_leave_shared_root() {
+    let (sidecar, _proxy, rails) = rails_behind_lossy_proxy("http").await;
+    let escapes = [
+        json!({"job_id": "../../escaped"}),
+        json!({"job_id": uuid::Uuid::new_v4().to_string(), "inputs": {"../../escaped.txt": "x"}}),
+        json!({"job_id": uuid::Uuid::new_v4().to_string(), "inputs": {"/tmp/escaped.txt": "x"}}),
+    ];
+    for body in escapes {
+        let (code, problem) = rails.post("/reports", body.clone()).await;
+        assert_eq!(code, 400, "{body}: {problem}");
+    }
+    let parent = sidecar.shared_root.parent().unwrap();
+    assert!(!parent.join("escaped").exists() && !parent.join("escaped.txt").exists());
+    assert!(!std::path::Path::new("/tmp/escaped.txt").exists());
 }

@@ -12,8 +12,9 @@ module AgentSidecar
     attr_accessor :webhook_secrets
     # Seconds of clock skew tolerated on `exp` and `webhook-timestamp`.
     attr_accessor :leeway
-    # The sidecar (`POST /agents/trigger`), its bearer token if [server.auth] is on, and the
-    # shared_root mount where the job folders are written.
+    # The sidecar (`POST /agents/trigger`), its bearer token if [server.auth] is on (a string, or
+    # a lambda called per request to mint a short-lived JWT), and the shared_root mount where the
+    # job folders are written.
     attr_accessor :sidecar_url, :sidecar_token, :shared_root
     # Base URL the sidecar reaches this app at (callback_urls are built from it).
     attr_accessor :callback_base_url

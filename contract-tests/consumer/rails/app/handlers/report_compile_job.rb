@@ -6,7 +6,8 @@ class ReportCompileJob
     report.update!(
       status: status,
       handler_calls: report.handler_calls + 1,
-      artifact_count: Array(output_index["artifacts"]).size,
+      # A large summary arrives as a trimmed index that only counts its artifacts.
+      artifact_count: output_index["artifact_count"] || Array(output_index["artifacts"]).size,
       error_reason: error && error["reason"]
     )
     Rails.logger.info("ReportCompileJob.completed job #{job_id} #{status} (#{meta['duration_ms']} ms, #{output_uri})")

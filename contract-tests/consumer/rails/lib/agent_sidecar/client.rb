@@ -29,6 +29,7 @@ module AgentSidecar
     # Returns the 202 body ({"job_id", "status", "status_url"}). `inputs` maps file names under
     # input/ to their content. Raises Refused on any other answer.
     def trigger(agent_name:, job_name:, user_id:, inputs: {}, params: {}, job_id: SecureRandom.uuid, priority: nil)
+      job_id = checked_job_id(job_id)
       write_job_folder(job_id, user_id: user_id, agent_name: agent_name, job_name: job_name, params: params, inputs: inputs)
       body = {
         job_id: job_id, user_id: user_id.to_s, agent_name: agent_name, job_name: job_name, params: params,
@@ -43,7 +44,7 @@ module AgentSidecar
 
     # POST /jobs/{id}/cancel: the sidecar stops the agent and sends a `canceled` completion.
     def cancel(job_id)
-      post("/jobs/#{job_id}/cancel", nil, accept: [200, 202])
+      post("/jobs/#{checked_job_id(job_id)}/cancel", nil, accept: [200, 202])
     end
 
     private
@@ -68,11 +69,27 @@ module AgentSidecar
       File.read(path)
     end
 
+    # Job ids and input names become paths: only a UUID, and only plain relative names.
+    def checked_job_id(job_id)
+      raise ArgumentError, "job_id must be a UUID" unless AgentSidecar::UUID.match?(job_id.to_s)
+
+      job_id.to_s.downcase
+    end
+
+    def input_path(input, name)
+      parts = name.to_s.split("/")
+      if name.to_s.empty? || name.to_s.start_with?("/") || name.to_s.match?(/[\\\0]/) || parts.any? { |p| p.empty? || p == "." || p == ".." }
+        raise ArgumentError, "input name #{name.inspect} is not a plain relative path"
+      end
+
+      File.join(input, *parts)
+    end
+
     def write_job_folder(job_id, user_id:, agent_name:, job_name:, params:, inputs:)
       input = File.join(@config.shared_root, job_id, "input")
       FileUtils.mkdir_p(input)
       files = inputs.map do |name, content|
-        write_atomically(File.join(input, name), content)
+        write_atomically(input_path(input, name), content)
         { path: name, bytes: content.bytesize, sha256: OpenSSL::Digest::SHA256.hexdigest(content) }
       end
       manifest = {
@@ -92,7 +109,8 @@ module AgentSidecar
     def post(path, body, accept: [202])
       uri = URI.join(@config.sidecar_url, path)
       request = Net::HTTP::Post.new(uri, "Content-Type" => "application/json")
-      request["Authorization"] = "Bearer #{@config.sidecar_token}" if @config.sidecar_token
+      token = @config.sidecar_token.respond_to?(:call) ? @config.sidecar_token.call : @config.sidecar_token
+      request["Authorization"] = "Bearer #{token}" if token
       request.body = JSON.generate(body) if body
       response = Net::HTTP.start(uri.host, uri.port, use_ssl: uri.scheme == "https") { |http| http.request(request) }
       parsed = response.body.to_s.empty? ? {} : JSON.parse(response.body)

@@ -13,19 +13,23 @@ module AgentSidecar
 
     # :handled, :duplicate or :handler_unavailable.
     def apply
+      row = record
+      return after(:duplicate) if row.completed_at
+
       unless @handler.respond_to?(:completed)
         Rails.logger.error("agent-sidecar: #{@handler}.completed is not implemented (job #{@job_id})")
-        record.update!(status: "errored")
+        row.update!(status: "errored")
         return :handler_unavailable
       end
+      # The conditional UPDATE is the transaction's first statement: it takes the write lock at
+      # once (SQLite) and never follows a failed INSERT (PostgreSQL aborts the transaction).
       outcome = ActiveRecord::Base.transaction do
-        next :duplicate unless claim
+        next :duplicate unless claim(row)
 
         @handler.completed(**arguments)
         :handled
       end
       after(outcome)
-      outcome
     end
 
     private
@@ -37,8 +41,8 @@ module AgentSidecar
     end
 
     # The conditional update is the lock: of two concurrent deliveries only one matches.
-    def claim
-      AgentSidecar::Job.where(id: record.id, completed_at: nil).update_all(
+    def claim(row)
+      AgentSidecar::Job.where(id: row.id, completed_at: nil).update_all(
         status: @payload["status"], job_name: @payload["job_name"], completion_delivery_id: @delivery_id,
         completion: @payload, completed_at: Time.current, updated_at: Time.current
       ) == 1
@@ -59,6 +63,7 @@ module AgentSidecar
         message = { "type" => "completed", "status" => @payload["status"], "error" => @payload["error"] }
         ActionCable.server.broadcast(AgentSidecar.stream_for(@job_id), message)
       end
+      outcome
     end
   end
 end

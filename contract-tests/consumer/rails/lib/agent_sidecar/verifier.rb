@@ -10,7 +10,9 @@ module AgentSidecar
   # `body_sha256` is the digest of the exact body; then the Standard Webhooks headers when
   # secrets are configured. Raises Unauthorized naming what failed.
   class Verifier
-    ASYMMETRIC = %w[RS256 ES256].freeze
+    ASYMMETRIC = { "RS256" => "RSA", "ES256" => "EC" }.freeze
+    # Least time between two JWKS fetches caused by an unknown kid (anyone can send one).
+    REFETCH_INTERVAL = 30
     REQUIRED = %w[iss aud sub iat exp jti event job_name status body_sha256].freeze
 
     def initialize(config = AgentSidecar.config)
@@ -32,40 +34,61 @@ module AgentSidecar
 
     private
 
+    # The algorithm is tied to the key type: HS256 only with the secret, RS256/ES256 only with a
+    # JWK of the matching kty from the JWKS; anything else (`none` included) is refused.
     def decode(token)
-      alg = JWT.decode(token, nil, false).last["alg"]
+      header = JWT.decode(token, nil, false).last
+      alg = header.is_a?(Hash) ? header["alg"] : nil
       options = {
         algorithms: [alg], iss: @config.issuer, verify_iss: true, aud: @config.audience,
         verify_aud: true, exp_leeway: @config.leeway, required_claims: REQUIRED
       }
       if alg == "HS256" && @config.secret.present?
         JWT.decode(token, @config.secret, true, options).first
-      elsif ASYMMETRIC.include?(alg) && @config.jwks_url.present?
-        JWT.decode(token, nil, true, options.merge(jwks: method(:jwks))).first
+      elsif ASYMMETRIC.key?(alg) && @config.jwks_url.present?
+        JWT.decode(token, nil, true, options.merge(jwks: ->(opts) { jwks_of(ASYMMETRIC[alg], opts) })).first
       else
         raise Unauthorized, "algorithm #{alg.inspect} is not accepted"
       end
+    rescue Unauthorized, Unavailable
+      raise
     rescue JWT::ExpiredSignature
       raise Unauthorized, "token expired"
     rescue JWT::DecodeError => e
       raise Unauthorized, "invalid token: #{e.message}"
+    rescue StandardError => e
+      raise Unauthorized, "invalid token (#{e.class})"
     end
 
-    # The JWKS, fetched once and again when a token names a kid it lacks (key rotation).
-    def jwks(options = {})
+    # The JWKS keys of type `kty`, fetched once and again when a token names an unknown kid (key
+    # rotation), at most every REFETCH_INTERVAL seconds.
+    def jwks_of(kty, options)
       @jwks_mutex.synchronize do
-        @jwks = nil if options[:kid_not_found]
-        @jwks ||= fetch_jwks
+        stale = options[:kid_not_found] && (@fetched_at.nil? || monotonic - @fetched_at > REFETCH_INTERVAL)
+        if @jwks.nil? || stale
+          @jwks = fetch_jwks
+          @fetched_at = monotonic
+        end
       end
+      { "keys" => Array(@jwks["keys"]).select { |k| k["kty"] == kty } }
     end
 
     def fetch_jwks
-      response = Net::HTTP.get_response(URI(@config.jwks_url))
-      raise Unauthorized, "JWKS unavailable (#{response.code})" unless response.is_a?(Net::HTTPSuccess)
+      uri = URI(@config.jwks_url)
+      response = Net::HTTP.start(uri.host, uri.port, use_ssl: uri.scheme == "https", open_timeout: 3, read_timeout: 3) do |http|
+        http.request(Net::HTTP::Get.new(uri))
+      end
+      raise Unavailable, "JWKS answered #{response.code}" unless response.is_a?(Net::HTTPSuccess)
 
       JSON.parse(response.body)
-    rescue SystemCallError, IOError, Timeout::Error, JSON::ParserError => e
-      raise Unauthorized, "JWKS unavailable: #{e.class}"
+    rescue StandardError => e
+      raise e if e.is_a?(Unavailable)
+
+      raise Unavailable, "JWKS unavailable: #{e.class}"
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
 
     # Standard Webhooks: v1,<base64 HMAC-SHA256 of "id.timestamp.body"> with any configured secret.

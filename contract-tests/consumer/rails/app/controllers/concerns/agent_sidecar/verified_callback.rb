@@ -23,6 +23,10 @@ module AgentSidecar
     rescue AgentSidecar::Unauthorized => e
       Rails.logger.warn("agent-sidecar #{action_name} callback refused: #{e.message}")
       render_problem(401, "Unauthorized", e.message)
+    rescue AgentSidecar::Unavailable => e
+      Rails.logger.error("agent-sidecar #{action_name} callback not checked: #{e.message}")
+      response.set_header("Retry-After", "30")
+      render_problem(503, "Service Unavailable", e.message)
     end
 
     def agent_sidecar_verifier
