@@ -86,26 +86,26 @@ impl Rails {
         path: &str,
         body: serde_json::Value,
     ) -> (StatusCode, serde_json::Value) {
-        let r = client()
-            .post(format!("{}{path}", self.origin))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (
-            status,
-            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default(),
-        )
+        self.request(Method::POST, path, Some(body)).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        let r = client()
-            .get(format!("{}{path}", self.origin))
-            .send()
-            .await
-            .unwrap();
+        self.request(Method::GET, path, None).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = client().request(method, format!("{}{path}", self.origin));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let r = request.send().await.unwrap();
         let status = r.status();
         (
             status,
