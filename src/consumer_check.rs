@@ -13,8 +13,9 @@ use url::Url;
 
 use crate::config::{CallbacksConfig, JwtConfig, Secret, StandardWebhooksConfig};
 use crate::contract::{DeliveryId, JobId, JobName, JobState};
+use crate::delivery::TransportError;
 use crate::delivery::sign::{CallbackEvent, KeyError, Signer, TokenFor};
-use crate::delivery::{Transport, TransportError};
+use crate::delivery::transport::http_client;
 
 const PROGRESS: &str =
     include_str!("../contract-tests/fixtures/v1/progress-callback/valid/staged.json");
@@ -249,7 +250,7 @@ impl Checker {
     /// Signs and sends with the sidecar's own callback settings and HTTP client (keys, mTLS,
     /// egress rules).
     pub fn from_callbacks(cfg: &CallbacksConfig) -> Result<Self, TransportError> {
-        let client = Transport::build(cfg)?.client;
+        let client = http_client(cfg)?;
         Ok(Self::new(&cfg.jwt, &cfg.standard_webhooks, client)?)
     }
 

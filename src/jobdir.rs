@@ -150,11 +150,8 @@ impl JobDir {
                 return Err(format!("input/{relative} goes through a symlink"));
             }
         }
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("input/{relative} is not a regular file"))
-        }
+        // Whether it is a regular file is checked on the opened handle.
+        Ok(path)
     }
 
     /// Creates `output/` and `output/artifacts/` if missing.

@@ -58,7 +58,7 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
 
 /// The HTTP client: no redirects, no proxies, bounded time, mTLS when configured, and a
 /// resolver that refuses private addresses the config did not allow.
-fn http_client(cfg: &CallbacksConfig) -> Result<reqwest::Client, TransportError> {
+pub fn http_client(cfg: &CallbacksConfig) -> Result<reqwest::Client, TransportError> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(cfg.timeout)

@@ -21,14 +21,7 @@ fn events_file(sidecar: &Sidecar, job_id: &str) -> Vec<Value> {
 
 /// The SSE replay of a finished job, as `data` documents.
 async fn replay(sidecar: &Sidecar, job_id: &str) -> Vec<Value> {
-    let text = client()
-        .get(format!("{}/jobs/{job_id}/events", sidecar.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sidecar.get_text(&format!("/jobs/{job_id}/events")).await;
     text.lines()
         .filter_map(|l| l.strip_prefix("data:"))
         .map(|d| serde_json::from_str(d.trim_start()).unwrap())

@@ -521,6 +521,18 @@ interval = "100ms"
         (StatusCode::from_u16(status.as_u16()).unwrap(), value)
     }
 
+    /// The body of `GET path` as text, whatever the status.
+    pub async fn get_text(&self, path: &str) -> String {
+        client()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let response = client()
             .get(format!("{}{path}", self.base))
@@ -699,15 +711,18 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .map_or(0.0, |s| s.value)
 }
 
+/// The states a job status document went through, oldest first.
+pub fn states(job: &Value) -> Vec<String> {
+    job["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// One sample of the sidecar's `/metrics` (0 when absent).
 pub async fn metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", sidecar.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sidecar.get_text("/metrics").await;
     value(&parse_metrics(&text), name, labels)
 }

@@ -28,15 +28,6 @@ async fn cancel(sidecar: &Sidecar, job_id: &str) -> (u16, Value) {
     (status.as_u16(), body)
 }
 
-fn states(job: &Value) -> Vec<String> {
-    job["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn canceling_a_running_agent_kills_it_and_its_child_and_the_completion_says_canceled() {
     let receiver = Receiver::start().await;

@@ -358,13 +358,10 @@ async fn jobs_show_prints_every_state_change_and_delivery_attempt() {
         (shown["delivery"]["state"] == "delivered").then_some(shown)
     })
     .await;
-    let states: Vec<&str> = shown["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["received", "queued", "in_progress", "completed"]);
+    assert_eq!(
+        states(&shown),
+        ["received", "queued", "in_progress", "completed"]
+    );
     assert_eq!(shown["delivery"]["history"][0]["status_code"], 200);
     let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
         .args([

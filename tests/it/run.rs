@@ -125,13 +125,10 @@ async fn the_example_job_runs_end_to_end_with_signed_ordered_callbacks_and_valid
     // GET /jobs/{id} tells the same story.
     let (_, status) = sidecar.get(&format!("/jobs/{EXAMPLE_JOB}")).await;
     assert_valid("status.json", &status);
-    let states: Vec<&str> = status["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["received", "queued", "in_progress", "completed"]);
+    assert_eq!(
+        states(&status),
+        ["received", "queued", "in_progress", "completed"]
+    );
     assert_eq!(status["output_index"], summary);
     assert_eq!(status["last_progress"]["message"], "Finished");
 }
