@@ -112,26 +112,30 @@ impl JobDir {
 
     fn check_input(&self, file: &InputFile) -> Result<(), (&'static str, String)> {
         let path = self.input_file(&file.path).map_err(|e| ("/path", e))?;
-        let (bytes, sha256) = open_regular(&path)
-            .and_then(sha256_of)
-            .map_err(|e| ("/path", format!("input/{} cannot be read: {e}", file.path)))?;
+        let unreadable =
+            |e: io::Error| ("/path", format!("input/{} cannot be read: {e}", file.path));
+        let other_size = |bytes: u64| {
+            let detail = format!(
+                "input/{} has {bytes} bytes, the manifest says {}",
+                file.path, file.bytes
+            );
+            ("/bytes", detail)
+        };
+        let (handle, size) = open_regular(&path).map_err(unreadable)?;
+        // A file of another size is refused before any byte of it is hashed.
+        if size != file.bytes {
+            return Err(other_size(size));
+        }
+        let (bytes, sha256) = sha256_of(handle).map_err(unreadable)?;
         if bytes != file.bytes {
-            return Err((
-                "/bytes",
-                format!(
-                    "input/{} has {bytes} bytes, the manifest says {}",
-                    file.path, file.bytes
-                ),
-            ));
+            return Err(other_size(bytes));
         }
         if sha256 != file.sha256 {
-            return Err((
-                "/sha256",
-                format!(
-                    "input/{} has SHA-256 {sha256}, the manifest says {}",
-                    file.path, file.sha256
-                ),
-            ));
+            let detail = format!(
+                "input/{} has SHA-256 {sha256}, the manifest says {}",
+                file.path, file.sha256
+            );
+            return Err(("/sha256", detail));
         }
         Ok(())
     }
@@ -162,14 +166,16 @@ impl JobDir {
 
 /// Opens `path` only if it is a regular file, without following a symlink swapped in since it
 /// was checked and without blocking on a FIFO or device put there.
-fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+/// Returns the open file and its size.
+fn open_regular(path: &Path) -> io::Result<(std::fs::File, u64)> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    if file.metadata()?.is_file() {
-        Ok(file)
+    let metadata = file.metadata()?;
+    if metadata.is_file() {
+        Ok((file, metadata.len()))
     } else {
         Err(io::Error::other("not a regular file"))
     }
