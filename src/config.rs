@@ -245,6 +245,19 @@ fn default_status_min_interval() -> Duration {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: String,
+    node_id: Option<String>,
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    lease: Duration,
+    #[serde(default = "default_pool_size")]
+    pool_size: usize,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_pool_size() -> usize {
+    8
 }
 
 #[derive(Debug, Deserialize)]
@@ -556,9 +569,42 @@ pub struct StorageConfig {
 
 /// `[store]`: where job state lives.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StoreConfig {
+pub enum StoreBackend {
     /// An SQLite database file (`sqlite:///path/state.db`).
     Sqlite(PathBuf),
+    /// A PostgreSQL database shared by a fleet of sidecars (`postgres://...`).
+    Postgres(PostgresUrl),
+}
+
+/// A PostgreSQL connection URL; its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(pub String);
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                write!(f, "{url}")
+            }
+            Ok(url) => write!(f, "{url}"),
+            Err(_) => f.write_str("postgres://(unparsable)"),
+        }
+    }
+}
+
+/// `[store]`: where the durable state lives, and who this node is in a fleet.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The database.
+    pub backend: StoreBackend,
+    /// This node's name in the fleet (stable across restarts; default: the host name).
+    pub node_id: String,
+    /// How long a claimed job stays this node's without a heartbeat; after that, another node
+    /// takes it over. Heartbeats come every third of it.
+    pub lease: Duration,
+    /// Connections to PostgreSQL kept by this node.
+    pub pool_size: usize,
 }
 
 /// `[callbacks]`: how Rails is called back.
@@ -843,7 +889,7 @@ impl Config {
                 folder_triggers: raw.storage.folder_triggers,
                 rescan_interval: raw.storage.rescan_interval,
             },
-            store: resolve_store(&raw.store.url, base)?,
+            store: resolve_store(raw.store, base)?,
             callbacks: resolve_callbacks(raw.callbacks, base)?,
             jobs,
             sweeper: resolve_sweeper(raw.sweeper)?,
@@ -982,17 +1028,52 @@ fn resolve_auth(raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
     })
 }
 
-fn resolve_store(url: &str, base: &Path) -> Result<StoreConfig, ConfigError> {
+fn resolve_store(raw: RawStore, base: &Path) -> Result<StoreConfig, ConfigError> {
+    let backend = resolve_backend(&raw.url, base)?;
+    if raw.lease < Duration::from_secs(1) {
+        return Err(invalid("store.lease", "must be at least 1s"));
+    }
+    if raw.pool_size == 0 {
+        return Err(invalid("store.pool_size", "must be at least 1"));
+    }
+    let node_id = match raw.node_id {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    if node_id.is_empty() || node_id.len() > 200 || node_id.chars().any(char::is_control) {
+        return Err(invalid(
+            "store.node_id",
+            "must be 1 to 200 printable characters (default: the host name)",
+        ));
+    }
+    Ok(StoreConfig {
+        backend,
+        node_id,
+        lease: raw.lease,
+        pool_size: raw.pool_size,
+    })
+}
+
+fn resolve_backend(url: &str, base: &Path) -> Result<StoreBackend, ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return match url.parse::<tokio_postgres::Config>() {
+            Ok(_) => Ok(StoreBackend::Postgres(PostgresUrl(url.to_owned()))),
+            // The parser's message can quote the URL, password included: say only what it is.
+            Err(_) => Err(invalid("store.url", "is not a valid PostgreSQL URL")),
+        };
+    }
     let path = url.strip_prefix("sqlite://").ok_or_else(|| {
         invalid(
             "store.url",
-            "must start with sqlite:// (e.g. sqlite:///var/lib/agent-sidecar/state.db)",
+            "must start with sqlite:// (e.g. sqlite:///var/lib/agent-sidecar/state.db) or postgres://",
         )
     })?;
     if path.is_empty() {
         return Err(invalid("store.url", "names no database file"));
     }
-    Ok(StoreConfig::Sqlite(base.join(path)))
+    Ok(StoreBackend::Sqlite(base.join(path)))
 }
 
 fn resolve_callbacks(raw: RawCallbacks, base: &Path) -> Result<CallbacksConfig, ConfigError> {

@@ -16,7 +16,7 @@ use axum::routing::post;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, StoreBackend};
 use crate::contract::{CompletionCallback, Manifest, ProgressCallback};
 use crate::delivery::sign::Verifier;
 
@@ -50,7 +50,7 @@ pub async fn run_demo(config_path: &Path) -> anyhow::Result<()> {
     copy_dir(&config.storage.shared_root, &shared_root)
         .with_context(|| format!("cannot copy {}", config.storage.shared_root.display()))?;
     config.storage.shared_root = shared_root.clone();
-    config.store = StoreConfig::Sqlite(scratch.join("state.db"));
+    config.store.backend = StoreBackend::Sqlite(scratch.join("state.db"));
 
     let (receiver_url, mut events) = start_receiver(&config).await?;
     config.callbacks.allowed_origins = [receiver_url.clone()].into();

@@ -286,3 +286,17 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<crate::store::StoreError> for ApiError {
+    /// A database that cannot be reached is a retryable 503; anything else is our fault.
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Pool(_) | StoreError::Postgres(_) | StoreError::Closed => {
+                tracing::warn!(error = %e, "store unavailable");
+                Self::unavailable("the job store is unavailable; retry shortly", 5)
+            }
+            other => Self::internal(&other),
+        }
+    }
+}

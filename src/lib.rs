@@ -86,6 +86,7 @@ impl Sidecar {
     /// Jobs a previous process left running are concluded and pending callbacks resume.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         install_crypto_provider();
+        telemetry::set_node(&config.store.node_id);
         telemetry::handle();
         let config = Arc::new(config);
         let shared_root = config.storage.shared_root.canonicalize().with_context(|| {
@@ -127,6 +128,10 @@ impl Sidecar {
                 "handled jobs interrupted by the previous stop"
             );
         }
+        runner
+            .beat()
+            .await
+            .context("cannot record this node in the store")?;
         let released = store
             .release_leases()
             .await
@@ -169,6 +174,16 @@ impl Sidecar {
             Arc::clone(&runner)
                 .run()
                 .instrument(info_span!("scheduler")),
+        );
+        tracker.spawn(
+            Arc::clone(&runner)
+                .keep_leases()
+                .instrument(info_span!("heartbeat")),
+        );
+        tracker.spawn(
+            Arc::clone(&runner)
+                .follow_signals()
+                .instrument(info_span!("fleet")),
         );
         let sweeper = Sweeper::new(
             Arc::clone(&store),

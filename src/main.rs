@@ -51,6 +51,13 @@ enum Command {
         /// The TOML config file.
         config: PathBuf,
     },
+    /// Create or upgrade the store's schema (what `serve` does on start; safe while other
+    /// nodes start or run).
+    Migrate {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Inspect and redrive callback deliveries (works with the daemon running or stopped).
     Deliveries {
         #[command(subcommand)]
@@ -185,6 +192,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { manifest } => return validate(&manifest),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Migrate { config } => runtime().and_then(|rt| rt.block_on(migrate(&config))),
         Command::Deliveries { action } => runtime().and_then(|rt| rt.block_on(deliveries(action))),
         Command::Openapi => {
             print!("{}", agent_sidecar::api::openapi::document_json());
@@ -355,6 +363,13 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         agents.len(),
         agents.join(", ")
     );
+    Ok(())
+}
+
+async fn migrate(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let applied = store::migrate(&config.store).await?;
+    println!("store schema up to date ({applied} migration(s) applied)");
     Ok(())
 }
 

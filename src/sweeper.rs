@@ -3,9 +3,12 @@
 //! Each pass, in order:
 //! 1. runs of this process that went silent past their agent's `stale_after`, or ran past its
 //!    `timeout`, are stopped (they end `timed_out` with a completion);
-//! 2. `in_progress` jobs no agent of this process runs, past their timeout, end `timed_out`;
-//! 3. jobs queued longer than `max_queue_age` end `timed_out` (`queue_timeout`);
-//! 4. terminal jobs older than the retention, whose completion is no longer pending, are
+//!
+//! and then, only on the fleet's leader (one node at a time, see [`Store::lead`]):
+//! 2. jobs whose lease ran out (their node died) are taken over per their agent's `on_restart`;
+//! 3. `in_progress` jobs no agent of this process runs, past their timeout, end `timed_out`;
+//! 4. jobs queued longer than `max_queue_age` end `timed_out` (`queue_timeout`);
+//! 5. terminal jobs older than the retention, whose completion is no longer pending, are
 //!    deleted with their history, and (only if configured) their folders.
 //!
 //! Every end goes through the store's compare-and-set on `(state, attempt)`: a job that moved
@@ -31,6 +34,10 @@ const BATCH: usize = 500;
 pub struct Swept {
     /// Runs stopped as stale or over their timeout.
     pub stopped: usize,
+    /// Whether this process led the pass (did steps 2 to 5).
+    pub led: bool,
+    /// Jobs of dead nodes taken over (requeued or ended per `on_restart`).
+    pub reclaimed: usize,
     /// Unsupervised runs ended `timed_out`.
     pub abandoned: usize,
     /// Queued jobs ended `timed_out` (`queue_timeout`).
@@ -90,6 +97,12 @@ impl Sweeper {
             telemetry::sweeper_action(action, 1);
             swept.stopped += 1;
         }
+        swept.led = self.store.lead().await?;
+        if !swept.led {
+            return Ok(swept);
+        }
+        swept.reclaimed = self.runner.recover().await?;
+        telemetry::sweeper_action("reclaimed", swept.reclaimed);
         swept.abandoned = self.end_abandoned(now).await?;
         telemetry::sweeper_action("abandoned", swept.abandoned);
         swept.expired = self.expire_queued(now).await?;

@@ -30,14 +30,25 @@ const BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// Names this process's node: every series then carries a `node` label. Must come before the
+/// first [`handle`] call to take effect.
+pub fn set_node(node_id: &str) {
+    let _ = NODE.set(node_id.to_owned());
+}
+
+static NODE: OnceLock<String> = OnceLock::new();
+
 /// The process-wide recorder (installed once; every sidecar in a process shares it).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
+        let mut builder = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
-            .expect("the bucket list is not empty")
-            .build_recorder();
+            .expect("the bucket list is not empty");
+        if let Some(node) = NODE.get() {
+            builder = builder.add_global_label("node", node);
+        }
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; then ours simply stays local.
         let _ = metrics::set_global_recorder(recorder);

@@ -10,7 +10,8 @@ use axum::routing::{get, post};
 
 use super::AppState;
 use crate::contract::{
-    CancelAccepted, FieldError, JobId, JobList, JobState, JobStatus, PAYLOAD_VERSION,
+    CancelAccepted, FieldError, JobId, JobList, JobState, JobStatus, NodeList, PAYLOAD_VERSION,
+    Timestamp,
 };
 use crate::error::{ApiError, ErrorSource};
 use crate::runner::{CancelError, CancelOutcome, output_uri};
@@ -19,6 +20,7 @@ use crate::store::JobQuery;
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/jobs", get(list))
+        .route("/nodes", get(nodes))
         .route("/jobs/{job_id}", get(status))
         .route("/status/{job_id}", get(status_alias))
         .route("/jobs/{job_id}/cancel", post(cancel))
@@ -152,4 +154,20 @@ pub(super) fn cancel_error(e: CancelError) -> ApiError {
         ),
         CancelError::Store(e) => ApiError::internal(&e),
     }
+}
+
+/// The live nodes of the fleet: their agents, running jobs and last heartbeat.
+#[utoipa::path(get, path = "/nodes", tag = "jobs",
+    responses(
+        (status = 200, description = "The live nodes", body = NodeList),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn nodes(State(app): State<AppState>) -> Result<Json<NodeList>, ApiError> {
+    let since = Timestamp::now().minus(app.inner.config.store.lease);
+    let nodes = app.inner.store.nodes(since).await?;
+    Ok(Json(NodeList {
+        version: PAYLOAD_VERSION,
+        nodes,
+    }))
 }

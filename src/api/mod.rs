@@ -30,7 +30,7 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     runner: Arc<Runner>,

@@ -22,6 +22,7 @@ use super::AppState;
         super::jobs::status,
         super::jobs::status_alias,
         super::jobs::cancel,
+        super::jobs::nodes,
         super::watch::sse,
         super::watch::websocket,
         super::deliveries::list,

@@ -12,10 +12,12 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::auth::Principal;
+use std::collections::BTreeSet;
+
 use crate::config::Config;
 use crate::contract::{
-    FieldError, Inputs, Manifest, SchemaKind, Timestamp, TriggerAccepted, TriggerRequest,
-    from_value_at, parse_manifest, schema, trace,
+    AgentName, FieldError, Inputs, Manifest, SchemaKind, Timestamp, TriggerAccepted,
+    TriggerRequest, from_value_at, parse_manifest, schema, trace,
 };
 use crate::delivery::origin_allowed;
 use crate::error::{ApiError, ErrorSource};
@@ -91,7 +93,8 @@ pub(super) async fn accept(
     {
         return replay(&job, &request_sha256, &app.public_url).map(|(s, Json(b))| (s, b));
     }
-    check_registry(&app.config, &request)?;
+    let offered = offered_elsewhere(app, &request.agent_name).await?;
+    check_registry(&app.config, &request, &offered)?;
     let (dir, manifest) = check_manifest(&app.shared_root, &request)?;
     check_input_files(dir, manifest).await?;
     let at = Timestamp::now();
@@ -192,19 +195,41 @@ fn conflict(job: &JobRecord) -> ApiError {
     )
 }
 
-/// The request against the configuration: agent registry, job names, callback origins, params.
-fn check_registry(config: &Config, request: &TriggerRequest) -> Result<(), ApiError> {
+/// The agents live nodes of the fleet offer, when this node does not offer `agent` itself
+/// (empty otherwise: no query).
+async fn offered_elsewhere(
+    app: &super::Inner,
+    agent: &AgentName,
+) -> Result<BTreeSet<AgentName>, ApiError> {
+    if app.config.agents.get(agent).is_some() {
+        return Ok(BTreeSet::new());
+    }
+    let since = Timestamp::now().minus(app.config.store.lease);
+    let nodes = app.store.nodes(since).await?;
+    Ok(nodes.into_iter().flat_map(|n| n.agents).collect())
+}
+
+/// The request against the configuration: agent registry (this node's, then what the fleet's
+/// live nodes offer), job names, callback origins, params.
+fn check_registry(
+    config: &Config,
+    request: &TriggerRequest,
+    offered: &BTreeSet<AgentName>,
+) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     match config.agents.get(&request.agent_name) {
+        // Another node runs it; its params are checked against the schema there is none of here.
+        None if offered.contains(&request.agent_name) => {}
         None => {
             let registry = config.agents.snapshot();
-            let known: Vec<&str> = registry.keys().map(|a| a.as_str()).collect();
+            let mut known: BTreeSet<&str> = registry.keys().map(|a| a.as_str()).collect();
+            known.extend(offered.iter().map(AgentName::as_str));
             errors.push(FieldError::new(
                 "/agent_name",
                 format!(
-                    "unknown agent {:?}; known agents: {}",
+                    "no live node offers agent {:?}; offered agents: {}",
                     request.agent_name.as_str(),
-                    known.join(", ")
+                    known.into_iter().collect::<Vec<_>>().join(", ")
                 ),
             ));
         }

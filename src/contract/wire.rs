@@ -627,3 +627,31 @@ pub struct CancelAccepted {
     /// Where to follow it.
     pub status_url: String,
 }
+
+/// One live node of the fleet in `GET /nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStatus {
+    /// The node's name (`store.node_id`).
+    pub node_id: String,
+    /// The agents it offers: it claims only jobs of these.
+    pub agents: Vec<AgentName>,
+    /// Jobs it runs now.
+    pub running: u32,
+    /// Its overall concurrency limit.
+    pub max_concurrent: u32,
+    /// When its current process started.
+    pub started_at: Timestamp,
+    /// Its latest heartbeat.
+    pub last_heartbeat: Timestamp,
+}
+
+/// `GET /nodes`: the live nodes of the fleet (one for the embedded store), by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeList {
+    /// Payload version.
+    pub version: u32,
+    /// The nodes whose heartbeat is younger than one lease.
+    pub nodes: Vec<NodeStatus>,
+}

@@ -123,14 +123,24 @@ impl Runner {
             }
         };
         let Some(ending) = self.run_agent(&job, &agent, &dir, &log, &control).await else {
-            log.line(
-                "sidecar",
-                "sidecar shutting down; agent stopped, job left for recovery",
-            )
-            .await;
+            let why = if control.reason() == StopReason::Lost {
+                "lease lost (another node took the job over); agent stopped, nothing recorded"
+            } else {
+                "sidecar shutting down; agent stopped, job left for recovery"
+            };
+            log.line("sidecar", why).await;
             log.flush().await;
             return;
         };
+        // A node whose lease lapsed (paused, partitioned) must not touch the outputs of an
+        // attempt that is no longer its own; `finish` fences the rest of the window.
+        if !self.still_owns(&job).await {
+            warn!(
+                attempt = job.attempt,
+                "this attempt is no longer this node's; its result is discarded"
+            );
+            return;
+        }
         log.line(
             "sidecar",
             &format!("attempt {} ended: {}", job.attempt, ending.state),
@@ -208,7 +218,7 @@ impl Runner {
                 log.line("sidecar", &format!("{why}: SIGTERM to the process group"))
                     .await;
                 let exit = self.terminate(&process, log).await;
-                if reason == StopReason::Interrupt {
+                if matches!(reason, StopReason::Interrupt | StopReason::Lost) {
                     process.signal_group(libc::SIGKILL);
                     // Bounded, so a descendant holding a pipe cannot hold up the shutdown.
                     drain(stdout).await;
@@ -305,6 +315,16 @@ impl Runner {
             };
             let (counts, ()) = tokio::join!(read, pump);
             counts
+        }
+    }
+
+    /// False only when the store says the attempt moved on (a failed read leaves the
+    /// decision to `finish`'s fencing).
+    async fn still_owns(&self, job: &JobRecord) -> bool {
+        match self.store.job(job.job_id).await {
+            Ok(Some(now)) => now.state == JobState::InProgress && now.attempt == job.attempt,
+            Ok(None) => false,
+            Err(_) => true,
         }
     }
 
@@ -500,6 +520,7 @@ fn stop_sentence(reason: StopReason, agent: &AgentConfig) -> String {
         StopReason::Interrupt => {
             "sidecar shutting down; the job resumes on the next start".to_owned()
         }
+        StopReason::Lost => "this node lost the job's lease; another node runs it".to_owned(),
     }
 }
 

@@ -46,6 +46,8 @@ pub enum StopReason {
     Timeout,
     /// The sidecar is stopping: the job stays `in_progress` for the next start.
     Interrupt,
+    /// This node lost the attempt's lease (another node took the job over): it writes nothing.
+    Lost,
 }
 
 /// The handle on one running attempt.
@@ -200,7 +202,7 @@ impl Runner {
     /// (`sidecar_restarted`) with an explicit completion. A job whose cancel was accepted ends
     /// `canceled`. Returns how many were handled.
     pub async fn recover(self: &Arc<Self>) -> StoreResult<usize> {
-        let orphans = self.store.in_progress().await?;
+        let orphans = self.store.orphans(Timestamp::now()).await?;
         let count = orphans.len();
         for job in orphans {
             let span = job_span(&job);
@@ -344,6 +346,69 @@ impl Runner {
             stopped.push((*job_id, reason));
         }
         stopped
+    }
+
+    /// Renews the leases of this node's runs every third of the lease, until cancelled; a run
+    /// whose lease was lost is stopped without writing, one asked to cancel (on any node) is
+    /// canceled.
+    pub async fn keep_leases(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.store.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.cancel.cancelled() => return,
+            }
+            if let Err(e) = self.beat().await {
+                warn!(error = %e, "heartbeat failed; retrying");
+            }
+        }
+    }
+
+    /// One heartbeat: this node's agents and runs, recorded; lost and canceled runs stopped.
+    pub async fn beat(&self) -> StoreResult<()> {
+        let running: Vec<(JobId, u32)> = {
+            let running = self.lock();
+            running
+                .jobs
+                .iter()
+                .map(|(id, c)| (*id, c.attempt))
+                .collect()
+        };
+        let beat = crate::store::Beat {
+            agents: self.config.agents.snapshot().keys().cloned().collect(),
+            running,
+            max_concurrent: self.config.jobs.max_concurrent,
+            at: Timestamp::now(),
+        };
+        let answer = self.store.heartbeat(beat).await?;
+        for (job_id, attempt) in answer.lost {
+            self.stop(job_id, attempt, StopReason::Lost);
+        }
+        for (job_id, attempt) in answer.cancel {
+            self.stop(job_id, attempt, StopReason::Cancel);
+        }
+        Ok(())
+    }
+
+    /// Acts on what other nodes did: a job queued wakes the scheduler, a cancel accepted
+    /// elsewhere for a run of this node stops it.
+    pub async fn follow_signals(self: Arc<Self>) {
+        let mut signals = self.store.signals();
+        loop {
+            let signal = tokio::select! {
+                s = signals.recv() => s,
+                () = self.cancel.cancelled() => return,
+            };
+            match signal {
+                Ok(crate::store::Signal::Queued) => self.wake(),
+                Ok(crate::store::Signal::Cancel(job_id, attempt)) => {
+                    self.stop(job_id, attempt, StopReason::Cancel);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wake(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 
     /// Whether this process runs `job_id`'s `attempt` right now.

@@ -26,6 +26,14 @@ impl Hub {
             .subscribe()
     }
 
+    /// Tells every watcher to look again (notifications may have been missed).
+    pub fn touch_all(&self) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        for tx in jobs.values() {
+            tx.send_replace(());
+        }
+    }
+
     /// Tells `job_id`'s watchers, if any, that it has new events.
     pub fn touch(&self, job_id: JobId) {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());

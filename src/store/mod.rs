@@ -5,6 +5,7 @@
 //! compare-and-set on `(state, attempt)`, so a writer holding a stale view changes nothing.
 
 mod hub;
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -15,13 +16,14 @@ use async_trait::async_trait;
 use serde_json::Value;
 use url::Url;
 
-use crate::config::StoreConfig;
+use crate::config::{StoreBackend, StoreConfig};
 use crate::contract::{
     AgentName, DeliveryAttempt, DeliveryId, DeliveryState, DeliveryStatus, FieldError, JobError,
     JobEvent, JobId, JobName, JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress,
     ProgressSnapshot, Timestamp, Transition, TriggerRequest,
 };
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// What went wrong in the store.
@@ -36,6 +38,15 @@ pub enum StoreError {
     /// Schema migrations could not be applied.
     #[error("database migration failed: {0}")]
     Migration(#[from] rusqlite_migration::Error),
+    /// PostgreSQL refused or failed, or the connection broke.
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("PostgreSQL connection pool: {0}")]
+    Pool(String),
+    /// PostgreSQL schema migrations could not be applied.
+    #[error("PostgreSQL migration failed: {0}")]
+    PgMigration(String),
     /// A stored value does not parse; the database was edited by hand or is corrupt.
     #[error("stored value for job {job_id} is unreadable: {reason}")]
     Corrupt {
@@ -76,6 +87,60 @@ pub struct NewJob {
     /// Where it sorts in the queue: `at` pushed back by its priority (see
     /// [`crate::config::JobsConfig::priority_aging`]).
     pub sort_at: Timestamp,
+}
+
+/// Who this process is in the fleet: the node (stable across restarts) and this start of it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node's name (`store.node_id`).
+    pub id: String,
+    /// This process: a claim records it, so a restarted node knows its old claims as orphans.
+    pub incarnation: String,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: std::time::Duration,
+}
+
+impl Node {
+    /// This process of node `id`.
+    pub fn new(id: &str, lease: std::time::Duration) -> Self {
+        Self {
+            id: id.to_owned(),
+            incarnation: uuid::Uuid::new_v4().to_string(),
+            lease,
+        }
+    }
+}
+
+/// What a node reports with each heartbeat.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    /// The agents it offers.
+    pub agents: Vec<AgentName>,
+    /// The attempts it runs, whose leases the beat renews.
+    pub running: Vec<(JobId, u32)>,
+    /// Its overall concurrency limit.
+    pub max_concurrent: usize,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// What a heartbeat found out about the attempts the node runs.
+#[derive(Debug, Clone, Default)]
+pub struct BeatAnswer {
+    /// Attempts this node no longer owns (reclaimed elsewhere): stop them, write nothing.
+    pub lost: Vec<(JobId, u32)>,
+    /// Attempts someone asked to cancel (on any node).
+    pub cancel: Vec<(JobId, u32)>,
+}
+
+/// A change another process made that this one should act on (delivered by `LISTEN/NOTIFY` in
+/// a fleet; the embedded store has no other process and sends none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// A job entered the queue.
+    Queued,
+    /// A cancel was accepted for an attempt running on this node.
+    Cancel(JobId, u32),
 }
 
 /// What `enqueue` did.
@@ -465,8 +530,26 @@ pub trait Store: Send + Sync {
         at: Timestamp,
     ) -> StoreResult<Vec<JobRecord>>;
 
-    /// Jobs left `in_progress`, e.g. by a previous process that died.
+    /// Jobs `in_progress` on any node.
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>>;
+
+    /// `in_progress` jobs whose runner is gone: claimed by an earlier process of this node, or
+    /// whose lease ran out at `now`.
+    async fn orphans(&self, now: Timestamp) -> StoreResult<Vec<JobRecord>>;
+
+    /// Records this node as alive with what it offers, renews the leases of the attempts it
+    /// runs, and says which of them it lost and which were asked to cancel.
+    async fn heartbeat(&self, beat: Beat) -> StoreResult<BeatAnswer>;
+
+    /// The nodes whose last heartbeat is at or after `since`.
+    async fn nodes(&self, since: Timestamp) -> StoreResult<Vec<crate::contract::NodeStatus>>;
+
+    /// Whether this process leads the fleet's sweeper and pruning (taking the lead if it is
+    /// free); a leader that dies loses it.
+    async fn lead(&self) -> StoreResult<bool>;
+
+    /// Changes made by other processes (see [`Signal`]).
+    fn signals(&self) -> tokio::sync::broadcast::Receiver<Signal>;
 
     /// Jobs matching `filter`, newest first.
     async fn list_jobs(&self, filter: JobFilter) -> StoreResult<Vec<JobRecord>>;
@@ -554,10 +637,24 @@ pub trait Store: Send + Sync {
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<DeliveryStatus>>;
 }
 
-/// Opens the store the config names, creating and migrating it as needed; each job keeps at
-/// most `events_per_job` events.
+/// Opens the store the config names, creating and migrating it as needed, as one process of
+/// `config.node_id`; each job keeps at most `events_per_job` events.
 pub async fn open(config: &StoreConfig, events_per_job: usize) -> StoreResult<Arc<dyn Store>> {
-    match config {
-        StoreConfig::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, events_per_job).await?)),
+    let node = Node::new(&config.node_id, config.lease);
+    Ok(match &config.backend {
+        StoreBackend::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path, events_per_job, node).await?)
+        }
+        StoreBackend::Postgres(url) => {
+            Arc::new(PgStore::open(&url.0, config.pool_size, events_per_job, node).await?)
+        }
+    })
+}
+
+/// Applies the store's migrations (what `open` does first), and returns how many were new.
+pub async fn migrate(config: &StoreConfig) -> StoreResult<usize> {
+    match &config.backend {
+        StoreBackend::Sqlite(path) => SqliteStore::migrate(path).await,
+        StoreBackend::Postgres(url) => PgStore::migrate(&url.0).await,
     }
 }

@@ -35,6 +35,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     hub: Hub,
     events_per_job: usize,
+    node: Arc<Node>,
+    signals: tokio::sync::broadcast::Sender<Signal>,
 }
 
 struct ReadPool {
@@ -49,6 +51,7 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!("../../migrations/sqlite/0002_lifecycle.sql")),
         M::up(include_str!("../../migrations/sqlite/0003_heartbeat.sql")),
+        M::up(include_str!("../../migrations/sqlite/0004_nodes.sql")),
     ])
 }
 
@@ -73,7 +76,7 @@ impl Drop for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`; each job keeps at most
     /// `events_per_job` events.
-    pub async fn open(path: &Path, events_per_job: usize) -> StoreResult<Self> {
+    pub async fn open(path: &Path, events_per_job: usize, node: Node) -> StoreResult<Self> {
         let path = path.to_owned();
         let conn = tokio::task::spawn_blocking(move || open_writer(&path).map(|c| (c, path)))
             .await
@@ -92,7 +95,25 @@ impl SqliteStore {
             }),
             hub: Hub::default(),
             events_per_job,
+            node: Arc::new(node),
+            signals: tokio::sync::broadcast::channel(1).0,
         })
+    }
+
+    /// Creates and migrates the database at `path`; returns how many migrations were new.
+    pub async fn migrate(path: &Path) -> StoreResult<usize> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let before = {
+                let conn = open_plain(&path)?;
+                migrations().current_version(&conn)?
+            };
+            open_writer(&path)?;
+            let after = migrations().current_version(&open_plain(&path)?)?;
+            Ok(version_number(after).saturating_sub(version_number(before)))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `f` in the next group transaction; returns once that transaction is durable.
@@ -156,6 +177,24 @@ impl ReadPool {
             idle.push(conn);
         }
     }
+}
+
+fn version_number(v: rusqlite_migration::SchemaVersion) -> usize {
+    match v {
+        rusqlite_migration::SchemaVersion::Inside(n)
+        | rusqlite_migration::SchemaVersion::Outside(n) => n.get(),
+        rusqlite_migration::SchemaVersion::NoneSet => 0,
+    }
+}
+
+fn open_plain(path: &Path) -> StoreResult<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
+            job_id: String::new(),
+            reason: format!("cannot create {}: {e}", dir.display()),
+        })?;
+    }
+    Ok(Connection::open(path)?)
 }
 
 fn open_writer(path: &Path) -> StoreResult<Connection> {
@@ -372,18 +411,26 @@ fn claim_in(
     conn: &Connection,
     agents: &[AgentName],
     at: Timestamp,
+    node: &Node,
 ) -> StoreResult<Option<JobRecord>> {
     if agents.is_empty() {
         return Ok(None);
     }
     let placeholders = vec!["?"; agents.len()].join(", ");
     let sql = format!(
-        "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = ?, updated_at = ? \
+        "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = ?, updated_at = ?, \
+         node_id = ?, incarnation = ?, lease_until = ? \
          WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' AND agent_name IN ({placeholders}) \
                          ORDER BY schedule_key, job_id LIMIT 1) \
          RETURNING {JOB_COLUMNS}"
     );
-    let mut args: Vec<rusqlite::types::Value> = vec![at.unix_ms().into(), at.unix_ms().into()];
+    let mut args: Vec<rusqlite::types::Value> = vec![
+        at.unix_ms().into(),
+        at.unix_ms().into(),
+        node.id.clone().into(),
+        node.incarnation.clone().into(),
+        at.plus(node.lease).unix_ms().into(),
+    ];
     args.extend(agents.iter().map(|a| a.as_str().to_owned().into()));
     let job = conn
         .prepare_cached(&sql)?
@@ -401,6 +448,7 @@ fn claim_batch_in(
     mut slots: Vec<(AgentName, usize)>,
     mut free: usize,
     at: Timestamp,
+    node: &Node,
 ) -> StoreResult<Vec<JobRecord>> {
     let mut claimed = Vec::new();
     while free > 0 {
@@ -409,7 +457,7 @@ fn claim_batch_in(
             .filter(|(_, n)| *n > 0)
             .map(|(a, _)| a.clone())
             .collect();
-        let Some(job) = claim_in(conn, &agents, at)? else {
+        let Some(job) = claim_in(conn, &agents, at, node)? else {
             break;
         };
         if let Some(slot) = slots.iter_mut().find(|(a, _)| *a == job.agent_name) {
@@ -861,6 +909,45 @@ fn requeue_in(conn: &Connection, job_id: JobId, attempt: u32, at: Timestamp) -> 
     Ok(())
 }
 
+fn heartbeat_in(conn: &Connection, node: &Node, beat: &Beat) -> StoreResult<BeatAnswer> {
+    let agents: Vec<&str> = beat.agents.iter().map(AgentName::as_str).collect();
+    conn.prepare_cached(
+        "INSERT INTO nodes (node_id, incarnation, agents, running, max_concurrent, started_at, heartbeat_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (node_id) DO UPDATE SET \
+         started_at = CASE WHEN incarnation = excluded.incarnation THEN started_at ELSE excluded.started_at END, \
+         incarnation = excluded.incarnation, agents = excluded.agents, running = excluded.running, \
+         max_concurrent = excluded.max_concurrent, heartbeat_at = excluded.heartbeat_at",
+    )?
+    .execute(params![
+        node.id,
+        node.incarnation,
+        to_json(&agents),
+        beat.running.len() as i64,
+        beat.max_concurrent as i64,
+        beat.at.unix_ms(),
+    ])?;
+    let mut owned = conn.prepare_cached(
+        "UPDATE jobs SET lease_until = ?3 WHERE job_id = ?1 AND attempt = ?2 AND state = 'in_progress' \
+         AND incarnation = ?4 RETURNING cancel_requested_at IS NOT NULL",
+    )?;
+    let mut answer = BeatAnswer::default();
+    let lease_until = beat.at.plus(node.lease).unix_ms();
+    for &(job_id, attempt) in &beat.running {
+        let cancel: Option<bool> = owned
+            .query_row(
+                params![job_id.to_string(), attempt, lease_until, node.incarnation],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match cancel {
+            None => answer.lost.push((job_id, attempt)),
+            Some(true) => answer.cancel.push((job_id, attempt)),
+            Some(false) => {}
+        }
+    }
+    Ok(answer)
+}
+
 fn prune_in(conn: &Connection, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {
     let ids = conn
         .prepare_cached(
@@ -907,8 +994,9 @@ impl Store for SqliteStore {
         free: usize,
         at: Timestamp,
     ) -> StoreResult<Vec<JobRecord>> {
+        let node = Arc::clone(&self.node);
         let claimed = self
-            .write(move |conn| claim_batch_in(conn, slots, free, at))
+            .write(move |conn| claim_batch_in(conn, slots, free, at, &node))
             .await?;
         for job in &claimed {
             self.hub.touch(job.job_id);
@@ -927,6 +1015,60 @@ impl Store for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+
+    async fn orphans(&self, now: Timestamp) -> StoreResult<Vec<JobRecord>> {
+        let node = Arc::clone(&self.node);
+        self.read(move |conn| {
+            jobs_where(
+                conn,
+                "state = 'in_progress' AND (lease_until IS NULL OR lease_until < ? \
+                 OR (node_id = ? AND incarnation <> ?)) ORDER BY started_at",
+                vec![
+                    now.unix_ms().into(),
+                    node.id.clone().into(),
+                    node.incarnation.clone().into(),
+                ],
+            )
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, beat: Beat) -> StoreResult<BeatAnswer> {
+        let node = Arc::clone(&self.node);
+        self.write(move |conn| heartbeat_in(conn, &node, &beat))
+            .await
+    }
+
+    async fn nodes(&self, since: Timestamp) -> StoreResult<Vec<crate::contract::NodeStatus>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT node_id, agents, running, max_concurrent, started_at, heartbeat_at \
+                     FROM nodes WHERE heartbeat_at >= ?1 ORDER BY node_id",
+                )?
+                .query_map([since.unix_ms()], |r| {
+                    Ok(crate::contract::NodeStatus {
+                        node_id: r.get(0)?,
+                        agents: json_col(r, 1)?.unwrap_or_default(),
+                        running: r.get(2)?,
+                        max_concurrent: r.get(3)?,
+                        started_at: Timestamp::from_unix_ms(r.get(4)?),
+                        last_heartbeat: Timestamp::from_unix_ms(r.get(5)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn lead(&self) -> StoreResult<bool> {
+        // One process owns an SQLite file: it always leads.
+        Ok(true)
+    }
+
+    fn signals(&self) -> tokio::sync::broadcast::Receiver<Signal> {
+        self.signals.subscribe()
     }
 
     async fn record_progress(

@@ -1,4 +1,6 @@
-//! The SQLite store on real files: queue order, fencing, history and pruning.
+//! The stores on real databases (an SQLite file; a fresh PostgreSQL database when
+//! `AGENT_SIDECAR_TEST_POSTGRES_URL` names a server): queue order, fencing, history, pruning,
+//! leases and leadership. Every case runs on both backends.
 
 use std::time::Duration;
 
@@ -6,14 +8,114 @@ use super::*;
 use crate::contract::{CallbackUrls, EventData};
 
 const AGING: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(30);
 
-async fn store(events_per_job: usize) -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("state.db"), events_per_job)
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One database, which several nodes can open.
+struct TestDb {
+    _dir: tempfile::TempDir,
+    backend: Backend,
+    url: String,
+}
+
+impl Backend {
+    async fn db(self) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match self {
+            Backend::Sqlite => dir.path().join("state.db").display().to_string(),
+            Backend::Postgres => fresh_postgres_database().await,
+        };
+        TestDb {
+            _dir: dir,
+            backend: self,
+            url,
+        }
+    }
+
+    /// A store of node `a` on a fresh database.
+    async fn open(self, events_per_job: usize) -> (TestDb, Arc<dyn Store>) {
+        let db = self.db().await;
+        let store = db.node("a", events_per_job).await;
+        (db, store)
+    }
+}
+
+impl TestDb {
+    async fn node(&self, id: &str, events_per_job: usize) -> Arc<dyn Store> {
+        let node = Node::new(id, LEASE);
+        match self.backend {
+            Backend::Sqlite => Arc::new(
+                SqliteStore::open(std::path::Path::new(&self.url), events_per_job, node)
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Postgres => Arc::new(
+                PgStore::open(&self.url, 4, events_per_job, node)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+/// A new, empty database on the test server; its URL.
+pub(crate) async fn fresh_postgres_database() -> String {
+    let base = std::env::var("AGENT_SIDECAR_TEST_POSTGRES_URL")
+        .expect("AGENT_SIDECAR_TEST_POSTGRES_URL names the PostgreSQL server to test against");
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
         .await
         .unwrap();
-    (dir, store)
+    tokio::spawn(connection);
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&name);
+    url.to_string()
 }
+
+/// Each case as a test on SQLite, and on PostgreSQL (reported ignored without a server).
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Backend::Sqlite).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            #[cfg_attr(not(postgres_tests), ignore = "needs AGENT_SIDECAR_TEST_POSTGRES_URL (.ci/run starts a server)")]
+            async fn $case() {
+                super::$case(super::Backend::Postgres).await;
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    higher_priorities_start_first_and_fifo_holds_within_a_priority,
+    a_low_job_that_waited_longer_than_the_aging_window_starts_before_newer_high_ones,
+    a_stale_end_never_overwrites_the_state_another_writer_set,
+    a_queued_job_claimed_meanwhile_cannot_be_timed_out_from_the_queue,
+    events_replay_in_order_after_any_seq_and_history_keeps_states_and_newest_progress,
+    a_requeued_job_keeps_its_place_and_its_next_claim_is_the_next_attempt,
+    a_cancel_request_is_fenced_and_remembered,
+    pruning_deletes_old_terminal_jobs_but_never_one_whose_completion_is_pending,
+    a_lapsed_lease_makes_the_job_an_orphan_and_the_old_attempt_can_write_nothing,
+    a_restarted_node_finds_its_previous_claims_orphaned_at_once,
+    nodes_claiming_at_once_never_get_the_same_job,
+    a_heartbeat_lists_the_node_and_reports_cancels_and_lost_attempts,
+    a_claim_takes_only_the_agents_the_node_offers_within_their_slots,
+    a_delivery_is_leased_to_one_node_at_a_time,
+);
 
 fn new_job(priority: Priority, at_ms: i64) -> NewJob {
     let at = Timestamp::from_unix_ms(at_ms);
@@ -38,14 +140,14 @@ fn new_job(priority: Priority, at_ms: i64) -> NewJob {
     }
 }
 
-async fn enqueue(store: &SqliteStore, job: NewJob) -> JobId {
+async fn enqueue(store: &Arc<dyn Store>, job: NewJob) -> JobId {
     match store.enqueue(job).await.unwrap() {
         Enqueued::Created(job) => job.job_id,
         other => panic!("not created: {other:?}"),
     }
 }
 
-async fn claim_one(store: &SqliteStore, at_ms: i64) -> Option<JobRecord> {
+async fn claim_one(store: &Arc<dyn Store>, at_ms: i64) -> Option<JobRecord> {
     let slots = vec![("summarizer_v2".parse().unwrap(), 1)];
     store
         .claim(slots, 1, Timestamp::from_unix_ms(at_ms))
@@ -74,9 +176,8 @@ fn finish(job: &JobRecord, state: JobState, at_ms: i64) -> Finish {
     }
 }
 
-#[tokio::test]
-async fn higher_priorities_start_first_and_fifo_holds_within_a_priority() {
-    let (_dir, store) = store(100).await;
+async fn higher_priorities_start_first_and_fifo_holds_within_a_priority(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
     let low = enqueue(&store, new_job(Priority::Low, 1_000)).await;
     let normal_1 = enqueue(&store, new_job(Priority::Normal, 1_001)).await;
     let high = enqueue(&store, new_job(Priority::High, 1_002)).await;
@@ -88,9 +189,10 @@ async fn higher_priorities_start_first_and_fifo_holds_within_a_priority() {
     assert_eq!(order, vec![high, normal_1, normal_2, low]);
 }
 
-#[tokio::test]
-async fn a_low_job_that_waited_longer_than_the_aging_window_starts_before_newer_high_ones() {
-    let (_dir, store) = store(100).await;
+async fn a_low_job_that_waited_longer_than_the_aging_window_starts_before_newer_high_ones(
+    backend: Backend,
+) {
+    let (_db, store) = backend.open(100).await;
     let low = enqueue(&store, new_job(Priority::Low, 0)).await;
     let aging_ms = i64::try_from(AGING.as_millis()).unwrap();
     // Long after the low job's two priority steps, high jobs keep arriving.
@@ -99,9 +201,8 @@ async fn a_low_job_that_waited_longer_than_the_aging_window_starts_before_newer_
     assert_eq!(claim_one(&store, 3 * aging_ms).await.unwrap().job_id, high);
 }
 
-#[tokio::test]
-async fn a_stale_end_never_overwrites_the_state_another_writer_set() {
-    let (_dir, store) = store(100).await;
+async fn a_stale_end_never_overwrites_the_state_another_writer_set(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
     let id = enqueue(&store, new_job(Priority::Normal, 0)).await;
     let seen_by_sweeper = claim_one(&store, 1).await.unwrap();
     // The agent completes while the sweeper is deciding on the view it read.
@@ -127,9 +228,8 @@ async fn a_stale_end_never_overwrites_the_state_another_writer_set() {
     assert_eq!(deliveries.len(), 1, "exactly one completion");
 }
 
-#[tokio::test]
-async fn a_queued_job_claimed_meanwhile_cannot_be_timed_out_from_the_queue() {
-    let (_dir, store) = store(100).await;
+async fn a_queued_job_claimed_meanwhile_cannot_be_timed_out_from_the_queue(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
     let id = enqueue(&store, new_job(Priority::Normal, 0)).await;
     let queued = store.job(id).await.unwrap().unwrap();
     claim_one(&store, 1).await.unwrap();
@@ -141,9 +241,10 @@ async fn a_queued_job_claimed_meanwhile_cannot_be_timed_out_from_the_queue() {
     );
 }
 
-#[tokio::test]
-async fn events_replay_in_order_after_any_seq_and_history_keeps_states_and_newest_progress() {
-    let (_dir, store) = store(10).await;
+async fn events_replay_in_order_after_any_seq_and_history_keeps_states_and_newest_progress(
+    backend: Backend,
+) {
+    let (_db, store) = backend.open(10).await;
     let id = enqueue(&store, new_job(Priority::Normal, 0)).await;
     let job = claim_one(&store, 1).await.unwrap();
     for i in 0..30 {
@@ -194,9 +295,8 @@ async fn events_replay_in_order_after_any_seq_and_history_keeps_states_and_newes
     );
 }
 
-#[tokio::test]
-async fn a_requeued_job_keeps_its_place_and_its_next_claim_is_the_next_attempt() {
-    let (_dir, store) = store(100).await;
+async fn a_requeued_job_keeps_its_place_and_its_next_claim_is_the_next_attempt(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
     let first = enqueue(&store, new_job(Priority::Normal, 0)).await;
     let job = claim_one(&store, 1).await.unwrap();
     let second = enqueue(&store, new_job(Priority::Normal, 5)).await;
@@ -209,9 +309,8 @@ async fn a_requeued_job_keeps_its_place_and_its_next_claim_is_the_next_attempt()
     assert_eq!(claim_one(&store, 12).await.unwrap().job_id, second);
 }
 
-#[tokio::test]
-async fn a_cancel_request_is_fenced_and_remembered() {
-    let (_dir, store) = store(100).await;
+async fn a_cancel_request_is_fenced_and_remembered(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
     let id = enqueue(&store, new_job(Priority::Normal, 0)).await;
     let stale = store
         .request_cancel(id, 0, Timestamp::from_unix_ms(1))
@@ -225,9 +324,10 @@ async fn a_cancel_request_is_fenced_and_remembered() {
     assert!(store.job(id).await.unwrap().unwrap().cancel_requested);
 }
 
-#[tokio::test]
-async fn pruning_deletes_old_terminal_jobs_but_never_one_whose_completion_is_pending() {
-    let (_dir, store) = store(100).await;
+async fn pruning_deletes_old_terminal_jobs_but_never_one_whose_completion_is_pending(
+    backend: Backend,
+) {
+    let (_db, store) = backend.open(100).await;
     let delivered = enqueue(&store, new_job(Priority::Normal, 0)).await;
     let pending = enqueue(&store, new_job(Priority::Normal, 1)).await;
     let running = enqueue(&store, new_job(Priority::Normal, 2)).await;
@@ -274,4 +374,259 @@ async fn pruning_deletes_old_terminal_jobs_but_never_one_whose_completion_is_pen
     );
     assert!(store.job(pending).await.unwrap().is_some());
     assert!(store.job(running).await.unwrap().is_some());
+}
+
+fn progress(text: &str) -> Progress {
+    Progress {
+        stage: None,
+        message: Some(text.into()),
+        percent: None,
+    }
+}
+
+async fn a_lapsed_lease_makes_the_job_an_orphan_and_the_old_attempt_can_write_nothing(
+    backend: Backend,
+) {
+    let db = backend.db().await;
+    let (a, b) = (db.node("a", 100).await, db.node("b", 100).await);
+    let id = enqueue(&a, new_job(Priority::Normal, 0)).await;
+    let first = claim_one(&a, 1_000).await.unwrap();
+    let within = Timestamp::from_unix_ms(1_000).plus(LEASE);
+    assert!(
+        b.orphans(within).await.unwrap().is_empty(),
+        "a live lease is nobody's orphan"
+    );
+    let after = within.plus(Duration::from_millis(1));
+    let orphans = b.orphans(after).await.unwrap();
+    assert_eq!(
+        orphans.iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    // Node b takes the job over: requeued, then claimed as attempt 2.
+    b.requeue(id, first.attempt, after).await.unwrap();
+    let second = claim_one(&b, after.unix_ms()).await.unwrap();
+    assert_eq!((second.job_id, second.attempt), (id, 2));
+    // Node a comes back: progress, cancel, end and requeue of attempt 1 are all refused.
+    let at = after.plus(Duration::from_secs(1));
+    let refused = [
+        a.record_progress(id, 1, progress("stale"), at).await.err(),
+        a.request_cancel(id, 1, at).await.err(),
+        a.finish(finish(&first, JobState::Completed, at.unix_ms()))
+            .await
+            .err(),
+        a.requeue(id, 1, at).await.err(),
+    ];
+    for r in &refused {
+        assert!(matches!(r, Some(StoreError::Stale { .. })), "{refused:?}");
+    }
+    let beat = Beat {
+        agents: vec!["summarizer_v2".parse().unwrap()],
+        running: vec![(id, 1)],
+        max_concurrent: 4,
+        at,
+    };
+    assert_eq!(a.heartbeat(beat).await.unwrap().lost, vec![(id, 1)]);
+    let now = b.job(id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.state, now.attempt, now.last_progress),
+        (JobState::InProgress, 2, None)
+    );
+    assert!(
+        b.list_deliveries(DeliveryFilter {
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
+async fn a_restarted_node_finds_its_previous_claims_orphaned_at_once(backend: Backend) {
+    let db = backend.db().await;
+    let before = db.node("a", 100).await;
+    let id = enqueue(&before, new_job(Priority::Normal, 0)).await;
+    claim_one(&before, 1_000).await.unwrap();
+    drop(before);
+    let restarted = db.node("a", 100).await;
+    let other = db.node("b", 100).await;
+    let now = Timestamp::from_unix_ms(1_001);
+    assert_eq!(
+        restarted.orphans(now).await.unwrap().len(),
+        1,
+        "its own earlier claim"
+    );
+    assert_eq!(restarted.orphans(now).await.unwrap()[0].job_id, id);
+    if matches!(backend, Backend::Postgres) {
+        assert!(
+            other.orphans(now).await.unwrap().is_empty(),
+            "another node waits for the lease"
+        );
+    }
+}
+
+async fn nodes_claiming_at_once_never_get_the_same_job(backend: Backend) {
+    let db = backend.db().await;
+    let nodes = [
+        db.node("a", 100).await,
+        db.node("b", 100).await,
+        db.node("c", 100).await,
+    ];
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(enqueue(&nodes[0], new_job(Priority::Normal, i)).await);
+    }
+    let claims = nodes.iter().map(|store| {
+        let store = Arc::clone(store);
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let slots = vec![("summarizer_v2".parse().unwrap(), 7)];
+                let got = store
+                    .claim(slots, 7, Timestamp::from_unix_ms(5_000))
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|j| (j.job_id, j.attempt)));
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for claim in claims {
+        all.extend(claim.await.unwrap());
+    }
+    assert_eq!(all.len(), 150, "every job claimed once");
+    assert!(all.iter().all(|(_, attempt)| *attempt == 1));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 150, "no job claimed twice");
+}
+
+async fn a_heartbeat_lists_the_node_and_reports_cancels_and_lost_attempts(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
+    let id = enqueue(&store, new_job(Priority::Normal, 0)).await;
+    let job = claim_one(&store, 1_000).await.unwrap();
+    let gone: JobId = uuid::Uuid::new_v4().to_string().parse().unwrap();
+    let beat = |at_ms| Beat {
+        agents: vec![
+            "summarizer_v2".parse().unwrap(),
+            "vision_v3".parse().unwrap(),
+        ],
+        running: vec![(id, job.attempt), (gone, 1)],
+        max_concurrent: 4,
+        at: Timestamp::from_unix_ms(at_ms),
+    };
+    let answer = store.heartbeat(beat(2_000)).await.unwrap();
+    assert_eq!((answer.lost, answer.cancel), (vec![(gone, 1)], vec![]));
+    store
+        .request_cancel(id, job.attempt, Timestamp::from_unix_ms(2_500))
+        .await
+        .unwrap();
+    let answer = store.heartbeat(beat(3_000)).await.unwrap();
+    assert_eq!(answer.cancel, vec![(id, job.attempt)]);
+    // The beat renewed the lease: not an orphan until a lease after the last beat.
+    let renewed = Timestamp::from_unix_ms(3_000).plus(LEASE);
+    assert!(store.orphans(renewed).await.unwrap().is_empty());
+    let nodes = store.nodes(Timestamp::from_unix_ms(2_999)).await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        (
+            nodes[0].node_id.as_str(),
+            nodes[0].running,
+            nodes[0].max_concurrent
+        ),
+        ("a", 2, 4)
+    );
+    assert_eq!(nodes[0].agents.len(), 2);
+    assert_eq!(nodes[0].last_heartbeat, Timestamp::from_unix_ms(3_000));
+    assert!(
+        store
+            .nodes(Timestamp::from_unix_ms(3_001))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not live since"
+    );
+}
+
+async fn a_claim_takes_only_the_agents_the_node_offers_within_their_slots(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
+    let mut vision = new_job(Priority::High, 0);
+    vision.request.agent_name = "vision_v3".parse().unwrap();
+    let vision = enqueue(&store, vision).await;
+    for i in 1..=3 {
+        enqueue(&store, new_job(Priority::Normal, i)).await;
+    }
+    let slots = vec![("summarizer_v2".parse().unwrap(), 2)];
+    let got = store
+        .claim(slots, 10, Timestamp::from_unix_ms(10))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "two slots for summarizer_v2");
+    assert!(
+        got.iter().all(|j| j.job_id != vision),
+        "vision_v3 is not offered here"
+    );
+    assert_eq!(
+        store.job(vision).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+}
+
+async fn a_delivery_is_leased_to_one_node_at_a_time(backend: Backend) {
+    let db = backend.db().await;
+    let (a, b) = (db.node("a", 100).await, db.node("b", 100).await);
+    enqueue(&a, new_job(Priority::Normal, 0)).await;
+    let job = claim_one(&a, 1).await.unwrap();
+    a.finish(finish(&job, JobState::Completed, 2))
+        .await
+        .unwrap();
+    let (now, lease) = (Timestamp::from_unix_ms(3), Timestamp::from_unix_ms(10_000));
+    let (first, second) = tokio::join!(
+        a.claim_due_deliveries(now, lease, 10),
+        b.claim_due_deliveries(now, lease, 10)
+    );
+    assert_eq!(
+        first.unwrap().len() + second.unwrap().len(),
+        1,
+        "one lease for one delivery"
+    );
+    let later = Timestamp::from_unix_ms(10_001);
+    let again = b
+        .claim_due_deliveries(later, later.plus(LEASE), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "a lapsed lease is taken again, with the same id"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "needs AGENT_SIDECAR_TEST_POSTGRES_URL (.ci/run starts a server)"
+)]
+async fn postgres_one_node_leads_and_another_takes_over_when_the_leader_goes() {
+    let db = Backend::Postgres.db().await;
+    let (a, b) = (db.node("a", 100).await, db.node("b", 100).await);
+    assert!(a.lead().await.unwrap());
+    assert!(!b.lead().await.unwrap(), "one leader at a time");
+    assert!(a.lead().await.unwrap(), "the leader keeps the lead");
+    drop(a);
+    let mut took_over = false;
+    for _ in 0..100 {
+        if b.lead().await.unwrap() {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        took_over,
+        "the lead passes on when its holder's session ends"
+    );
 }

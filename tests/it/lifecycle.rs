@@ -342,13 +342,14 @@ async fn a_run_no_process_supervises_is_swept_to_timed_out_once_past_its_timeout
     let blocker = start_job(&sidecar, &receiver, "lane", json!({})).await;
     wait_state(&sidecar, &blocker, "in_progress").await;
     let orphan = start_job(&sidecar, &receiver, "lane", json!({})).await;
-    // What a fleet node that died mid-run leaves behind: a run claimed long ago that no
-    // process of this sidecar supervises.
+    // A run claimed long ago that no process of this sidecar supervises, under a lease that
+    // another node keeps renewing (so it is not taken over): only its timeout ends it.
     let db = rusqlite::Connection::open(sidecar.dir.path().join("state.db")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     let changed = db
         .execute(
-            "UPDATE jobs SET state = 'in_progress', attempt = 1, started_at = 0 WHERE job_id = ?1 AND state = 'queued'",
+            "UPDATE jobs SET state = 'in_progress', attempt = 1, started_at = 0, node_id = 'another-node', \
+             incarnation = 'elsewhere', lease_until = 9000000000000 WHERE job_id = ?1 AND state = 'queued'",
             [&orphan],
         )
         .unwrap();

@@ -1,0 +1,1292 @@
+//! The fleet store: one PostgreSQL database shared by every sidecar of a fleet.
+//!
+//! Claims follow the Postgres-backed queues (River, good_job, Oban): a node takes the oldest
+//! queued rows of the agents it offers with `FOR UPDATE SKIP LOCKED`, so nodes never wait on each
+//! other's claims, and stamps them with a lease (`node_id`, `incarnation`, `lease_until`) that its
+//! heartbeat renews. Every write of an attempt is a compare-and-set on `(state, attempt)` under a
+//! row lock, so a node that lost its lease writes nothing. Each write transaction ends with one
+//! `pg_notify` carrying what other nodes must hear (a job queued, events appended, a cancel); a
+//! dedicated connection `LISTEN`s and turns them into local wake-ups.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tracing::{info, warn};
+
+use super::hub::Hub;
+use super::*;
+use crate::contract::{DeliveryAttempt, DeliveryState, EventData, NodeStatus};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// The `NOTIFY` channel of the fleet.
+const CHANNEL: &str = "agent_sidecar";
+/// Advisory lock keys (arbitrary constants, the same on every node).
+const MIGRATION_LOCK: i64 = 0x6167_656e_7401;
+const LEADER_LOCK: i64 = 0x6167_656e_7402;
+/// Pause before the listener reconnects after losing its connection.
+const RELISTEN_AFTER: Duration = Duration::from_secs(1);
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+type Args = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    hub: Arc<Hub>,
+    events_per_job: usize,
+    node: Node,
+    signals: broadcast::Sender<Signal>,
+    leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Messages other nodes must hear, sent at commit.
+#[derive(Default)]
+struct Notes(Vec<String>);
+
+impl Notes {
+    fn queued(&mut self) {
+        self.0.push("q".into());
+    }
+    fn events(&mut self, job_id: JobId) {
+        self.0.push(format!("e:{job_id}"));
+    }
+    fn cancel(&mut self, job_id: JobId, attempt: u32, node_id: &str) {
+        self.0.push(format!("c:{job_id}:{attempt}:{node_id}"));
+    }
+}
+
+fn pool_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Pool(e.to_string())
+}
+
+fn parse_config(url: &str) -> StoreResult<tokio_postgres::Config> {
+    tokio_postgres::Config::from_str(url)
+        .map_err(|_| StoreError::Pool("store.url is not a valid PostgreSQL URL".into()))
+}
+
+/// A connection outside the pool, whose driver runs until the client is dropped.
+async fn connect(config: &tokio_postgres::Config) -> StoreResult<tokio_postgres::Client> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+impl PgStore {
+    /// Connects, migrates, and starts listening, as `node`.
+    pub async fn open(
+        url: &str,
+        pool_size: usize,
+        events_per_job: usize,
+        node: Node,
+    ) -> StoreResult<Self> {
+        let config = parse_config(url)?;
+        Self::migrate(url).await?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(pool_error)?;
+        let hub = Arc::new(Hub::default());
+        let signals = broadcast::channel(1024).0;
+        let listener = tokio::spawn(listen(
+            config.clone(),
+            Arc::clone(&hub),
+            signals.clone(),
+            node.id.clone(),
+        ));
+        Ok(Self {
+            pool,
+            config,
+            hub,
+            events_per_job,
+            node,
+            signals,
+            leader: tokio::sync::Mutex::new(None),
+            listener,
+        })
+    }
+
+    /// Applies the migrations under an advisory lock, so nodes starting together take turns;
+    /// returns how many were new.
+    pub async fn migrate(url: &str) -> StoreResult<usize> {
+        let mut client = connect(&parse_config(url)?).await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let report = embedded::migrations::runner()
+            .set_migration_table_name("agent_sidecar_migrations")
+            .run_async(&mut client)
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let report = report.map_err(|e| StoreError::PgMigration(e.to_string()))?;
+        Ok(report.applied_migrations().len())
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs `op` in a transaction that ends with the notes it collected.
+    async fn write<T>(
+        &self,
+        op: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>, &mut Notes) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut notes = Notes::default();
+        let value = op(&tx, &mut notes).await?;
+        if !notes.0.is_empty() {
+            let st = tx
+                .prepare_cached("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n")
+                .await?;
+            tx.execute(&st, &[&CHANNEL, &notes.0]).await?;
+        }
+        tx.commit().await?;
+        Ok(value)
+    }
+}
+
+/// Receives the fleet's notifications until the store is dropped, reconnecting when the
+/// connection breaks (and then waking everything, since notifications may have been missed).
+async fn listen(
+    config: tokio_postgres::Config,
+    hub: Arc<Hub>,
+    signals: broadcast::Sender<Signal>,
+    node_id: String,
+) {
+    let mut first = true;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listening = async { client.batch_execute(&format!("LISTEN {CHANNEL}")).await };
+                // The connection must be polled for the LISTEN to complete.
+                let subscribed = tokio::select! {
+                    r = listening => r.is_ok(),
+                    _ = messages.next() => false,
+                };
+                if subscribed {
+                    if !first {
+                        info!("listening to the fleet again");
+                        hub.touch_all();
+                        let _ = signals.send(Signal::Queued);
+                    }
+                    first = false;
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let AsyncMessage::Notification(n) = message {
+                            dispatch(n.payload(), &hub, &signals, &node_id);
+                        }
+                    }
+                }
+                warn!("lost the fleet's notifications; reconnecting");
+            }
+            Err(e) => warn!(error = %e, "cannot listen to the fleet; retrying"),
+        }
+        tokio::time::sleep(RELISTEN_AFTER).await;
+    }
+}
+
+fn dispatch(payload: &str, hub: &Hub, signals: &broadcast::Sender<Signal>, node_id: &str) {
+    let mut parts = payload.splitn(4, ':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("q"), ..) => {
+            let _ = signals.send(Signal::Queued);
+        }
+        (Some("e"), Some(job), ..) => {
+            if let Ok(job_id) = job.parse() {
+                hub.touch(job_id);
+            }
+        }
+        (Some("c"), Some(job), Some(attempt), Some(node)) if node == node_id => {
+            if let (Ok(job_id), Ok(attempt)) = (job.parse(), attempt.parse()) {
+                let _ = signals.send(Signal::Cancel(job_id, attempt));
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---- statements ----
+
+async fn query<C: GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<Vec<Row>> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.query(&st, params).await?)
+}
+
+async fn query_opt<C: GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<Option<Row>> {
+    Ok(query(c, sql, params).await?.into_iter().next())
+}
+
+async fn execute<C: GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: &[Param<'_>],
+) -> StoreResult<u64> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.execute(&st, params).await?)
+}
+
+fn args_ref(args: &Args) -> Vec<Param<'_>> {
+    args.iter().map(|a| a.as_ref() as Param<'_>).collect()
+}
+
+// ---- row mapping ----
+
+const JOB_COLUMNS: &str = "job_id, user_id, agent_name, job_name, priority, state, attempt, request, \
+     trace_id, created_at, started_at, finished_at, exit_code, error, output_index, last_progress, request_sha256, \
+     cancel_requested_at, queued_at";
+
+fn corrupt(job_id: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        job_id: job_id.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parsed<T: FromStr>(row: &Row, col: usize) -> StoreResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = row.try_get(col)?;
+    text.parse().map_err(|e| corrupt(&text, e))
+}
+
+fn json_col<T: DeserializeOwned>(row: &Row, col: usize) -> StoreResult<Option<T>> {
+    row.try_get::<_, Option<String>>(col)?
+        .map(|text| serde_json::from_str(&text).map_err(|e| corrupt("", e)))
+        .transpose()
+}
+
+fn ts(row: &Row, col: usize) -> StoreResult<Option<Timestamp>> {
+    Ok(row
+        .try_get::<_, Option<i64>>(col)?
+        .map(Timestamp::from_unix_ms))
+}
+
+fn count(row: &Row, col: usize) -> StoreResult<u32> {
+    Ok(u32::try_from(row.try_get::<_, i32>(col)?).unwrap_or(0))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Our own types always serialize; a failure here is a programming error caught by tests.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn job_from_row(row: &Row) -> StoreResult<JobRecord> {
+    Ok(JobRecord {
+        job_id: parsed(row, 0)?,
+        user_id: row.try_get(1)?,
+        agent_name: parsed(row, 2)?,
+        job_name: parsed(row, 3)?,
+        priority: Priority::from_rank(row.try_get(4)?),
+        state: parsed(row, 5)?,
+        attempt: count(row, 6)?,
+        request: json_col(row, 7)?.ok_or_else(|| corrupt("", "request is NULL"))?,
+        trace_id: row.try_get(8)?,
+        created_at: Timestamp::from_unix_ms(row.try_get(9)?),
+        started_at: ts(row, 10)?,
+        finished_at: ts(row, 11)?,
+        exit_code: row.try_get(12)?,
+        error: json_col(row, 13)?,
+        output_index: json_col(row, 14)?,
+        last_progress: json_col(row, 15)?,
+        request_sha256: row.try_get(16)?,
+        cancel_requested: row.try_get::<_, Option<i64>>(17)?.is_some(),
+        queued_at: Timestamp::from_unix_ms(row.try_get(18)?),
+    })
+}
+
+fn jobs_from(rows: Vec<Row>) -> StoreResult<Vec<JobRecord>> {
+    rows.iter().map(job_from_row).collect()
+}
+
+async fn load_job<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<Option<JobRecord>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
+    query_opt(c, &sql, &[&job_id.to_string()])
+        .await?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+}
+
+fn attempt_param(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
+// ---- writes ----
+
+/// Appends an event to the job's history, returning its seq (one round trip).
+async fn append_event(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    job_id: JobId,
+    attempt: u32,
+    kind: &str,
+    data: &str,
+    at: Timestamp,
+) -> StoreResult<u64> {
+    let row = query_opt(
+        tx,
+        "WITH j AS (UPDATE jobs SET last_seq = last_seq + 1, updated_at = $2 WHERE job_id = $1 RETURNING last_seq) \
+         INSERT INTO job_events (job_id, seq, at, attempt, kind, data) \
+         SELECT $1, last_seq, $2, $3, $4, $5 FROM j RETURNING seq",
+        &[&job_id.to_string(), &at.unix_ms(), &attempt_param(attempt), &kind, &data],
+    )
+    .await?
+    .ok_or_else(|| corrupt(&job_id.to_string(), "job vanished inside its transaction"))?;
+    notes.events(job_id);
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+}
+
+async fn append_state(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    job_id: JobId,
+    attempt: u32,
+    state: JobState,
+    at: Timestamp,
+) -> StoreResult<u64> {
+    append_event(tx, notes, job_id, attempt, "state", &to_json(&state), at).await
+}
+
+/// Locks the job's row and checks it is still `expected` at `attempt`.
+async fn fenced(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job_id: JobId,
+    expected: JobState,
+    attempt: u32,
+) -> StoreResult<Option<String>> {
+    let row = query_opt(
+        tx,
+        "SELECT state, attempt, node_id FROM jobs WHERE job_id = $1 FOR UPDATE",
+        &[&job_id.to_string()],
+    )
+    .await?;
+    match row {
+        Some(r) if r.try_get::<_, String>(0)? == expected.as_str() && count(&r, 1)? == attempt => {
+            Ok(r.try_get(2)?)
+        }
+        _ => Err(StoreError::Stale {
+            job_id,
+            expected,
+            attempt,
+        }),
+    }
+}
+
+async fn enqueue_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    job: NewJob,
+) -> StoreResult<Enqueued> {
+    let r = &job.request;
+    let job_id = r.job_id;
+    let inserted = execute(
+        tx,
+        "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
+         trace_id, created_at, queued_at, updated_at, schedule_key) \
+         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $9, $9, $10) ON CONFLICT (job_id) DO NOTHING",
+        &[
+            &job_id.to_string(),
+            &r.user_id,
+            &r.agent_name.as_str(),
+            &r.job_name.as_str(),
+            &r.priority.rank(),
+            &to_json(r),
+            &job.request_sha256,
+            &job.trace_id,
+            &job.at.unix_ms(),
+            &job.sort_at.unix_ms(),
+        ],
+    )
+    .await?;
+    let missing = || corrupt(&job_id.to_string(), "job vanished inside its transaction");
+    if inserted == 0 {
+        let record = load_job(tx, job_id).await?.ok_or_else(missing)?;
+        return Ok(if record.request_sha256 == job.request_sha256 {
+            Enqueued::Duplicate(record)
+        } else {
+            Enqueued::Conflict(record)
+        });
+    }
+    append_state(tx, notes, job_id, 0, JobState::Received, job.at).await?;
+    append_state(tx, notes, job_id, 0, JobState::Queued, job.at).await?;
+    notes.queued();
+    Ok(Enqueued::Created(
+        load_job(tx, job_id).await?.ok_or_else(missing)?,
+    ))
+}
+
+/// Claims what fits: locks the oldest queued rows of the agents with free slots (skipping rows
+/// other nodes are claiming), keeps those the per-agent slots allow, and leases them.
+async fn claim_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    node: &Node,
+    mut slots: Vec<(AgentName, usize)>,
+    mut free: usize,
+    at: Timestamp,
+) -> StoreResult<Vec<JobRecord>> {
+    let mut claimed = Vec::new();
+    loop {
+        let agents: Vec<String> = slots
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(a, _)| a.to_string())
+            .collect();
+        if free == 0 || agents.is_empty() {
+            return Ok(claimed);
+        }
+        let candidates = query(
+            tx,
+            "SELECT job_id, agent_name FROM jobs WHERE state = 'queued' AND agent_name = ANY($1) \
+             ORDER BY schedule_key, job_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&agents, &(free as i64)],
+        )
+        .await?;
+        if candidates.is_empty() {
+            return Ok(claimed);
+        }
+        let mut picked = Vec::new();
+        for row in &candidates {
+            let agent: AgentName = parsed(row, 1)?;
+            if let Some(slot) = slots.iter_mut().find(|(a, n)| *a == agent && *n > 0) {
+                slot.1 -= 1;
+                free -= 1;
+                picked.push(row.try_get::<_, String>(0)?);
+            }
+        }
+        let sql = format!(
+            "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = $2, updated_at = $2, \
+             node_id = $3, incarnation = $4, lease_until = $5 WHERE job_id = ANY($1) \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = query(
+            tx,
+            &sql,
+            &[
+                &picked,
+                &at.unix_ms(),
+                &node.id,
+                &node.incarnation,
+                &at.plus(node.lease).unix_ms(),
+            ],
+        )
+        .await?;
+        let mut jobs = jobs_from(rows)?;
+        // The batch keeps the queue's order.
+        jobs.sort_by_key(|j| picked.iter().position(|id| *id == j.job_id.to_string()));
+        for job in &jobs {
+            append_state(tx, notes, job.job_id, job.attempt, JobState::InProgress, at).await?;
+        }
+        claimed.extend(jobs);
+    }
+}
+
+async fn progress_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    job_id: JobId,
+    attempt: u32,
+    progress: Progress,
+    at: Timestamp,
+    keep: usize,
+) -> StoreResult<ProgressSnapshot> {
+    fenced(tx, job_id, JobState::InProgress, attempt).await?;
+    let mut snapshot = ProgressSnapshot {
+        seq: 0,
+        stage: progress.stage,
+        message: progress.message,
+        percent: progress.percent,
+        timestamp: at,
+    };
+    snapshot.seq = append_event(tx, notes, job_id, attempt, "progress", "null", at).await?;
+    let json = to_json(&snapshot);
+    let seq = i64::try_from(snapshot.seq).unwrap_or(i64::MAX);
+    execute(
+        tx,
+        "WITH e AS (UPDATE job_events SET data = $3 WHERE job_id = $1 AND seq = $2) \
+         UPDATE jobs SET last_progress = $3 WHERE job_id = $1",
+        &[&job_id.to_string(), &seq, &json],
+    )
+    .await?;
+    // Bounded history: progress older than the newest `keep` events goes; states stay.
+    let oldest_kept = seq - keep as i64;
+    if oldest_kept > 0 {
+        execute(
+            tx,
+            "DELETE FROM job_events WHERE job_id = $1 AND kind = 'progress' AND seq <= $2",
+            &[&job_id.to_string(), &oldest_kept],
+        )
+        .await?;
+    }
+    Ok(snapshot)
+}
+
+async fn finish_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    node: &Node,
+    f: Finish,
+) -> StoreResult<DueDelivery> {
+    fenced(tx, f.job_id, f.from, f.attempt).await?;
+    if !f.from.can_become(f.state) {
+        return Err(StoreError::Stale {
+            job_id: f.job_id,
+            expected: f.from,
+            attempt: f.attempt,
+        });
+    }
+    let job_id = f.job_id.to_string();
+    execute(
+        tx,
+        "UPDATE jobs SET state = $2, finished_at = $3, updated_at = $3, exit_code = $4, error = $5, \
+         output_index = $6, lease_until = NULL WHERE job_id = $1",
+        &[
+            &job_id,
+            &f.state.as_str(),
+            &f.at.unix_ms(),
+            &f.exit_code,
+            &f.error.as_ref().map(to_json),
+            &to_json(&f.output_index),
+        ],
+    )
+    .await?;
+    append_state(tx, notes, f.job_id, f.attempt, f.state, f.at).await?;
+    execute(
+        tx,
+        "INSERT INTO deliveries (delivery_id, job_id, kind, url, destination, body, state, created_at, \
+         next_attempt_at, lease_until, leased_by) VALUES ($1, $2, 'completion', $3, $4, $5, 'pending', $6, $6, $7, $8)",
+        &[
+            &f.completion.id.as_str(),
+            &job_id,
+            &f.completion.url.as_str(),
+            &f.completion.url.origin().ascii_serialization(),
+            &f.completion.body,
+            &f.at.unix_ms(),
+            &f.lease_until.unix_ms(),
+            &node.id,
+        ],
+    )
+    .await?;
+    let job = load_job(tx, f.job_id).await?.ok_or(StoreError::Stale {
+        job_id: f.job_id,
+        expected: f.from,
+        attempt: f.attempt,
+    })?;
+    Ok(DueDelivery {
+        id: f.completion.id,
+        job_id: f.job_id,
+        job_name: job.job_name,
+        status: f.state,
+        url: f.completion.url,
+        body: f.completion.body,
+        attempts: 0,
+        last_status_code: None,
+        age_from: f.at,
+        trace_id: job.trace_id,
+        agent_name: job.agent_name.to_string(),
+    })
+}
+
+async fn heartbeat_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    node: &Node,
+    beat: &Beat,
+) -> StoreResult<BeatAnswer> {
+    let agents: Vec<&str> = beat.agents.iter().map(AgentName::as_str).collect();
+    execute(
+        tx,
+        "INSERT INTO nodes (node_id, incarnation, agents, running, max_concurrent, started_at, heartbeat_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (node_id) DO UPDATE SET \
+         started_at = CASE WHEN nodes.incarnation = excluded.incarnation THEN nodes.started_at ELSE excluded.started_at END, \
+         incarnation = excluded.incarnation, agents = excluded.agents, running = excluded.running, \
+         max_concurrent = excluded.max_concurrent, heartbeat_at = excluded.heartbeat_at",
+        &[
+            &node.id,
+            &node.incarnation,
+            &to_json(&agents),
+            &i32::try_from(beat.running.len()).unwrap_or(i32::MAX),
+            &i32::try_from(beat.max_concurrent).unwrap_or(i32::MAX),
+            &beat.at.unix_ms(),
+        ],
+    )
+    .await?;
+    let ids: Vec<String> = beat.running.iter().map(|(j, _)| j.to_string()).collect();
+    let attempts: Vec<i32> = beat
+        .running
+        .iter()
+        .map(|(_, a)| attempt_param(*a))
+        .collect();
+    let owned = query(
+        tx,
+        "UPDATE jobs j SET lease_until = $3 FROM unnest($1::text[], $2::int[]) AS r(job_id, attempt) \
+         WHERE j.job_id = r.job_id AND j.attempt = r.attempt AND j.state = 'in_progress' AND j.incarnation = $4 \
+         RETURNING j.job_id, j.cancel_requested_at IS NOT NULL",
+        &[
+            &ids,
+            &attempts,
+            &beat.at.plus(node.lease).unix_ms(),
+            &node.incarnation,
+        ],
+    )
+    .await?;
+    let mut answer = BeatAnswer::default();
+    for &(job_id, attempt) in &beat.running {
+        let id = job_id.to_string();
+        match owned.iter().find(|r| r.get::<_, String>(0) == id) {
+            None => answer.lost.push((job_id, attempt)),
+            Some(r) if r.try_get::<_, bool>(1)? => answer.cancel.push((job_id, attempt)),
+            Some(_) => {}
+        }
+    }
+    Ok(answer)
+}
+
+// ---- reads ----
+
+async fn view_in<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<Option<JobView>> {
+    let Some(job) = load_job(c, job_id).await? else {
+        return Ok(None);
+    };
+    let rows = query(
+        c,
+        "SELECT data, at, attempt FROM job_events WHERE job_id = $1 AND kind = 'state' ORDER BY seq",
+        &[&job_id.to_string()],
+    )
+    .await?;
+    let transitions = rows
+        .iter()
+        .map(|r| {
+            Ok(Transition {
+                state: serde_json::from_str(&r.try_get::<_, String>(0)?)
+                    .map_err(|e| corrupt(&job_id.to_string(), e))?,
+                at: Timestamp::from_unix_ms(r.try_get(1)?),
+                attempt: count(r, 2)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let filter = DeliveryFilter {
+        limit: 1,
+        ..DeliveryFilter::default()
+    };
+    let delivery = deliveries_in(c, &filter, Some(job_id))
+        .await?
+        .into_iter()
+        .next();
+    Ok(Some(JobView {
+        job,
+        transitions,
+        delivery,
+    }))
+}
+
+/// `WHERE` clause (with `$n` placeholders from `first`) and arguments of a delivery filter.
+fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>, first: usize) -> (String, Args) {
+    let mut clauses = vec!["TRUE".to_owned()];
+    let mut args: Args = Vec::new();
+    let mut add = |clause: &str, value: Box<dyn ToSql + Sync + Send>| {
+        clauses.push(clause.replace('?', &format!("${}", first + args.len())));
+        args.push(value);
+    };
+    if let Some(job_id) = job_id {
+        add("d.job_id = ?", Box::new(job_id.to_string()));
+    }
+    if let Some(id) = &f.id {
+        add("d.delivery_id = ?", Box::new(id.as_str().to_owned()));
+    }
+    if let Some(state) = f.state {
+        add("d.state = ?", Box::new(state.as_str().to_owned()));
+    }
+    if let Some(job_name) = &f.job_name {
+        add("j.job_name = ?", Box::new(job_name.as_str().to_owned()));
+    }
+    if let Some(destination) = &f.destination {
+        add("d.destination = ?", Box::new(destination.clone()));
+    }
+    if let Some(since) = f.since {
+        add("d.created_at >= ?", Box::new(since.unix_ms()));
+    }
+    if let Some(until) = f.until {
+        add("d.created_at < ?", Box::new(until.unix_ms()));
+    }
+    (clauses.join(" AND "), args)
+}
+
+async fn deliveries_in<C: GenericClient + Sync>(
+    c: &C,
+    f: &DeliveryFilter,
+    job_id: Option<JobId>,
+) -> StoreResult<Vec<DeliveryStatus>> {
+    let (filter, mut args) = filter_sql(f, job_id, 1);
+    let limit_at = args.len() + 1;
+    args.push(Box::new(i64::try_from(f.limit).unwrap_or(i64::MAX)));
+    let sql = format!(
+        "SELECT d.delivery_id, d.job_id, j.job_name, d.destination, d.state, d.attempts, d.created_at, \
+                d.last_status_code, d.last_error, d.next_attempt_at, d.delivered_at \
+         FROM deliveries d JOIN jobs j ON j.job_id = d.job_id WHERE {filter} \
+         ORDER BY d.created_at DESC, d.delivery_id DESC LIMIT ${limit_at}"
+    );
+    let rows = query(c, &sql, &args_ref(&args)).await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let state: DeliveryState = parsed(r, 4)?;
+        let id: DeliveryId = parsed(r, 0)?;
+        let history = history_in(c, &id).await?;
+        found.push(DeliveryStatus {
+            delivery_id: id,
+            job_id: parsed(r, 1)?,
+            job_name: parsed(r, 2)?,
+            destination: r.try_get(3)?,
+            state,
+            attempts: count(r, 5)?,
+            created_at: Timestamp::from_unix_ms(r.try_get(6)?),
+            last_status_code: r
+                .try_get::<_, Option<i32>>(7)?
+                .and_then(|c| u16::try_from(c).ok()),
+            last_error: r.try_get(8)?,
+            next_attempt_at: ts(r, 9)?.filter(|_| state == DeliveryState::Pending),
+            delivered_at: ts(r, 10)?,
+            history,
+        });
+    }
+    Ok(found)
+}
+
+async fn history_in<C: GenericClient + Sync>(
+    c: &C,
+    id: &DeliveryId,
+) -> StoreResult<Vec<DeliveryAttempt>> {
+    query(
+        c,
+        "SELECT at, status_code, error, latency_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+        &[&id.as_str()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DeliveryAttempt {
+            at: Timestamp::from_unix_ms(r.try_get(0)?),
+            status_code: r
+                .try_get::<_, Option<i32>>(1)?
+                .and_then(|c| u16::try_from(c).ok()),
+            error: r.try_get(2)?,
+            latency_ms: u64::try_from(r.try_get::<_, i64>(3)?).unwrap_or(0),
+        })
+    })
+    .collect()
+}
+
+fn event_from_row(job_id: JobId, row: &Row) -> StoreResult<JobEvent> {
+    let kind: String = row.try_get(3)?;
+    let text: String = row.try_get(4)?;
+    let bad = |e: serde_json::Error| corrupt(&job_id.to_string(), e);
+    let data = if kind == "state" {
+        EventData::State {
+            state: serde_json::from_str(&text).map_err(bad)?,
+        }
+    } else {
+        let p: ProgressSnapshot = serde_json::from_str(&text).map_err(bad)?;
+        EventData::Progress {
+            stage: p.stage,
+            message: p.message,
+            percent: p.percent,
+        }
+    };
+    Ok(JobEvent {
+        version: PAYLOAD_VERSION,
+        job_id,
+        seq: u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0),
+        at: Timestamp::from_unix_ms(row.try_get(1)?),
+        attempt: count(row, 2)?,
+        data,
+    })
+}
+
+fn due_from_row(r: &Row) -> StoreResult<DueDelivery> {
+    Ok(DueDelivery {
+        id: parsed(r, 0)?,
+        job_id: parsed(r, 1)?,
+        url: parsed(r, 2)?,
+        body: r.try_get(3)?,
+        attempts: count(r, 4)?,
+        age_from: Timestamp::from_unix_ms(r.try_get(5)?),
+        last_status_code: r
+            .try_get::<_, Option<i32>>(6)?
+            .and_then(|c| u16::try_from(c).ok()),
+        job_name: parsed(r, 7)?,
+        status: parsed(r, 8)?,
+        trace_id: r.try_get(9)?,
+        agent_name: r.try_get(10)?,
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued> {
+        let job_id = job.request.job_id;
+        let enqueued = self
+            .write(async |tx, notes| enqueue_in(tx, notes, job).await)
+            .await?;
+        if matches!(enqueued, Enqueued::Created(_)) {
+            self.hub.touch(job_id);
+        }
+        Ok(enqueued)
+    }
+
+    async fn job(&self, job_id: JobId) -> StoreResult<Option<JobRecord>> {
+        load_job(&self.client().await?, job_id).await
+    }
+
+    async fn job_view(&self, job_id: JobId) -> StoreResult<Option<JobView>> {
+        view_in(&self.client().await?, job_id).await
+    }
+
+    async fn claim(
+        &self,
+        slots: Vec<(AgentName, usize)>,
+        free: usize,
+        at: Timestamp,
+    ) -> StoreResult<Vec<JobRecord>> {
+        let node = &self.node;
+        let claimed = self
+            .write(async |tx, notes| claim_in(tx, notes, node, slots, free, at).await)
+            .await?;
+        for job in &claimed {
+            self.hub.touch(job.job_id);
+        }
+        Ok(claimed)
+    }
+
+    async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' ORDER BY started_at"
+        );
+        jobs_from(query(&self.client().await?, &sql, &[]).await?)
+    }
+
+    async fn orphans(&self, now: Timestamp) -> StoreResult<Vec<JobRecord>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' AND (lease_until < $1 \
+             OR (node_id = $2 AND incarnation IS DISTINCT FROM $3)) ORDER BY started_at"
+        );
+        let rows = query(
+            &self.client().await?,
+            &sql,
+            &[&now.unix_ms(), &self.node.id, &self.node.incarnation],
+        )
+        .await?;
+        jobs_from(rows)
+    }
+
+    async fn heartbeat(&self, beat: Beat) -> StoreResult<BeatAnswer> {
+        let node = &self.node;
+        self.write(async |tx, _| heartbeat_in(tx, node, &beat).await)
+            .await
+    }
+
+    async fn nodes(&self, since: Timestamp) -> StoreResult<Vec<NodeStatus>> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT node_id, agents, running, max_concurrent, started_at, heartbeat_at \
+             FROM nodes WHERE heartbeat_at >= $1 ORDER BY node_id",
+            &[&since.unix_ms()],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeStatus {
+                    node_id: r.try_get(0)?,
+                    agents: json_col(r, 1)?.unwrap_or_default(),
+                    running: count(r, 2)?,
+                    max_concurrent: count(r, 3)?,
+                    started_at: Timestamp::from_unix_ms(r.try_get(4)?),
+                    last_heartbeat: Timestamp::from_unix_ms(r.try_get(5)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn lead(&self) -> StoreResult<bool> {
+        let mut leader = self.leader.lock().await;
+        if let Some(client) = leader.as_ref() {
+            // The lock lives as long as this session: a working session still holds it.
+            if client.simple_query("SELECT 1").await.is_ok() {
+                return Ok(true);
+            }
+            *leader = None;
+        }
+        let client = connect(&self.config).await?;
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .await?;
+        if row.try_get(0)? {
+            info!("this node now leads the sweeper and pruning");
+            *leader = Some(client);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.signals.subscribe()
+    }
+
+    async fn list_jobs(&self, f: JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR state = $1) \
+             AND ($2::text IS NULL OR agent_name = $2) ORDER BY created_at DESC, job_id DESC LIMIT $3"
+        );
+        let rows = query(
+            &self.client().await?,
+            &sql,
+            &[
+                &f.state.map(|s| s.as_str()),
+                &f.agent.as_ref().map(AgentName::as_str),
+                &i64::try_from(f.limit).unwrap_or(i64::MAX),
+            ],
+        )
+        .await?;
+        jobs_from(rows)
+    }
+
+    async fn queued_before(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobRecord>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND queued_at < $1 ORDER BY queued_at LIMIT $2"
+        );
+        let rows = query(
+            &self.client().await?,
+            &sql,
+            &[&before.unix_ms(), &(limit as i64)],
+        )
+        .await?;
+        jobs_from(rows)
+    }
+
+    async fn request_cancel(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
+        self.write(async |tx, notes| {
+            let node_id = fenced(tx, job_id, JobState::InProgress, attempt).await?;
+            execute(
+                tx,
+                "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, $2) WHERE job_id = $1",
+                &[&job_id.to_string(), &at.unix_ms()],
+            )
+            .await?;
+            notes.cancel(job_id, attempt, node_id.as_deref().unwrap_or_default());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
+        self.write(async |tx, notes| {
+            fenced(tx, job_id, JobState::InProgress, attempt).await?;
+            execute(
+                tx,
+                "UPDATE jobs SET state = 'queued', started_at = NULL, queued_at = $2, updated_at = $2, \
+                 node_id = NULL, incarnation = NULL, lease_until = NULL WHERE job_id = $1",
+                &[&job_id.to_string(), &at.unix_ms()],
+            )
+            .await?;
+            append_state(tx, notes, job_id, attempt, JobState::Queued, at).await?;
+            notes.queued();
+            Ok(())
+        })
+        .await?;
+        self.hub.touch(job_id);
+        Ok(())
+    }
+
+    async fn events_after(
+        &self,
+        job_id: JobId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<JobEvent>> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT seq, at, attempt, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+            &[
+                &job_id.to_string(),
+                &i64::try_from(after_seq).unwrap_or(i64::MAX),
+                &(limit as i64),
+            ],
+        )
+        .await?;
+        rows.iter().map(|r| event_from_row(job_id, r)).collect()
+    }
+
+    fn subscribe(&self, job_id: JobId) -> tokio::sync::watch::Receiver<()> {
+        self.hub.subscribe(job_id)
+    }
+
+    async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {
+        let client = self.client().await?;
+        let queued = query(
+            &client,
+            "SELECT agent_name, count(*) FROM jobs WHERE state = 'queued' GROUP BY agent_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                parsed(r, 0)?,
+                u64::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let dead: i64 = query_opt(
+            &client,
+            "SELECT count(*) FROM deliveries WHERE state = 'dead'",
+            &[],
+        )
+        .await?
+        .map_or(Ok(0), |r| r.try_get(0))?;
+        Ok(crate::telemetry::StoreGauges {
+            queued,
+            dead_letters: u64::try_from(dead).unwrap_or(0),
+        })
+    }
+
+    async fn check_writable(&self) -> StoreResult<()> {
+        let node = &self.node;
+        self.write(async |tx, _| {
+            execute(
+                tx,
+                "UPDATE nodes SET heartbeat_at = greatest(heartbeat_at, $2) WHERE node_id = $1",
+                &[&node.id, &Timestamp::now().unix_ms()],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {
+        let rows = query(
+            &self.client().await?,
+            "DELETE FROM jobs WHERE job_id IN ( \
+                 SELECT j.job_id FROM jobs j WHERE j.finished_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id AND d.state = 'pending') \
+                 ORDER BY j.finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING job_id, job_name, agent_name, trace_id",
+            &[&before.unix_ms(), &(limit as i64)],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Pruned {
+                    job_id: parsed(r, 0)?,
+                    job_name: r.try_get(1)?,
+                    agent_name: r.try_get(2)?,
+                    trace_id: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_progress(
+        &self,
+        job_id: JobId,
+        attempt: u32,
+        progress: Progress,
+        at: Timestamp,
+    ) -> StoreResult<ProgressSnapshot> {
+        let keep = self.events_per_job;
+        let snapshot = self
+            .write(async |tx, notes| {
+                progress_in(tx, notes, job_id, attempt, progress, at, keep).await
+            })
+            .await?;
+        self.hub.touch(job_id);
+        Ok(snapshot)
+    }
+
+    async fn finish(&self, finish: Finish) -> StoreResult<DueDelivery> {
+        let job_id = finish.job_id;
+        let node = &self.node;
+        let due = self
+            .write(async |tx, notes| finish_in(tx, notes, node, finish).await)
+            .await?;
+        self.hub.touch(job_id);
+        Ok(due)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        let rows = query(
+            &self.client().await?,
+            "UPDATE deliveries d SET lease_until = $2, leased_by = $4 FROM jobs j \
+             WHERE j.job_id = d.job_id AND d.delivery_id IN ( \
+                 SELECT delivery_id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
+                 AND (lease_until IS NULL OR lease_until <= $1) ORDER BY next_attempt_at LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING d.delivery_id, d.job_id, d.url, d.body, d.attempts, coalesce(d.redriven_at, d.created_at), \
+                       d.last_status_code, j.job_name, j.state, j.trace_id, j.agent_name",
+            &[
+                &now.unix_ms(),
+                &lease_until.unix_ms(),
+                &(limit as i64),
+                &self.node.id,
+            ],
+        )
+        .await?;
+        rows.iter().map(due_from_row).collect()
+    }
+
+    async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()> {
+        execute(
+            &self.client().await?,
+            "UPDATE deliveries SET next_attempt_at = $2, lease_until = NULL WHERE delivery_id = $1 AND state = 'pending'",
+            &[&id.as_str(), &until.unix_ms()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn release_leases(&self) -> StoreResult<usize> {
+        // Called at start, before this process leased anything: leases in this node's name are
+        // its previous process's.
+        let n = execute(
+            &self.client().await?,
+            "UPDATE deliveries SET lease_until = NULL, leased_by = NULL \
+             WHERE state = 'pending' AND lease_until IS NOT NULL AND leased_by = $1",
+            &[&self.node.id],
+        )
+        .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>> {
+        let row = query_opt(
+            &self.client().await?,
+            "SELECT min(greatest(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries WHERE state = 'pending'",
+            &[],
+        )
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<_, Option<i64>>(0))
+            .transpose()?
+            .flatten()
+            .map(Timestamp::from_unix_ms))
+    }
+
+    async fn record_attempt(
+        &self,
+        id: &DeliveryId,
+        attempt: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<()> {
+        let (state, next, delivered) = match outcome {
+            AttemptOutcome::Delivered => ("delivered", None, Some(attempt.at.unix_ms())),
+            AttemptOutcome::RetryAt(at) => ("pending", Some(at.unix_ms()), None),
+            AttemptOutcome::Dead => ("dead", None, None),
+        };
+        let status = attempt.status_code.map(i32::from);
+        execute(
+            &self.client().await?,
+            "WITH d AS (UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL, leased_by = NULL, \
+                 last_status_code = $2, last_error = $3, state = $7, next_attempt_at = $8, delivered_at = $9 \
+                 WHERE delivery_id = $1 RETURNING attempts) \
+             INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, latency_ms) \
+             SELECT $1, attempts, $4, $5, $6, $10 FROM d",
+            &[
+                &id.as_str(),
+                &status,
+                &attempt.error,
+                &attempt.at.unix_ms(),
+                &status,
+                &attempt.error,
+                &state,
+                &next,
+                &delivered,
+                &i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> StoreResult<Vec<DeliveryStatus>> {
+        deliveries_in(&self.client().await?, &filter, None).await
+    }
+
+    async fn redrive(&self, f: DeliveryFilter) -> StoreResult<Vec<DeliveryId>> {
+        let dead = DeliveryFilter {
+            state: Some(DeliveryState::Dead),
+            ..f.clone()
+        };
+        let (filter, mut args) = filter_sql(&dead, None, 2);
+        args.insert(0, Box::new(Timestamp::now().unix_ms()));
+        let limit_at = args.len() + 1;
+        args.push(Box::new(i64::try_from(f.limit).unwrap_or(i64::MAX)));
+        let sql = format!(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = $1, redriven_at = $1, \
+             lease_until = NULL, leased_by = NULL \
+             WHERE delivery_id IN (SELECT d.delivery_id FROM deliveries d JOIN jobs j ON j.job_id = d.job_id \
+                                   WHERE {filter} ORDER BY d.created_at LIMIT ${limit_at} FOR UPDATE OF d SKIP LOCKED) \
+             RETURNING delivery_id"
+        );
+        let rows = query(&self.client().await?, &sql, &args_ref(&args)).await?;
+        rows.iter().map(|r| parsed(r, 0)).collect()
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<DeliveryStatus>> {
+        let filter = DeliveryFilter {
+            id: Some(id),
+            limit: 1,
+            ..DeliveryFilter::default()
+        };
+        Ok(deliveries_in(&self.client().await?, &filter, None)
+            .await?
+            .into_iter()
+            .next())
+    }
+}
