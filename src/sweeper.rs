@@ -3,9 +3,9 @@
 //! Each pass, in order:
 //! 1. runs of this process that went silent past their agent's `stale_after`, or ran past its
 //!    `timeout`, are stopped (they end `timed_out` with a completion);
+//! 2. jobs whose lease ran out (their node died) are taken over per their agent's `on_restart`;
 //!
 //! and then, only on the fleet's leader (one node at a time, see [`Store::lead`]):
-//! 2. jobs whose lease ran out (their node died) are taken over per their agent's `on_restart`;
 //! 3. `in_progress` jobs no agent of this process runs, past their timeout, end `timed_out`;
 //! 4. jobs queued longer than `max_queue_age` end `timed_out` (`queue_timeout`);
 //! 5. terminal jobs older than the retention, whose completion is no longer pending, are
@@ -34,7 +34,7 @@ const BATCH: usize = 500;
 pub struct Swept {
     /// Runs stopped as stale or over their timeout.
     pub stopped: usize,
-    /// Whether this process led the pass (did steps 2 to 5).
+    /// Whether this process led the pass (did steps 3 to 5).
     pub led: bool,
     /// Jobs of dead nodes taken over (requeued or ended per `on_restart`).
     pub reclaimed: usize,
@@ -97,12 +97,14 @@ impl Sweeper {
             telemetry::sweeper_action(action, 1);
             swept.stopped += 1;
         }
+        // Every node takes over jobs whose lease ran out (fenced: one takeover counts), so a
+        // paused leader cannot hold them up.
+        swept.reclaimed = self.runner.recover().await?;
+        telemetry::sweeper_action("reclaimed", swept.reclaimed);
         swept.led = self.store.lead().await?;
         if !swept.led {
             return Ok(swept);
         }
-        swept.reclaimed = self.runner.recover().await?;
-        telemetry::sweeper_action("reclaimed", swept.reclaimed);
         swept.abandoned = self.end_abandoned(now).await?;
         telemetry::sweeper_action("abandoned", swept.abandoned);
         swept.expired = self.expire_queued(now).await?;

@@ -520,7 +520,10 @@ fn stop_sentence(reason: StopReason, agent: &AgentConfig) -> String {
         StopReason::Interrupt => {
             "sidecar shutting down; the job resumes on the next start".to_owned()
         }
-        StopReason::Lost => "this node lost the job's lease; another node runs it".to_owned(),
+        StopReason::Lost => {
+            "the job is no longer this node's (its lease lapsed; another node took it over)"
+                .to_owned()
+        }
     }
 }
 

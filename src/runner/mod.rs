@@ -229,7 +229,7 @@ impl Runner {
             info!(
                 attempt = job.attempt,
                 max_attempts = max,
-                "job was running when the sidecar stopped; requeued"
+                "the process running the job is gone (stopped, or its lease ran out); requeued"
             );
             let requeued = ignore_stale(
                 self.store
@@ -244,7 +244,7 @@ impl Runner {
         } else {
             "the sidecar stopped while the agent ran".to_owned()
         };
-        info!("job was running when the sidecar stopped; failing it");
+        info!("the process running the job is gone (stopped, or its lease ran out); failing it");
         ignore_stale(
             self.end_unrun(
                 job,

@@ -61,7 +61,9 @@ impl AgentProcess {
             .argv
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-        let mut child = Command::new(program)
+        let parent = std::process::id();
+        let mut command = Command::new(program);
+        command
             .args(args)
             .current_dir(spec.cwd)
             .env_clear()
@@ -69,8 +71,12 @@ impl AgentProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        // SAFETY: between fork and exec, only async-signal-safe calls (prctl, getppid).
+        unsafe {
+            command.pre_exec(move || die_with_parent(parent));
+        }
+        let mut child = command.spawn()?;
         let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
         let fd = pidfd_open(pid)?;
         // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same for its life.
@@ -115,6 +121,24 @@ impl AgentProcess {
             guard.clear_ready();
         }
     }
+}
+
+/// The agent gets SIGKILL when the sidecar dies, however it dies: a crashed node's agents do
+/// not run on while another node takes their jobs over. (The kernel ties this to the spawning
+/// thread; the runtime's worker threads live as long as the sidecar.)
+fn die_with_parent(parent: u32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The sidecar may have died before the prctl took effect.
+    // SAFETY: getppid has no preconditions.
+    if u32::try_from(unsafe { libc::getppid() }).ok() != Some(parent) {
+        return Err(io::Error::other(
+            "the sidecar exited while starting the agent",
+        ));
+    }
+    Ok(())
 }
 
 /// Sends `signal` to process group `pgid`.

@@ -48,7 +48,8 @@ pub struct PgStore {
     events_per_job: usize,
     node: Node,
     signals: broadcast::Sender<Signal>,
-    leader: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The session holding (or trying for) the leader lock, and whether it holds it.
+    leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -949,24 +950,39 @@ impl Store for PgStore {
     }
 
     async fn lead(&self) -> StoreResult<bool> {
-        let mut leader = self.leader.lock().await;
-        if let Some(client) = leader.as_ref() {
-            // The lock lives as long as this session: a working session still holds it.
+        let mut session = self.leader.lock().await;
+        if let Some((client, true)) = session.as_ref() {
+            // The lock lives as long as its session: a working session still holds it.
             if client.simple_query("SELECT 1").await.is_ok() {
                 return Ok(true);
             }
-            *leader = None;
+            warn!("lost the lead of the sweeper and pruning");
+            *session = None;
         }
-        let client = connect(&self.config).await?;
-        let row = client
+        if session
+            .as_ref()
+            .is_none_or(|(client, _)| client.is_closed())
+        {
+            let client = connect(&self.config).await?;
+            // A leader that is paused (not dead) stops talking: the server ends its session,
+            // and with it the lock, after this long, so another node can lead.
+            let timeout = self.node.lease.as_millis() * 2;
+            client
+                .batch_execute(&format!("SET idle_session_timeout = {timeout}"))
+                .await?;
+            *session = Some((client, false));
+        }
+        let Some((client, held)) = session.as_mut() else {
+            return Ok(false);
+        };
+        *held = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
-            .await?;
-        if row.try_get(0)? {
+            .await?
+            .try_get(0)?;
+        if *held {
             info!("this node now leads the sweeper and pruning");
-            *leader = Some(client);
-            return Ok(true);
         }
-        Ok(false)
+        Ok(*held)
     }
 
     fn signals(&self) -> broadcast::Receiver<Signal> {

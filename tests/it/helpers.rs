@@ -334,6 +334,29 @@ interval = "100ms"
         Self::start_in_env(origin, env, extra)
     }
 
+    /// Starts a node of a fleet: callbacks to `origin`, jobs in `shared_root` (shared with the
+    /// other nodes), `AGENT_SIDECAR__*` overrides (the store's URL among them) and `extra` TOML.
+    pub fn start_node(origin: &str, shared_root: &Path, env: &[(&str, &str)], extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("sidecar.toml");
+        let text = Self::config_text(shared_root, &dir.path().join("state.db"), origin) + extra;
+        std::fs::write(&config_path, text).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (format!("AGENT_SIDECAR__{k}"), (*v).to_owned()))
+            .collect();
+        Self::spawn(dir, shared_root.to_owned(), config_path, env)
+    }
+
+    /// Sends `signal` (e.g. `"-STOP"`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Starts with these variables in the process environment as written (e.g.
     /// `NOTIFY_SOCKET`).
     pub async fn start_with_process_env(receiver: &Receiver, env: &[(&str, &str)]) -> Self {
@@ -725,4 +748,20 @@ pub fn states(job: &Value) -> Vec<String> {
 pub async fn metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = sidecar.get_text("/metrics").await;
     value(&parse_metrics(&text), name, labels)
+}
+
+/// `GET /jobs/{id}` (asserting 200).
+pub async fn job(sidecar: &Sidecar, job_id: &str) -> Value {
+    let (status, job) = sidecar.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(status, 200, "{job}");
+    job
+}
+
+/// Waits until the job is in `state`; returns its status document.
+pub async fn wait_state(sidecar: &Sidecar, job_id: &str, state: &str) -> Value {
+    eventually(&format!("job {job_id} to be {state}"), || async {
+        let job = job(sidecar, job_id).await;
+        (job["state"] == state).then_some(job)
+    })
+    .await
 }

@@ -7,20 +7,6 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// Writes the job's folder, triggers it and returns its id.
-async fn job(sidecar: &Sidecar, job_id: &str) -> Value {
-    let (status, job) = sidecar.get(&format!("/jobs/{job_id}")).await;
-    assert_eq!(status, 200, "{job}");
-    job
-}
-
-async fn wait_state(sidecar: &Sidecar, job_id: &str, state: &str) -> Value {
-    eventually(&format!("job {job_id} to be {state}"), || async {
-        let job = job(sidecar, job_id).await;
-        (job["state"] == state).then_some(job)
-    })
-    .await
-}
-
 async fn cancel(sidecar: &Sidecar, job_id: &str) -> (u16, Value) {
     let (status, body) = sidecar
         .post_raw(&format!("/jobs/{job_id}/cancel"), Vec::new())

@@ -5,6 +5,7 @@ mod cli;
 mod contract;
 mod delivery;
 mod demo;
+mod fleet;
 mod folder;
 mod helpers;
 mod lifecycle;
