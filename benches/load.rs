@@ -671,5 +671,200 @@ async fn main() {
         },
     ];
     figures.extend(deep);
+    match std::env::var("AGENT_SIDECAR_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => figures.extend(fleet(&url, jobs, concurrency, cores).await),
+        _ => eprintln!("fleet figures skipped: AGENT_SIDECAR_TEST_POSTGRES_URL is not set"),
+    }
     report(&figures);
+}
+
+// ---- the fleet: several sidecars on one PostgreSQL ----
+
+/// A fresh database on the server at `base` (with pg_stat_statements when the server loads
+/// it); its URL.
+async fn fresh_database(base: &str) -> String {
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    sql(base, &format!("CREATE DATABASE {name}")).await;
+    let mut url = url::Url::parse(base).unwrap();
+    url.set_path(&name);
+    let _ = try_sql(
+        url.as_str(),
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+    )
+    .await;
+    url.to_string()
+}
+
+async fn try_sql(
+    url: &str,
+    statement: &str,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client.query(statement, &[]).await
+}
+
+async fn sql(url: &str, statement: &str) -> Vec<tokio_postgres::Row> {
+    try_sql(url, statement).await.unwrap()
+}
+
+/// Statements the sidecars ran in this database so far (pg_stat_statements), if available.
+async fn statements(url: &str) -> Option<f64> {
+    let rows = try_sql(
+        url,
+        "SELECT sum(calls)::float8 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+         WHERE d.datname = current_database()",
+    )
+    .await
+    .ok()?;
+    rows.first()?.try_get::<_, Option<f64>>(0).ok()?
+}
+
+/// `nodes` sidecars on one fresh database and one shared root, each allowed `per_node` runs.
+async fn start_fleet(base: &str, nodes: usize, per_node: usize) -> (String, Vec<Bench>) {
+    let url = fresh_database(base).await;
+    let mut fleet: Vec<Bench> = Vec::new();
+    for n in 0..nodes {
+        let bench = Bench::start(per_node).await;
+        let config = std::fs::read_to_string(bench.dir.path().join("sidecar.toml")).unwrap();
+        let (root, receiver) = fleet.first().map_or_else(
+            || (bench.root(), bench.receiver.clone()),
+            |f| (f.root(), f.receiver.clone()),
+        );
+        let config = config
+            .replace(&bench.receiver, &receiver)
+            .replace(
+                "url = \"sqlite://state.db\"",
+                &format!("url = {url:?}\nnode_id = \"n{n}\""),
+            )
+            .replace(
+                "shared_root = \"root\"",
+                &format!("shared_root = {:?}", root.display().to_string()),
+            );
+        std::fs::write(bench.dir.path().join("sidecar.toml"), config).unwrap();
+        let mut bench = bench;
+        bench.restart();
+        fleet.push(bench);
+    }
+    (url, fleet)
+}
+
+/// Jobs/s completed with 1, 2 and 3 nodes, claim latency across nodes, and statements per job.
+async fn fleet(base: &str, jobs: usize, concurrency: usize, cores: usize) -> Vec<Figure> {
+    let client = reqwest::Client::new();
+    let mut figures = Vec::new();
+    let mut single = None;
+    for (nodes, name) in [
+        (1, "fleet: jobs/s, 1 node"),
+        (2, "fleet: jobs/s, 2 nodes"),
+        (3, "fleet: jobs/s, 3 nodes"),
+    ] {
+        let (url, fleet) = start_fleet(base, nodes, cores * 2).await;
+        let front = &fleet[0];
+        let prepared: Arc<Vec<(String, Bytes, String)>> = Arc::new(
+            (0..jobs)
+                .map(|i| {
+                    let (id, body) = front.job("trivial", json!({}));
+                    (
+                        id,
+                        body,
+                        format!("{}/agents/trigger", fleet[i % nodes].base),
+                    )
+                })
+                .collect(),
+        );
+        let before = statements(&url).await;
+        let started = Instant::now();
+        fire(jobs, concurrency, |i| {
+            let (client, body, url) =
+                (client.clone(), prepared[i].1.clone(), prepared[i].2.clone());
+            async move { client.post(url).body(body).send().await.unwrap().status() }
+        })
+        .await;
+        let ids: Vec<String> = prepared.iter().map(|p| p.0.clone()).collect();
+        front.wait_completions(&ids).await;
+        let rate = jobs as f64 / started.elapsed().as_secs_f64();
+        let after = statements(&url).await;
+        single.get_or_insert(rate);
+        figures.push(Figure {
+            name,
+            value: rate,
+            unit: "/s",
+            limit: single.map(|r| (r, "1 node")),
+            goal: "",
+        });
+        if nodes == 3 {
+            if let (Some(b), Some(a)) = (before, after) {
+                figures.push(Figure {
+                    name: "fleet: SQL statements per job (pg_stat_statements, all nodes)",
+                    value: (a - b) / jobs as f64,
+                    unit: "",
+                    limit: None,
+                    goal: "",
+                });
+            }
+            figures.extend(claim_latency(&client, &fleet).await);
+        }
+    }
+    figures
+}
+
+/// Trigger on node 0 of an idle fleet -> claimed by some node (ms clock, from the job's
+/// transitions): the NOTIFY wake-up and the SKIP LOCKED claim.
+async fn claim_latency(client: &reqwest::Client, fleet: &[Bench]) -> Vec<Figure> {
+    let mut latency = Vec::new();
+    for _ in 0..50 {
+        let (id, body) = fleet[0].job("trivial", json!({}));
+        let r = client
+            .post(format!("{}/agents/trigger", fleet[0].base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        fleet[0].wait_completions(std::slice::from_ref(&id)).await;
+        let status: Value = serde_json::from_slice(
+            &client
+                .get(format!("{}/jobs/{id}", fleet[0].base))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let at = |state: &str| {
+            let t = status["transitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["state"] == state)
+                .unwrap();
+            time::OffsetDateTime::parse(
+                t["at"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        };
+        let ms = (at("in_progress") - at("queued")).whole_microseconds() as f64 / 1000.0;
+        latency.push(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+    }
+    latency.sort();
+    vec![
+        Figure {
+            name: "fleet: trigger -> claimed p50, 3 idle nodes (ms clock)",
+            value: percentile(&latency, 0.5),
+            unit: "ms",
+            limit: None,
+            goal: "",
+        },
+        Figure {
+            name: "fleet: trigger -> claimed p99, 3 idle nodes (ms clock)",
+            value: percentile(&latency, 0.99),
+            unit: "ms",
+            limit: None,
+            goal: "",
+        },
+    ]
 }
