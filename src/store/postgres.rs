@@ -103,7 +103,15 @@ impl PgStore {
         events_per_job: usize,
         node: Node,
     ) -> StoreResult<Self> {
-        let config = parse_config(url)?;
+        let mut config = parse_config(url)?;
+        // A paused node must not hold row locks past its lease: the server ends a transaction
+        // left idle that long (ours are short), so the others can take its jobs over.
+        let options = format!(
+            "{} -c idle_in_transaction_session_timeout={}",
+            config.get_options().unwrap_or_default(),
+            node.lease.as_millis()
+        );
+        config.options(options.trim());
         Self::migrate(url).await?;
         let manager = Manager::from_config(
             config.clone(),
