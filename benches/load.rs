@@ -4,12 +4,14 @@
 //! `cargo bench --bench load` (BENCH_JOBS, BENCH_CONCURRENCY, BENCH_FIREHOSE_MB and
 //! BENCH_QUEUED override the sizes). Prints a table and one JSON line per figure.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent_sidecar::contract::Timestamp;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -152,6 +154,8 @@ struct Completions {
 
 struct Bench {
     dir: tempfile::TempDir,
+    /// The shared root its jobs are written to.
+    root: PathBuf,
     child: Child,
     base: String,
     receiver: String,
@@ -302,18 +306,37 @@ async fn deep_queue(queued: usize, concurrency: usize) -> Vec<Figure> {
 }
 
 impl Bench {
+    /// One sidecar alone on an SQLite file.
     async fn start(max_concurrent: usize) -> Self {
+        Self::launch(max_concurrent, "url = \"sqlite://state.db\"", None).await
+    }
+
+    /// One sidecar with `store` as its `[store]` section; a fleet node shares the first node's
+    /// root and receiver.
+    async fn launch(max_concurrent: usize, store: &str, first: Option<&Bench>) -> Self {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        std::fs::create_dir_all(dir.path().join("root")).unwrap();
-        let (receiver, completions, changed) = receiver().await;
+        let (root, receiver, completions, changed) = match first {
+            Some(b) => (
+                b.root.clone(),
+                b.receiver.clone(),
+                Arc::clone(&b.completions),
+                Arc::clone(&b.changed),
+            ),
+            None => {
+                let root = dir.path().join("root");
+                std::fs::create_dir_all(&root).unwrap();
+                let (receiver, completions, changed) = receiver().await;
+                (root, receiver, completions, changed)
+            }
+        };
         let chatty = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/chatty.py");
         let config = format!(
             r#"[server]
 listen = "127.0.0.1:0"
 [storage]
-shared_root = "root"
+shared_root = {root:?}
 [store]
-url = "sqlite://state.db"
+{store}
 [callbacks]
 allowed_origins = ["{receiver}"]
 allow_http = true
@@ -337,13 +360,15 @@ timeout = "600s"
 command = ["sleep", "3600"]
 timeout = "2h"
 "#,
-            chatty = chatty.display().to_string()
+            chatty = chatty.display().to_string(),
+            root = root.display().to_string(),
         );
         std::fs::write(dir.path().join("sidecar.toml"), config).unwrap();
         let (child, base) = spawn_sidecar(dir.path());
         eprintln!("sidecar pid {} at {base}", child.id());
         Self {
             dir,
+            root,
             child,
             base,
             receiver,
@@ -366,14 +391,10 @@ timeout = "2h"
         ready
     }
 
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
     /// Writes a job folder the way Rails does and returns the trigger body.
     fn job(&self, agent: &str, params: Value) -> (String, Bytes) {
         let id = uuid::Uuid::new_v4().to_string();
-        let input = self.root().join(&id).join("input");
+        let input = self.root.join(&id).join("input");
         std::fs::create_dir_all(&input).unwrap();
         let manifest = json!({"schema_version": 1, "job_id": id, "user_id": "1", "agent_name": agent, "job_name": "BenchJob"});
         std::fs::write(input.join("manifest.json"), manifest.to_string()).unwrap();
@@ -382,6 +403,43 @@ timeout = "2h"
             "callback_urls": {"progress": format!("{}/progress", self.receiver), "completion": format!("{}/completion", self.receiver)}
         });
         (id, Bytes::from(body.to_string()))
+    }
+
+    /// Triggers one trivial job and waits for its completion; returns its id and when it was
+    /// sent (monotonic and wall clock).
+    async fn run_one(&self, client: &reqwest::Client) -> (String, Instant, Timestamp) {
+        let (id, body) = self.job("trivial", json!({}));
+        let (sent, wall_sent) = (Instant::now(), Timestamp::now());
+        let r = client
+            .post(format!("{}/agents/trigger", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        self.wait_completions(std::slice::from_ref(&id)).await;
+        (id, sent, wall_sent)
+    }
+
+    /// When the job first entered each state, from `GET /jobs/{id}`.
+    async fn transitions(&self, client: &reqwest::Client, id: &str) -> HashMap<String, Timestamp> {
+        let body = client
+            .get(format!("{}/jobs/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let status: Value = serde_json::from_slice(&body).unwrap();
+        let mut first = HashMap::new();
+        for t in status["transitions"].as_array().unwrap() {
+            let at = t["at"].as_str().unwrap().parse().unwrap();
+            first
+                .entry(t["state"].as_str().unwrap().to_owned())
+                .or_insert(at);
+        }
+        first
     }
 
     async fn wait_completions(&self, ids: &[String]) {
@@ -446,39 +504,9 @@ async fn main() {
     let mut to_start = Vec::new();
     let mut to_done = Vec::new();
     for _ in 0..50 {
-        let (id, body) = bench.job("trivial", json!({}));
-        let sent = Instant::now();
-        let wall_sent = agent_sidecar::contract::Timestamp::now();
-        let r = client
-            .post(format!("{}/agents/trigger", bench.base))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        bench.wait_completions(std::slice::from_ref(&id)).await;
+        let (id, sent, wall_sent) = bench.run_one(&client).await;
         to_done.push(bench.completions.lock().unwrap().at[&id] - sent);
-        let status: Value = serde_json::from_slice(
-            &client
-                .get(format!("{}/jobs/{id}", bench.base))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        let started = status["transitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["state"] == "in_progress")
-            .unwrap()["at"]
-            .as_str()
-            .unwrap()
-            .parse::<agent_sidecar::contract::Timestamp>()
-            .unwrap();
+        let started = bench.transitions(&client, &id).await["in_progress"];
         to_start.push(Duration::from_millis(started.millis_since(wall_sent)));
     }
     to_start.sort();
@@ -680,19 +708,15 @@ async fn main() {
 
 // ---- the fleet: several sidecars on one PostgreSQL ----
 
-/// A fresh database on the server at `base` (with pg_stat_statements when the server loads
-/// it); its URL.
+#[path = "../tests/support/postgres.rs"]
+mod test_postgres;
+
+/// A fresh database on the server at `base`, with pg_stat_statements when the server loads it;
+/// its URL.
 async fn fresh_database(base: &str) -> String {
-    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    sql(base, &format!("CREATE DATABASE {name}")).await;
-    let mut url = url::Url::parse(base).unwrap();
-    url.set_path(&name);
-    let _ = try_sql(
-        url.as_str(),
-        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
-    )
-    .await;
-    url.to_string()
+    let url = test_postgres::fresh_database(base, "bench").await;
+    let _ = try_sql(&url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await;
+    url
 }
 
 async fn try_sql(
@@ -702,10 +726,6 @@ async fn try_sql(
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     client.query(statement, &[]).await
-}
-
-async fn sql(url: &str, statement: &str) -> Vec<tokio_postgres::Row> {
-    try_sql(url, statement).await.unwrap()
 }
 
 /// Statements the sidecars ran in this database so far (pg_stat_statements), if available.
@@ -725,26 +745,9 @@ async fn start_fleet(base: &str, nodes: usize, per_node: usize) -> (String, Vec<
     let url = fresh_database(base).await;
     let mut fleet: Vec<Bench> = Vec::new();
     for n in 0..nodes {
-        let bench = Bench::start(per_node).await;
-        let config = std::fs::read_to_string(bench.dir.path().join("sidecar.toml")).unwrap();
-        let (root, receiver) = fleet.first().map_or_else(
-            || (bench.root(), bench.receiver.clone()),
-            |f| (f.root(), f.receiver.clone()),
-        );
-        let config = config
-            .replace(&bench.receiver, &receiver)
-            .replace(
-                "url = \"sqlite://state.db\"",
-                &format!("url = {url:?}\nnode_id = \"n{n}\""),
-            )
-            .replace(
-                "shared_root = \"root\"",
-                &format!("shared_root = {:?}", root.display().to_string()),
-            );
-        std::fs::write(bench.dir.path().join("sidecar.toml"), config).unwrap();
-        let mut bench = bench;
-        bench.restart();
-        fleet.push(bench);
+        let store = format!("url = {url:?}\nnode_id = \"n{n}\"");
+        let node = Bench::launch(per_node, &store, fleet.first()).await;
+        fleet.push(node);
     }
     (url, fleet)
 }
@@ -814,41 +817,11 @@ async fn fleet(base: &str, jobs: usize, concurrency: usize, cores: usize) -> Vec
 async fn claim_latency(client: &reqwest::Client, fleet: &[Bench]) -> Vec<Figure> {
     let mut latency = Vec::new();
     for _ in 0..50 {
-        let (id, body) = fleet[0].job("trivial", json!({}));
-        let r = client
-            .post(format!("{}/agents/trigger", fleet[0].base))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        fleet[0].wait_completions(std::slice::from_ref(&id)).await;
-        let status: Value = serde_json::from_slice(
-            &client
-                .get(format!("{}/jobs/{id}", fleet[0].base))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        let at = |state: &str| {
-            let t = status["transitions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["state"] == state)
-                .unwrap();
-            time::OffsetDateTime::parse(
-                t["at"].as_str().unwrap(),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap()
-        };
-        let ms = (at("in_progress") - at("queued")).whole_microseconds() as f64 / 1000.0;
-        latency.push(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        let (id, _, _) = fleet[0].run_one(client).await;
+        let at = fleet[0].transitions(client, &id).await;
+        latency.push(Duration::from_millis(
+            at["in_progress"].millis_since(at["queued"]),
+        ));
     }
     latency.sort();
     vec![

@@ -34,8 +34,6 @@ const BATCH: usize = 500;
 pub struct Swept {
     /// Runs stopped as stale or over their timeout.
     pub stopped: usize,
-    /// Whether this process led the pass (did steps 3 to 5).
-    pub led: bool,
     /// Jobs of dead nodes taken over (requeued or ended per `on_restart`).
     pub reclaimed: usize,
     /// Unsupervised runs ended `timed_out`.
@@ -101,8 +99,7 @@ impl Sweeper {
         // paused leader cannot hold them up.
         swept.reclaimed = self.runner.recover().await?;
         telemetry::sweeper_action("reclaimed", swept.reclaimed);
-        swept.led = self.store.lead().await?;
-        if !swept.led {
+        if !self.store.lead().await? {
             return Ok(swept);
         }
         swept.abandoned = self.end_abandoned(now).await?;

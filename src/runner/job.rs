@@ -132,15 +132,6 @@ impl Runner {
             log.flush().await;
             return;
         };
-        // A node whose lease lapsed (paused, partitioned) must not touch the outputs of an
-        // attempt that is no longer its own; `finish` fences the rest of the window.
-        if !self.still_owns(&job).await {
-            warn!(
-                attempt = job.attempt,
-                "this attempt is no longer this node's; its result is discarded"
-            );
-            return;
-        }
         log.line(
             "sidecar",
             &format!("attempt {} ended: {}", job.attempt, ending.state),
@@ -318,16 +309,6 @@ impl Runner {
         }
     }
 
-    /// False only when the store says the attempt moved on (a failed read leaves the
-    /// decision to `finish`'s fencing).
-    async fn still_owns(&self, job: &JobRecord) -> bool {
-        match self.store.job(job.job_id).await {
-            Ok(Some(now)) => now.state == JobState::InProgress && now.attempt == job.attempt,
-            Ok(None) => false,
-            Err(_) => true,
-        }
-    }
-
     /// Ends a job without (further) running its agent: it cannot run, was canceled or timed
     /// out in the queue, or its agent died with a previous process. `StoreError::Stale` if the
     /// job moved meanwhile and nothing was changed.
@@ -338,18 +319,6 @@ impl Runner {
         reason: ErrorReason,
         message: String,
     ) -> Result<(), StoreError> {
-        // Checked before the output files are written, so a writer that lost a race (a claim
-        // beat the sweeper) does not touch them; `finish` fences the rest of the window.
-        match self.store.job(job.job_id).await? {
-            Some(now) if now.state == job.state && now.attempt == job.attempt => {}
-            _ => {
-                return Err(StoreError::Stale {
-                    job_id: job.job_id,
-                    expected: job.state,
-                    attempt: job.attempt,
-                });
-            }
-        }
         info!(%state, %message, "ending the job");
         let output = JobDir::open(&self.shared_root, job.job_id)
             .ok()
@@ -372,6 +341,23 @@ impl Runner {
         output: Option<std::path::PathBuf>,
         ending: Ending,
     ) -> Result<(), StoreError> {
+        // Checked before the output files are written, so a writer that lost a race (a claim
+        // beat the sweeper; a paused node's job was taken over) does not touch them; `finish`
+        // fences the rest of the window.
+        match self.store.job(job.job_id).await? {
+            Some(now) if now.state == job.state && now.attempt == job.attempt => {}
+            _ => {
+                info!(
+                    attempt = job.attempt,
+                    "this attempt is no longer this node's; its result is discarded"
+                );
+                return Err(StoreError::Stale {
+                    job_id: job.job_id,
+                    expected: job.state,
+                    attempt: job.attempt,
+                });
+            }
+        }
         let finished_at = Timestamp::now();
         let timing = Timing {
             queued_at: job.created_at,

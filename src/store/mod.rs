@@ -337,6 +337,26 @@ pub struct Finish {
     pub lease_until: Timestamp,
 }
 
+impl Finish {
+    /// The completion this end wrote, leased to its writer for the first attempt; `job` is the
+    /// job's row after the end.
+    fn into_due(self, job: JobRecord) -> DueDelivery {
+        DueDelivery {
+            id: self.completion.id,
+            job_id: self.job_id,
+            job_name: job.job_name,
+            status: self.state,
+            url: self.completion.url,
+            body: self.completion.body,
+            attempts: 0,
+            last_status_code: None,
+            age_from: self.at,
+            trace_id: job.trace_id,
+            agent_name: job.agent_name.to_string(),
+        }
+    }
+}
+
 /// A callback to deliver, written to the outbox.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -508,6 +528,98 @@ pub enum AttemptOutcome {
     Dead,
 }
 
+impl AttemptOutcome {
+    /// The delivery's `state`, `next_attempt_at` and `delivered_at` after an attempt made at
+    /// `at` (milliseconds).
+    fn columns(self, at: Timestamp) -> (&'static str, Option<i64>, Option<i64>) {
+        match self {
+            Self::Delivered => ("delivered", None, Some(at.unix_ms())),
+            Self::RetryAt(next) => ("pending", Some(next.unix_ms()), None),
+            Self::Dead => ("dead", None, None),
+        }
+    }
+}
+
+impl BeatAnswer {
+    /// Sorts the attempts a node runs by what the store says of each: `None` when it no longer
+    /// owns it, `Some(true)` when a cancel was asked for.
+    fn sort(
+        running: &[(JobId, u32)],
+        mut owned: impl FnMut(JobId, u32) -> StoreResult<Option<bool>>,
+    ) -> StoreResult<Self> {
+        let mut answer = Self::default();
+        for &(job_id, attempt) in running {
+            match owned(job_id, attempt)? {
+                None => answer.lost.push((job_id, attempt)),
+                Some(true) => answer.cancel.push((job_id, attempt)),
+                Some(false) => {}
+            }
+        }
+        Ok(answer)
+    }
+}
+
+/// A value a filter compares a column with.
+#[derive(Debug, Clone)]
+enum FilterValue {
+    Text(String),
+    Millis(i64),
+}
+
+impl DeliveryFilter {
+    /// The filter's conditions as `(column comparison, value)`, the comparison ending in its
+    /// operator (`d` is deliveries, `j` jobs); `job_id` narrows to one job.
+    fn conditions(&self, job_id: Option<JobId>) -> Vec<(&'static str, FilterValue)> {
+        use FilterValue::{Millis, Text};
+        let texts = [
+            ("d.job_id =", job_id.map(|j| j.to_string())),
+            (
+                "d.delivery_id =",
+                self.id.as_ref().map(|i| i.as_str().to_owned()),
+            ),
+            ("d.state =", self.state.map(|s| s.as_str().to_owned())),
+            (
+                "j.job_name =",
+                self.job_name.as_ref().map(|n| n.as_str().to_owned()),
+            ),
+            ("d.destination =", self.destination.clone()),
+        ];
+        let times = [
+            ("d.created_at >=", self.since),
+            ("d.created_at <", self.until),
+        ];
+        texts
+            .into_iter()
+            .filter_map(|(c, v)| Some((c, Text(v?))))
+            .chain(
+                times
+                    .into_iter()
+                    .filter_map(|(c, t)| Some((c, Millis(t?.unix_ms())))),
+            )
+            .collect()
+    }
+}
+
+/// An event's data as both stores keep it: `kind` (`state` | `progress`) and its JSON text.
+fn stored_event_data(
+    kind: &str,
+    text: &str,
+) -> Result<crate::contract::EventData, serde_json::Error> {
+    use crate::contract::EventData;
+    Ok(if kind == "state" {
+        EventData::State {
+            state: serde_json::from_str(text)?,
+        }
+    } else {
+        let p: ProgressSnapshot = serde_json::from_str(text)?;
+        EventData::Progress {
+            stage: p.stage,
+            message: p.message,
+            percent: p.percent,
+        }
+    })
+}
+
 /// The persistence interface. Every method is durable when it returns.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -548,7 +660,8 @@ pub trait Store: Send + Sync {
     /// free); a leader that dies loses it.
     async fn lead(&self) -> StoreResult<bool>;
 
-    /// Changes made by other processes (see [`Signal`]).
+    /// Changes made by other processes (see [`Signal`]); closed at once when no other process
+    /// shares the store.
     fn signals(&self) -> tokio::sync::broadcast::Receiver<Signal>;
 
     /// Jobs matching `filter`, newest first.

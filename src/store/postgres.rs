@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::hub::Hub;
 use super::*;
-use crate::contract::{DeliveryAttempt, DeliveryState, EventData, NodeStatus};
+use crate::contract::{DeliveryAttempt, DeliveryState, NodeStatus};
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -624,19 +624,7 @@ async fn finish_in(
         expected: f.from,
         attempt: f.attempt,
     })?;
-    Ok(DueDelivery {
-        id: f.completion.id,
-        job_id: f.job_id,
-        job_name: job.job_name,
-        status: f.state,
-        url: f.completion.url,
-        body: f.completion.body,
-        attempts: 0,
-        last_status_code: None,
-        age_from: f.at,
-        trace_id: job.trace_id,
-        agent_name: job.agent_name.to_string(),
-    })
+    Ok(f.into_due(job))
 }
 
 async fn heartbeat_in(
@@ -681,16 +669,15 @@ async fn heartbeat_in(
         ],
     )
     .await?;
-    let mut answer = BeatAnswer::default();
-    for &(job_id, attempt) in &beat.running {
+    BeatAnswer::sort(&beat.running, |job_id, _| {
         let id = job_id.to_string();
-        match owned.iter().find(|r| r.get::<_, String>(0) == id) {
-            None => answer.lost.push((job_id, attempt)),
-            Some(r) if r.try_get::<_, bool>(1)? => answer.cancel.push((job_id, attempt)),
-            Some(_) => {}
-        }
-    }
-    Ok(answer)
+        owned
+            .iter()
+            .find(|r| r.get::<_, String>(0) == id)
+            .map(|r| r.try_get::<_, bool>(1))
+            .transpose()
+            .map_err(StoreError::from)
+    })
 }
 
 // ---- reads ----
@@ -735,30 +722,12 @@ async fn view_in<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<O
 fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>, first: usize) -> (String, Args) {
     let mut clauses = vec!["TRUE".to_owned()];
     let mut args: Args = Vec::new();
-    let mut add = |clause: &str, value: Box<dyn ToSql + Sync + Send>| {
-        clauses.push(clause.replace('?', &format!("${}", first + args.len())));
-        args.push(value);
-    };
-    if let Some(job_id) = job_id {
-        add("d.job_id = ?", Box::new(job_id.to_string()));
-    }
-    if let Some(id) = &f.id {
-        add("d.delivery_id = ?", Box::new(id.as_str().to_owned()));
-    }
-    if let Some(state) = f.state {
-        add("d.state = ?", Box::new(state.as_str().to_owned()));
-    }
-    if let Some(job_name) = &f.job_name {
-        add("j.job_name = ?", Box::new(job_name.as_str().to_owned()));
-    }
-    if let Some(destination) = &f.destination {
-        add("d.destination = ?", Box::new(destination.clone()));
-    }
-    if let Some(since) = f.since {
-        add("d.created_at >= ?", Box::new(since.unix_ms()));
-    }
-    if let Some(until) = f.until {
-        add("d.created_at < ?", Box::new(until.unix_ms()));
+    for (comparison, value) in f.conditions(job_id) {
+        clauses.push(format!("{comparison} ${}", first + args.len()));
+        args.push(match value {
+            FilterValue::Text(t) => Box::new(t),
+            FilterValue::Millis(ms) => Box::new(ms),
+        });
     }
     (clauses.join(" AND "), args)
 }
@@ -830,19 +799,7 @@ async fn history_in<C: GenericClient + Sync>(
 fn event_from_row(job_id: JobId, row: &Row) -> StoreResult<JobEvent> {
     let kind: String = row.try_get(3)?;
     let text: String = row.try_get(4)?;
-    let bad = |e: serde_json::Error| corrupt(&job_id.to_string(), e);
-    let data = if kind == "state" {
-        EventData::State {
-            state: serde_json::from_str(&text).map_err(bad)?,
-        }
-    } else {
-        let p: ProgressSnapshot = serde_json::from_str(&text).map_err(bad)?;
-        EventData::Progress {
-            stage: p.stage,
-            message: p.message,
-            percent: p.percent,
-        }
-    };
+    let data = stored_event_data(&kind, &text).map_err(|e| corrupt(&job_id.to_string(), e))?;
     Ok(JobEvent {
         version: PAYLOAD_VERSION,
         job_id,
@@ -1248,11 +1205,7 @@ impl Store for PgStore {
         attempt: DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> StoreResult<()> {
-        let (state, next, delivered) = match outcome {
-            AttemptOutcome::Delivered => ("delivered", None, Some(attempt.at.unix_ms())),
-            AttemptOutcome::RetryAt(at) => ("pending", Some(at.unix_ms()), None),
-            AttemptOutcome::Dead => ("dead", None, None),
-        };
+        let (state, next, delivered) = outcome.columns(attempt.at);
         let status = attempt.status_code.map(i32::from);
         execute(
             &self.client().await?,

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::hub::Hub;
 use super::*;
-use crate::contract::{DeliveryAttempt, DeliveryState, EventData};
+use crate::contract::{DeliveryAttempt, DeliveryState};
 
 /// Writes waiting when a transaction starts join it, up to this many.
 const MAX_GROUP: usize = 512;
@@ -36,7 +36,6 @@ pub struct SqliteStore {
     hub: Hub,
     events_per_job: usize,
     node: Arc<Node>,
-    signals: tokio::sync::broadcast::Sender<Signal>,
 }
 
 struct ReadPool {
@@ -96,7 +95,6 @@ impl SqliteStore {
             hub: Hub::default(),
             events_per_job,
             node: Arc::new(node),
-            signals: tokio::sync::broadcast::channel(1).0,
         })
     }
 
@@ -104,12 +102,10 @@ impl SqliteStore {
     pub async fn migrate(path: &Path) -> StoreResult<usize> {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
-            let before = {
-                let conn = open_plain(&path)?;
-                migrations().current_version(&conn)?
-            };
-            open_writer(&path)?;
-            let after = migrations().current_version(&open_plain(&path)?)?;
+            let mut conn = open_configured(&path)?;
+            let before = migrations().current_version(&conn)?;
+            migrations().to_latest(&mut conn)?;
+            let after = migrations().current_version(&conn)?;
             Ok(version_number(after).saturating_sub(version_number(before)))
         })
         .await
@@ -187,29 +183,25 @@ fn version_number(v: rusqlite_migration::SchemaVersion) -> usize {
     }
 }
 
-fn open_plain(path: &Path) -> StoreResult<Connection> {
+/// Opens (creating its folder and file) with the pragmas every connection that writes needs.
+fn open_configured(path: &Path) -> StoreResult<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
             job_id: String::new(),
             reason: format!("cannot create {}: {e}", dir.display()),
         })?;
     }
-    Ok(Connection::open(path)?)
-}
-
-fn open_writer(path: &Path) -> StoreResult<Connection> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
-            job_id: String::new(),
-            reason: format!("cannot create {}: {e}", dir.display()),
-        })?;
-    }
-    let mut conn = Connection::open(path)?;
+    let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a COMMIT is on disk before the trigger is answered 202.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn open_writer(path: &Path) -> StoreResult<Connection> {
+    let mut conn = open_configured(path)?;
     migrations().to_latest(&mut conn)?;
     Ok(conn)
 }
@@ -557,19 +549,7 @@ fn finish_in(conn: &Connection, f: Finish) -> StoreResult<DueDelivery> {
         expected: f.from,
         attempt: f.attempt,
     })?;
-    Ok(DueDelivery {
-        id: f.completion.id,
-        job_id: f.job_id,
-        job_name: job.job_name,
-        status: f.state,
-        url: f.completion.url,
-        body: f.completion.body,
-        attempts: 0,
-        last_status_code: None,
-        age_from: f.at,
-        trace_id: job.trace_id,
-        agent_name: job.agent_name.to_string(),
-    })
+    Ok(f.into_due(job))
 }
 
 fn view_in(conn: &Connection, job_id: JobId) -> StoreResult<Option<JobView>> {
@@ -697,11 +677,7 @@ fn record_attempt_in(
         attempt.error,
         attempt.latency_ms as i64,
     ])?;
-    let (state, next, delivered) = match outcome {
-        AttemptOutcome::Delivered => ("delivered", None, Some(attempt.at.unix_ms())),
-        AttemptOutcome::RetryAt(at) => ("pending", Some(at.unix_ms()), None),
-        AttemptOutcome::Dead => ("dead", None, None),
-    };
+    let (state, next, delivered) = outcome.columns(attempt.at);
     conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, next_attempt_at = ?3, delivered_at = ?4 WHERE delivery_id = ?1",
     )?
@@ -713,30 +689,12 @@ fn record_attempt_in(
 fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>) -> (String, Vec<rusqlite::types::Value>) {
     let mut clauses = vec!["1 = 1".to_owned()];
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    let mut add = |clause: &str, value: rusqlite::types::Value| {
-        clauses.push(clause.to_owned());
-        args.push(value);
-    };
-    if let Some(job_id) = job_id {
-        add("d.job_id = ?", job_id.to_string().into());
-    }
-    if let Some(id) = &f.id {
-        add("d.delivery_id = ?", id.as_str().to_owned().into());
-    }
-    if let Some(state) = f.state {
-        add("d.state = ?", state.as_str().to_owned().into());
-    }
-    if let Some(job_name) = &f.job_name {
-        add("j.job_name = ?", job_name.as_str().to_owned().into());
-    }
-    if let Some(destination) = &f.destination {
-        add("d.destination = ?", destination.clone().into());
-    }
-    if let Some(since) = f.since {
-        add("d.created_at >= ?", since.unix_ms().into());
-    }
-    if let Some(until) = f.until {
-        add("d.created_at < ?", until.unix_ms().into());
+    for (comparison, value) in f.conditions(job_id) {
+        clauses.push(format!("{comparison} ?"));
+        args.push(match value {
+            FilterValue::Text(t) => t.into(),
+            FilterValue::Millis(ms) => ms.into(),
+        });
     }
     (clauses.join(" AND "), args)
 }
@@ -824,18 +782,7 @@ fn redrive_in(
 fn event_from_row(job_id: JobId, row: &Row<'_>) -> rusqlite::Result<JobEvent> {
     let kind: String = row.get(3)?;
     let text: String = row.get(4)?;
-    let data = if kind == "state" {
-        EventData::State {
-            state: serde_json::from_str(&text).map_err(|e| conversion(4, e))?,
-        }
-    } else {
-        let p: ProgressSnapshot = serde_json::from_str(&text).map_err(|e| conversion(4, e))?;
-        EventData::Progress {
-            stage: p.stage,
-            message: p.message,
-            percent: p.percent,
-        }
-    };
+    let data = stored_event_data(&kind, &text).map_err(|e| conversion(4, e))?;
     Ok(JobEvent {
         version: PAYLOAD_VERSION,
         job_id,
@@ -926,26 +873,19 @@ fn heartbeat_in(conn: &Connection, node: &Node, beat: &Beat) -> StoreResult<Beat
         beat.max_concurrent as i64,
         beat.at.unix_ms(),
     ])?;
-    let mut owned = conn.prepare_cached(
+    let mut renew = conn.prepare_cached(
         "UPDATE jobs SET lease_until = ?3 WHERE job_id = ?1 AND attempt = ?2 AND state = 'in_progress' \
          AND incarnation = ?4 RETURNING cancel_requested_at IS NOT NULL",
     )?;
-    let mut answer = BeatAnswer::default();
     let lease_until = beat.at.plus(node.lease).unix_ms();
-    for &(job_id, attempt) in &beat.running {
-        let cancel: Option<bool> = owned
+    BeatAnswer::sort(&beat.running, |job_id, attempt| {
+        Ok(renew
             .query_row(
                 params![job_id.to_string(), attempt, lease_until, node.incarnation],
                 |r| r.get(0),
             )
-            .optional()?;
-        match cancel {
-            None => answer.lost.push((job_id, attempt)),
-            Some(true) => answer.cancel.push((job_id, attempt)),
-            Some(false) => {}
-        }
-    }
-    Ok(answer)
+            .optional()?)
+    })
 }
 
 fn prune_in(conn: &Connection, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {
@@ -1068,7 +1008,8 @@ impl Store for SqliteStore {
     }
 
     fn signals(&self) -> tokio::sync::broadcast::Receiver<Signal> {
-        self.signals.subscribe()
+        // No other process shares the file: a closed channel, so its follower ends at once.
+        tokio::sync::broadcast::channel(1).1
     }
 
     async fn record_progress(

@@ -28,7 +28,9 @@ impl Backend {
         let dir = tempfile::tempdir().unwrap();
         let url = match self {
             Backend::Sqlite => dir.path().join("state.db").display().to_string(),
-            Backend::Postgres => fresh_postgres_database().await,
+            Backend::Postgres => {
+                test_postgres::fresh_database(&test_postgres::test_server(), "t").await
+            }
         };
         TestDb {
             _dir: dir,
@@ -63,23 +65,8 @@ impl TestDb {
     }
 }
 
-/// A new, empty database on the test server; its URL.
-pub(crate) async fn fresh_postgres_database() -> String {
-    let base = std::env::var("AGENT_SIDECAR_TEST_POSTGRES_URL")
-        .expect("AGENT_SIDECAR_TEST_POSTGRES_URL names the PostgreSQL server to test against");
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
-    url.to_string()
-}
+#[path = "../../tests/support/postgres.rs"]
+mod test_postgres;
 
 /// Each case as a test on SQLite, and on PostgreSQL (reported ignored without a server).
 macro_rules! on_both_stores {

@@ -21,7 +21,7 @@ struct Fleet {
 impl Fleet {
     async fn new() -> Self {
         Self {
-            url: fresh_database().await,
+            url: test_postgres::fresh_database(&test_postgres::test_server(), "fleet").await,
             root: tempfile::tempdir().unwrap(),
             receiver: Receiver::start().await,
         }
@@ -101,23 +101,8 @@ impl Fleet {
     }
 }
 
-/// A new, empty database on the test server; its URL.
-async fn fresh_database() -> String {
-    let base = std::env::var("AGENT_SIDECAR_TEST_POSTGRES_URL")
-        .expect("AGENT_SIDECAR_TEST_POSTGRES_URL names the PostgreSQL server to test against");
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let name = format!("fleet_{}", uuid::Uuid::new_v4().simple());
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
-    url.to_string()
-}
+#[path = "../support/postgres.rs"]
+mod test_postgres;
 
 async fn wait_log(node: &Sidecar, what: &str, needle: &str) {
     eventually(what, || async { node.log().contains(needle).then_some(()) }).await;
