@@ -4,7 +4,8 @@
 //! would have given is written to `output/trigger-response.json`.
 //!
 //! Watching uses `notify` (inotify): `shared_root` itself, and each new job folder and its
-//! `input/` for a while after it appears, so watches stay few however many folders exist. Events
+//! `input/` for a while after it appears (at start: the folders made in that while before it),
+//! so watches stay few however many folders exist. Events
 //! are missed in practice (NFS, restarts, overflow), so the folders are also rescanned on start
 //! and every `rescan_interval`; the store decides what is new (a repeat is an idempotent
 //! replay), so no trigger is lost and none runs twice.
@@ -59,6 +60,17 @@ pub async fn run(app: AppState, cancel: CancellationToken) {
         warn!(error = %e, "cannot watch shared_root; folder triggers are found by rescans only");
     }
     let mut watched: HashMap<PathBuf, Instant> = HashMap::new();
+    // Folders made before the watch on shared_root began (while the sidecar started) sent no
+    // event: watch the recent ones now, so a trigger renamed into them later is seen; the
+    // rescan that follows finds those renamed already.
+    let scan_root = root.clone();
+    let recent = tokio::task::spawn_blocking(move || recent_folders(&scan_root))
+        .await
+        .unwrap_or_default();
+    for dir in recent {
+        watch(&mut watcher, &mut watched, &dir);
+        watch(&mut watcher, &mut watched, &dir.join("input"));
+    }
     rescan(&app).await;
     let mut tick = tokio::time::interval(every);
     tick.reset();
@@ -130,6 +142,24 @@ fn watch(watcher: &mut impl Watcher, watched: &mut HashMap<PathBuf, Instant>, di
     {
         watched.insert(dir.to_owned(), Instant::now());
     }
+}
+
+/// Real folders in `root` changed within the last [`WATCH_FOR`].
+fn recent_folders(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.metadata().is_ok_and(|m| {
+                m.is_dir()
+                    && m.modified()
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < WATCH_FOR))
+            })
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 fn expire(watcher: &mut impl Watcher, watched: &mut HashMap<PathBuf, Instant>) {

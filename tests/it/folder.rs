@@ -210,6 +210,29 @@ async fn two_hundred_trigger_files_dropped_at_once_each_run_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_folder_made_while_the_sidecar_was_stopped_is_watched_for_its_trigger_after_it_starts() {
+    let receiver = Receiver::start().await;
+    let mut sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
+    assert_eq!(sidecar.terminate().code(), Some(0));
+    // Rails made the folder and its inputs while the sidecar was down; the trigger comes later.
+    let mut early = trigger(&receiver, "ticker");
+    early["params"] = json!({"count": 1});
+    let early_dir = sidecar.write_job(&early);
+    let sidecar = sidecar.restart();
+    // Once a folder made after the start is answered, the watcher and its first rescan ran.
+    let mut probe = trigger(&receiver, "ticker");
+    probe["params"] = json!({"count": 1});
+    drop_trigger(&sidecar, &probe);
+    response(&sidecar, probe["job_id"].as_str().unwrap()).await;
+    let tmp = early_dir.join("input/.trigger.json.tmp");
+    std::fs::write(&tmp, early.to_string()).unwrap();
+    std::fs::rename(&tmp, early_dir.join("input/trigger.json")).unwrap();
+    let id = early["job_id"].as_str().unwrap();
+    assert_eq!(response(&sidecar, id).await["status"], "queued");
+    assert_eq!(receiver.completion(id).await.json()["status"], "completed");
+}
+
+#[tokio::test]
 async fn trigger_files_written_while_the_sidecar_is_stopped_run_once_after_it_starts() {
     let receiver = Receiver::start().await;
     let mut sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
