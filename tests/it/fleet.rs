@@ -228,7 +228,12 @@ async fn a_node_paused_past_its_lease_writes_nothing_for_its_stale_attempt_when_
     let other = fleet.node("n2", &[], "");
     let completion = fleet.receiver.completion(&id).await.json();
     assert_eq!(completion["status"], "completed");
-    let before = job(&other, &id).await;
+    // Settled: n2 has recorded its completion's delivery too.
+    let before = eventually("n2 to record the delivery", || async {
+        let now = job(&other, &id).await;
+        (now["delivery"]["state"] == "delivered").then_some(now)
+    })
+    .await;
     assert_eq!(before["attempt"], 2);
     paused.signal("-CONT");
     wait_log(
