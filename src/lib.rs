@@ -74,6 +74,7 @@ pub async fn run(
 pub struct Sidecar {
     listener: api::listener::GuardedListener,
     runner: Arc<Runner>,
+    mirror: Arc<mirror::Mirror>,
     drain_timeout: std::time::Duration,
     router: axum::Router,
     cancel: CancellationToken,
@@ -101,6 +102,11 @@ impl Sidecar {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mirror = mirror::Mirror::new(Arc::clone(&store), &config, shared_root.clone());
+        tracker.spawn(
+            Arc::clone(&mirror)
+                .run(cancel.clone())
+                .instrument(info_span!("mirror")),
+        );
         let deliveries = Deliveries::new(
             Arc::clone(&store),
             Arc::clone(&mirror),
@@ -111,7 +117,7 @@ impl Sidecar {
         .context("cannot load the callback keys and certificates")?;
         let runner = Runner::new(
             Arc::clone(&store),
-            mirror,
+            Arc::clone(&mirror),
             Arc::clone(&config),
             Arc::clone(&deliveries),
             shared_root.clone(),
@@ -226,6 +232,7 @@ impl Sidecar {
         Ok(Self {
             listener,
             runner,
+            mirror,
             drain_timeout: config.jobs.drain_timeout,
             router,
             cancel,
@@ -273,6 +280,8 @@ impl Sidecar {
         };
         self.tracker.close();
         self.tracker.wait().await;
+        // Every writer has stopped: the job folders catch up with the store.
+        self.mirror.flush().await;
         info!("stopped");
         served
     }

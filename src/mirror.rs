@@ -1,19 +1,24 @@
 //! The job folder as a live view of the store: `output/status.json` (what `GET /jobs/{id}`
 //! answers) and `output/events.jsonl` (the events SSE replays, plus delivery attempts).
 //!
-//! The store stays the truth; these files follow it. A job is synced when it is accepted, when
-//! it ends without running, and after each delivery attempt; while it runs, a follower task
-//! wakes on the store's hub, appends new events and rewrites `status.json` at once on a state
-//! change, at most every `storage.status_min_interval` on progress. Files are replaced by
-//! rename (never half-written) but not fsynced: after a crash the next sync rewrites them.
+//! The store stays the truth; these files follow it. Changes only mark a job dirty; one worker
+//! brings dirty jobs up to date in rounds, each round one store read for the whole batch and one
+//! pass of file writes off the runtime, so a burst of jobs costs a few round trips rather than
+//! several per job, and changes that land together are written together. A job is marked when
+//! it is accepted, when this node starts running it (it is then followed: every new event of it
+//! marks it), when it ends without running and after each delivery attempt. `status.json` is
+//! rewritten on a state change and on a delivery attempt at once, on progress at most every
+//! `storage.status_min_interval`. Files are replaced by rename (never half-written) but not
+//! fsynced: after a crash the next round rewrites them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -21,27 +26,62 @@ use crate::config::Config;
 use crate::contract::{DeliveryAttempt, DeliveryId, EventData, JobEvent, JobId, Timestamp};
 use crate::jobdir::JobDir;
 use crate::runner::output_uri;
-use crate::store::{AttemptOutcome, Store, StoreError};
+use crate::store::{AttemptOutcome, ChangeAsk, Changes, Store, Touched};
 
-/// Events read from the store at once.
+/// Events read per job and round; a job with more is marked again for the next round.
 const PAGE: usize = 512;
 
-/// Where a job's `events.jsonl` is. Shared by every writer of the job (behind its lock), so
-/// lines are never duplicated or interleaved.
-#[derive(Debug, Default)]
+/// How long a woken worker waits for more changes before its round: under load the changes
+/// of many jobs, and several of one job, are written together.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// Cursors of jobs this node does not follow, kept for the delivery notes that follow a job's
+/// end (a kept cursor is checked against the file's length before use).
+const RECENT: usize = 1024;
+
+/// Where a job's `events.jsonl` is.
+#[derive(Debug, Clone, Default)]
 struct Cursor {
-    /// Whether `output` and the counts below were read from disk.
-    loaded: bool,
     /// The job's `output/`, if its folder is usable.
     output: Option<PathBuf>,
     /// The last seq appended.
     seq: u64,
     /// Lines in the file.
     lines: usize,
+    /// The file's length after our last append: another writer changed it if it differs.
+    len: u64,
     /// Whether the bound was hit (and said so).
     truncated: bool,
     /// Whether the terminal event is in the file.
     ended: bool,
+    /// When `status.json` was last written by this worker.
+    status_at: Option<Instant>,
+}
+
+/// What a dirty job needs.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Rewrite `status.json` whatever the events say.
+    status: bool,
+    /// Lines to append after the job's events (delivery attempts).
+    notes: String,
+}
+
+/// Marks waiting for the worker.
+#[derive(Default)]
+struct Pending {
+    dirty: HashMap<JobId, Dirty>,
+    /// Jobs this node runs: each of their new events marks them.
+    followed: HashSet<JobId>,
+}
+
+/// The worker's own state.
+#[derive(Default)]
+struct Worker {
+    cursors: HashMap<JobId, Cursor>,
+    recent: VecDeque<JobId>,
+    /// Jobs whose progress is written once the status interval has passed.
+    deferred: HashMap<JobId, Instant>,
 }
 
 /// A line of `events.jsonl` that is not a job event.
@@ -66,6 +106,22 @@ enum Note<'a> {
     },
 }
 
+/// One job's share of a round.
+struct Plan {
+    job_id: JobId,
+    dirty: Dirty,
+    cursor: Cursor,
+    /// Whether the job's view is read this round.
+    view: bool,
+}
+
+/// What a round writes for one job.
+struct FileWork {
+    output: PathBuf,
+    text: String,
+    status: Option<Vec<u8>>,
+}
+
 /// Keeps job folders in step with the store.
 pub struct Mirror {
     store: Arc<dyn Store>,
@@ -73,159 +129,355 @@ pub struct Mirror {
     output_uri_prefix: Option<String>,
     max_lines: usize,
     status_interval: Duration,
-    cursors: Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<Cursor>>>>,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    worker: tokio::sync::Mutex<Worker>,
 }
 
 impl Mirror {
-    /// A mirror over `shared_root` (canonical).
+    /// A mirror over `shared_root` (canonical), told of new events by the store.
     pub fn new(store: Arc<dyn Store>, config: &Config, shared_root: PathBuf) -> Arc<Self> {
-        Arc::new(Self {
-            store,
+        let mirror = Arc::new(Self {
+            store: Arc::clone(&store),
             shared_root,
             output_uri_prefix: config.storage.output_uri_prefix.clone(),
             max_lines: config.jobs.events_per_job,
             status_interval: config.storage.status_min_interval,
-            cursors: Mutex::new(HashMap::new()),
-        })
+            pending: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            worker: tokio::sync::Mutex::new(Worker::default()),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&mirror);
+        store.tap(Arc::new(move |touched| {
+            if let Some(mirror) = weak.upgrade() {
+                mirror.touched(touched);
+            }
+        }));
+        mirror
     }
 
-    fn cursor(&self, job_id: JobId) -> Arc<tokio::sync::Mutex<Cursor>> {
-        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(cursors.entry(job_id).or_default())
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops the job's cursor unless another writer still holds it (the next writer reads the
-    /// file back).
-    fn forget(&self, job_id: JobId) {
-        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        if cursors
-            .get(&job_id)
-            .is_some_and(|c| Arc::strong_count(c) == 1)
+    fn touched(&self, touched: Touched) {
+        let marked = {
+            let mut pending = self.pending();
+            let Pending { dirty, followed } = &mut *pending;
+            match touched {
+                Touched::Job(job_id) if followed.contains(&job_id) => {
+                    dirty.entry(job_id).or_default();
+                    true
+                }
+                Touched::Job(_) => false,
+                Touched::All => {
+                    for job_id in followed.iter() {
+                        dirty.entry(*job_id).or_default();
+                    }
+                    !followed.is_empty()
+                }
+            }
+        };
+        if marked {
+            self.wake.notify_one();
+        }
+    }
+
+    fn mark(&self, job_id: JobId, follow: bool, note: Option<String>) {
         {
-            cursors.remove(&job_id);
+            let mut pending = self.pending();
+            if follow {
+                pending.followed.insert(job_id);
+            }
+            let dirty = pending.dirty.entry(job_id).or_default();
+            dirty.status = true;
+            if let Some(note) = note {
+                dirty.notes.push_str(&note);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Brings the job's files up to date soon (accepted, ended without running, requeued).
+    pub fn sync(&self, job_id: JobId) {
+        self.mark(job_id, false, None);
+    }
+
+    /// Follows a job this node starts running until its terminal event is on disk.
+    pub fn follow(&self, job_id: JobId) {
+        self.mark(job_id, true, None);
+    }
+
+    /// Appends a completion attempt (after the job's events) and rewrites `status.json` (its
+    /// delivery state changed).
+    pub fn delivery_attempt(
+        &self,
+        job_id: JobId,
+        id: &DeliveryId,
+        number: u32,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) {
+        let note = Note::Delivery {
+            job_id,
+            delivery_id: id,
+            attempt: number,
+            at: attempt.at,
+            status_code: attempt.status_code,
+            error: attempt.error.as_deref(),
+            outcome: match outcome {
+                AttemptOutcome::Delivered => "delivered",
+                AttemptOutcome::RetryAt(_) => "retry",
+                AttemptOutcome::Dead => "dead",
+            },
+        };
+        let mut text = String::new();
+        push_line(&mut text, &note);
+        self.mark(job_id, false, Some(text));
+    }
+
+    /// The worker: a round whenever jobs are marked or deferred progress falls due, until
+    /// `cancel`. [`Mirror::flush`] writes what is marked after that.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let due = self.worker.lock().await.deferred.values().min().copied();
+            tokio::select! {
+                () = self.wake.notified() => {
+                    tokio::select! {
+                        () = tokio::time::sleep(LINGER) => {}
+                        () = cancel.cancelled() => return,
+                    }
+                }
+                () = sleep_until(due) => {}
+                () = cancel.cancelled() => return,
+            }
+            self.round().await;
         }
     }
 
-    /// Resolves the job's output folder and reads back what the file holds (off the runtime).
-    async fn load(&self, job_id: JobId, cursor: &mut Cursor) {
-        if cursor.loaded {
-            return;
+    /// Writes everything marked, deferred progress included (at shutdown, once every writer
+    /// stopped).
+    pub async fn flush(&self) {
+        {
+            let worker = self.worker.lock().await;
+            let mut pending = self.pending();
+            for job_id in worker.deferred.keys() {
+                pending.dirty.entry(*job_id).or_default().status = true;
+            }
         }
+        while self.round().await {}
+    }
+
+    /// One round over every dirty job and every deferred one that fell due; whether there was
+    /// anything to do.
+    async fn round(&self) -> bool {
+        let mut worker = self.worker.lock().await;
+        let now = Instant::now();
+        let batch: Vec<(JobId, Dirty)> = {
+            let mut pending = self.pending();
+            worker.deferred.retain(|job_id, at| {
+                if *at <= now {
+                    pending.dirty.entry(*job_id).or_default();
+                }
+                *at > now
+            });
+            pending.dirty.drain().collect()
+        };
+        if batch.is_empty() {
+            return false;
+        }
+        let mut plans = self.cursors(&mut worker, batch).await;
+        for plan in &mut plans {
+            plan.view = plan.dirty.status || self.status_due(&plan.cursor, now);
+        }
+        let asks = plans
+            .iter()
+            .filter(|p| p.cursor.output.is_some())
+            .map(|p| ChangeAsk {
+                job_id: p.job_id,
+                after_seq: p.cursor.seq,
+                view: p.view,
+            })
+            .collect();
+        let changes = match self.store.changes(asks, PAGE).await {
+            Ok(changes) => changes,
+            Err(e) => {
+                warn!(error = %e, "cannot read jobs for their folders");
+                // Their files stay as they are until the jobs change again.
+                Vec::new()
+            }
+        };
+        let mut changes = changes.into_iter();
+        let mut writes = Vec::new();
+        let mut updates = Vec::new();
+        for plan in plans {
+            if plan.cursor.output.is_none() {
+                updates.push((plan.job_id, plan.cursor, None));
+                continue;
+            }
+            let Some(change) = changes.next() else {
+                worker.cursors.insert(plan.job_id, plan.cursor);
+                continue;
+            };
+            let (write, next) = self.plan_write(&mut worker, plan, change, now);
+            updates.push((next.0, next.1, Some(writes.len())));
+            writes.push(write);
+        }
+        let written = write_all(writes).await;
+        self.settle(&mut worker, updates, &written);
+        true
+    }
+
+    fn status_due(&self, cursor: &Cursor, now: Instant) -> bool {
+        cursor
+            .status_at
+            .is_none_or(|at| now.duration_since(at) >= self.status_interval)
+    }
+
+    /// Each job's cursor: kept if the file is as this worker left it, else read back from the
+    /// file (off the runtime).
+    async fn cursors(&self, worker: &mut Worker, batch: Vec<(JobId, Dirty)>) -> Vec<Plan> {
+        let known: Vec<(JobId, Dirty, Option<Cursor>)> = batch
+            .into_iter()
+            .map(|(job_id, dirty)| {
+                let cursor = worker.cursors.remove(&job_id);
+                (job_id, dirty, cursor)
+            })
+            .collect();
         let root = self.shared_root.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let output = JobDir::open(&root, job_id)
-                .ok()
-                .filter(|dir| dir.prepare_output().is_ok())
-                .map(|dir| dir.output());
-            let mut cursor = output
-                .as_ref()
-                .map(|o| read_back(&o.join("events.jsonl")))
-                .unwrap_or_default();
-            cursor.output = output;
-            cursor.loaded = true;
-            cursor
+        let checked = tokio::task::spawn_blocking(move || {
+            known
+                .into_iter()
+                .map(|(job_id, dirty, cursor)| Plan {
+                    job_id,
+                    dirty,
+                    cursor: checked_cursor(&root, job_id, cursor),
+                    view: false,
+                })
+                .collect()
         })
         .await;
-        *cursor = loaded.unwrap_or_else(|_| Cursor {
-            loaded: true,
-            ..Cursor::default()
-        });
+        checked.unwrap_or_default()
     }
 
-    /// Brings the job's files up to date now. Its cursor is not kept (a queued job may wait
-    /// long; the next sync reads the file back).
-    pub async fn sync(&self, job_id: JobId) {
-        {
-            let cursor = self.cursor(job_id);
-            let mut cursor = cursor.lock().await;
-            if let Err(e) = self.sync_events(job_id, &mut cursor).await {
-                warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
-            }
-            self.write_status(job_id, &cursor).await;
-        }
-        self.forget(job_id);
-    }
-
-    /// Follows a running job until its terminal event is on disk (whoever wrote it), or
-    /// `cancel`.
-    pub async fn follow(self: Arc<Self>, job_id: JobId, cancel: CancellationToken) {
-        let mut changed = self.store.subscribe(job_id);
-        let cursor = self.cursor(job_id);
-        let mut status_due: Option<Instant> = None;
-        let mut last_status = Instant::now() - self.status_interval;
-        loop {
-            let mut guard = cursor.lock().await;
-            let synced = self.sync_events(job_id, &mut guard).await;
-            if guard.output.is_none() || guard.ended {
-                // An unusable folder has nothing to follow; an ended job nothing more.
-                self.write_status(job_id, &guard).await;
-                break;
-            }
-            let state_changed = match synced {
-                Ok(state_changed) => state_changed,
-                Err(e) => {
-                    warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
-                    false
-                }
-            };
-            if state_changed || status_due.is_some_and(|at| at <= Instant::now()) {
-                if last_status.elapsed() >= self.status_interval {
-                    self.write_status(job_id, &guard).await;
-                    last_status = Instant::now();
-                    status_due = None;
-                } else {
-                    status_due = Some(last_status + self.status_interval);
-                }
-            }
-            drop(guard);
-            let wait = status_due.map(|at| at.saturating_duration_since(Instant::now()));
-            tokio::select! {
-                changed = changed.changed() => if changed.is_err() { break },
-                () = sleep_or_forever(wait) => {}
-                () = cancel.cancelled() => break,
-            }
-        }
-        drop(cursor);
-        self.forget(job_id);
-    }
-
-    /// Appends the events after the cursor; `Ok(true)` if a state change was among them. The
-    /// cursor moves only past what was written.
-    async fn sync_events(&self, job_id: JobId, cursor: &mut Cursor) -> Result<bool, StoreError> {
-        self.load(job_id, cursor).await;
-        let Some(output) = cursor.output.clone() else {
-            return Ok(false);
-        };
-        let path = output.join("events.jsonl");
+    /// The lines and status a job's changes call for; the cursor it will have once written.
+    fn plan_write(
+        &self,
+        worker: &mut Worker,
+        plan: Plan,
+        change: Changes,
+        now: Instant,
+    ) -> (FileWork, (JobId, Cursor)) {
+        let Plan {
+            job_id,
+            dirty,
+            cursor,
+            view: view_read,
+        } = plan;
+        let mut next = cursor.clone();
+        let mut text = String::new();
         let mut state_changed = false;
-        loop {
-            let events = self.store.events_after(job_id, cursor.seq, PAGE).await?;
-            let Some(last) = events.last() else {
-                return Ok(state_changed);
-            };
-            let mut next = Cursor {
-                seq: last.seq,
-                lines: cursor.lines,
-                truncated: cursor.truncated,
-                ended: cursor.ended,
-                ..Cursor::default()
-            };
-            let mut text = String::new();
-            for event in &events {
-                next.ended |= event.is_terminal();
-                state_changed |= matches!(event.data, EventData::State { .. });
-                self.line_for(&mut next, event, &mut text);
+        for event in &change.events {
+            next.seq = event.seq;
+            next.ended |= event.is_terminal();
+            state_changed |= matches!(event.data, EventData::State { .. });
+            self.line_for(&mut next, event, &mut text);
+        }
+        let more = change.events.len() >= PAGE;
+        let mut status_wanted = dirty.status || state_changed;
+        if more {
+            // The notes wait for the rest of the job's events, so the file reads in order.
+            self.requeue(job_id, dirty.status, dirty.notes);
+        } else if !dirty.notes.is_empty() {
+            next.lines += dirty.notes.lines().count();
+            text.push_str(&dirty.notes);
+        }
+        if !change.events.is_empty() && !status_wanted {
+            // Progress only: written once the interval since the last write has passed.
+            if self.status_due(&cursor, now) {
+                status_wanted = true;
+            } else if let Some(at) = cursor.status_at {
+                worker.deferred.insert(job_id, at + self.status_interval);
             }
-            append_blocking(path.clone(), text)
-                .await
-                .map_err(|e| StoreError::Corrupt {
-                    job_id: job_id.to_string(),
-                    reason: format!("events.jsonl: {e}"),
-                })?;
-            cursor.seq = next.seq;
-            cursor.lines = next.lines;
-            cursor.truncated = next.truncated;
-            cursor.ended = next.ended;
+        }
+        let status = match (&change.view, status_wanted) {
+            (Some(view), true) => {
+                let uri = output_uri(&self.output_uri_prefix, &self.shared_root, job_id);
+                serde_json::to_vec_pretty(&view.status(uri))
+                    .ok()
+                    .map(|mut bytes| {
+                        bytes.push(b'\n');
+                        bytes
+                    })
+            }
+            (None, true) if !view_read => {
+                // The view was not read (progress within the interval met a state change).
+                self.requeue(job_id, true, String::new());
+                None
+            }
+            _ => None,
+        };
+        if status.is_some() {
+            next.status_at = Some(now);
+            worker.deferred.remove(&job_id);
+        }
+        let write = FileWork {
+            output: cursor.output.clone().unwrap_or_default(),
+            text,
+            status,
+        };
+        (write, (job_id, next))
+    }
+
+    fn requeue(&self, job_id: JobId, status: bool, notes: String) {
+        {
+            let mut pending = self.pending();
+            let dirty = pending.dirty.entry(job_id).or_default();
+            dirty.status |= status;
+            dirty.notes.insert_str(0, &notes);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Keeps the cursors of what was written: a followed job's until its end is on disk, the
+    /// others' among the recent ones.
+    fn settle(
+        &self,
+        worker: &mut Worker,
+        updates: Vec<(JobId, Cursor, Option<usize>)>,
+        written: &[Written],
+    ) {
+        let mut pending = self.pending();
+        for (job_id, cursor, write) in updates {
+            let cursor = match write.map(|i| &written[i]) {
+                Some(Written { appended: Ok(len) }) => Cursor {
+                    len: *len,
+                    ..cursor
+                },
+                Some(Written { appended: Err(e) }) => {
+                    warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
+                    // Read back next time: what is in the file is unknown.
+                    continue;
+                }
+                None => cursor,
+            };
+            let followed = if cursor.ended || cursor.output.is_none() {
+                pending.followed.remove(&job_id);
+                false
+            } else {
+                pending.followed.contains(&job_id)
+            };
+            if !followed {
+                worker.recent.push_back(job_id);
+            }
+            worker.cursors.insert(job_id, cursor);
+        }
+        while worker.recent.len() > RECENT {
+            if let Some(old) = worker.recent.pop_front()
+                && !pending.followed.contains(&old)
+            {
+                worker.cursors.remove(&old);
+            }
         }
     }
 
@@ -250,79 +502,43 @@ impl Mirror {
         push_line(text, event);
         cursor.lines += 1;
     }
-
-    /// Appends a completion attempt and rewrites `status.json` (its delivery state changed).
-    pub async fn delivery_attempt(
-        &self,
-        job_id: JobId,
-        id: &DeliveryId,
-        number: u32,
-        attempt: &DeliveryAttempt,
-        outcome: AttemptOutcome,
-    ) {
-        let note = Note::Delivery {
-            job_id,
-            delivery_id: id,
-            attempt: number,
-            at: attempt.at,
-            status_code: attempt.status_code,
-            error: attempt.error.as_deref(),
-            outcome: match outcome {
-                AttemptOutcome::Delivered => "delivered",
-                AttemptOutcome::RetryAt(_) => "retry",
-                AttemptOutcome::Dead => "dead",
-            },
-        };
-        let mut text = String::new();
-        push_line(&mut text, &note);
-        {
-            let cursor = self.cursor(job_id);
-            let mut cursor = cursor.lock().await;
-            // The job's own events first, so the file reads in the order things happened.
-            if let Err(e) = self.sync_events(job_id, &mut cursor).await {
-                warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
-            }
-            if let Some(output) = cursor.output.clone() {
-                match append_blocking(output.join("events.jsonl"), text).await {
-                    Ok(()) => cursor.lines += 1,
-                    Err(e) => warn!(job_id = %job_id, error = %e, "cannot update events.jsonl"),
-                }
-            }
-            self.write_status(job_id, &cursor).await;
-        }
-        self.forget(job_id);
-    }
-
-    /// Rewrites `status.json`; called with the job's cursor locked, so two writers cannot
-    /// leave an older view on disk.
-    async fn write_status(&self, job_id: JobId, cursor: &Cursor) {
-        let Some(output) = cursor.output.clone() else {
-            return;
-        };
-        let view = match self.store.job_view(job_id).await {
-            Ok(Some(view)) => view,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(job_id = %job_id, error = %e, "cannot read the job for status.json");
-                return;
-            }
-        };
-        let uri = output_uri(&self.output_uri_prefix, &self.shared_root, job_id);
-        let Ok(mut bytes) = serde_json::to_vec_pretty(&view.status(uri)) else {
-            return;
-        };
-        bytes.push(b'\n');
-        let written =
-            tokio::task::spawn_blocking(move || replace(&output.join("status.json"), &bytes)).await;
-        if let Ok(Err(e)) = written {
-            warn!(job_id = %job_id, error = %e, "cannot write status.json");
-        }
-    }
 }
 
-async fn sleep_or_forever(wait: Option<Duration>) {
-    match wait {
-        Some(d) => tokio::time::sleep(d).await,
+/// What the file pass did for one job: the length of `events.jsonl` after the append.
+struct Written {
+    appended: std::io::Result<u64>,
+}
+
+/// Appends and replaces every job's files in one pass off the runtime.
+async fn write_all(writes: Vec<FileWork>) -> Vec<Written> {
+    let count = writes.len();
+    let written = tokio::task::spawn_blocking(move || {
+        writes
+            .into_iter()
+            .map(|w| {
+                let appended = append(&w.output.join("events.jsonl"), &w.text);
+                if let Some(bytes) = w.status
+                    && let Err(e) = replace(&w.output.join("status.json"), &bytes)
+                {
+                    warn!(error = %e, output = %w.output.display(), "cannot write status.json");
+                }
+                Written { appended }
+            })
+            .collect()
+    })
+    .await;
+    written.unwrap_or_else(|_| {
+        (0..count)
+            .map(|_| Written {
+                appended: Err(std::io::Error::other("the file pass stopped")),
+            })
+            .collect()
+    })
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }
@@ -334,10 +550,33 @@ fn push_line<T: Serialize>(text: &mut String, value: &T) {
     }
 }
 
-/// Where an existing `events.jsonl` left off (after a restart).
+/// `cursor` if the file is still as long as it left it, else what the file says.
+fn checked_cursor(root: &Path, job_id: JobId, cursor: Option<Cursor>) -> Cursor {
+    if let Some(cursor) = cursor
+        && let Some(output) = &cursor.output
+        && std::fs::metadata(output.join("events.jsonl")).map_or(0, |m| m.len()) == cursor.len
+    {
+        return cursor;
+    }
+    let output = JobDir::open(root, job_id)
+        .ok()
+        .filter(|dir| dir.prepare_output().is_ok())
+        .map(|dir| dir.output());
+    let mut read = output
+        .as_ref()
+        .map(|o| read_back(&o.join("events.jsonl")))
+        .unwrap_or_default();
+    read.output = output;
+    read
+}
+
+/// Where an existing `events.jsonl` left off (after a restart, or another writer).
 fn read_back(path: &Path) -> Cursor {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut cursor = Cursor::default();
+    let mut cursor = Cursor {
+        len: text.len() as u64,
+        ..Cursor::default()
+    };
     for line in text.lines() {
         cursor.lines += 1;
         let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
@@ -358,16 +597,17 @@ fn read_back(path: &Path) -> Cursor {
     cursor
 }
 
-async fn append_blocking(path: PathBuf, text: String) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        file.write_all(text.as_bytes())
-    })
-    .await
-    .map_err(std::io::Error::other)?
+/// Appends `text`; the file's length after it.
+fn append(path: &Path, text: &str) -> std::io::Result<u64> {
+    if text.is_empty() {
+        return Ok(std::fs::metadata(path).map_or(0, |m| m.len()));
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(file.metadata()?.len())
 }
 
 /// Replaces `path` by rename (readers see the old or the new file, never half of one).

@@ -304,8 +304,7 @@ impl Deliveries {
             Ok(()) => {
                 self.wake();
                 self.mirror
-                    .delivery_attempt(d.job_id, &d.id, d.attempts + 1, &record, outcome)
-                    .await;
+                    .delivery_attempt(d.job_id, &d.id, d.attempts + 1, &record, outcome);
             }
             // The lease expires and the attempt is made again: at-least-once, same delivery id.
             Err(e) => error!(error = %e, "cannot record a delivery attempt"),

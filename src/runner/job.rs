@@ -327,9 +327,8 @@ impl Runner {
         let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
         let job_id = job.job_id;
         self.conclude_in(job, output, ending).await?;
-        // A job that never ran has no follower: bring its files up to date here (a follower,
-        // if one runs, shares the same cursor, so nothing is written twice).
-        self.mirror.sync(job_id).await;
+        // A job that never ran here is not followed: bring its files up to date.
+        self.mirror.sync(job_id);
         Ok(())
     }
 

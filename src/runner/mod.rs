@@ -183,8 +183,7 @@ impl Runner {
 
     /// Writes a new job's `status.json` and `events.jsonl` (in the background).
     pub fn mirror_accepted(&self, job_id: JobId) {
-        let mirror = Arc::clone(&self.mirror);
-        self.tracker.spawn(async move { mirror.sync(job_id).await });
+        self.mirror.sync(job_id);
     }
 
     /// Tells the scheduler to look at the queue now.
@@ -236,7 +235,7 @@ impl Runner {
                     .requeue(job.job_id, job.attempt, Timestamp::now())
                     .await,
             );
-            self.mirror.sync(job.job_id).await;
+            self.mirror.sync(job.job_id);
             return requeued;
         }
         let message = if requeue {
@@ -555,8 +554,7 @@ impl Runner {
                 control.stop(reason);
             }
         }
-        self.tracker
-            .spawn(Arc::clone(&self.mirror).follow(job.job_id, self.cancel.clone()));
+        self.mirror.follow(job.job_id);
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {

@@ -2,16 +2,29 @@
 //! store, so a wake-up carries nothing and a slow watcher holds nothing here.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
 use crate::contract::JobId;
 
-/// One wake-up channel per watched job.
+/// What a [`Tap`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    /// This job has new events.
+    Job(JobId),
+    /// Any job may have new events (notifications may have been missed).
+    All,
+}
+
+/// Hears of every job's new events, watched or not (the job-folder mirror).
+pub type Tap = Arc<dyn Fn(Touched) + Send + Sync>;
+
+/// One wake-up channel per watched job, and one tap for all of them.
 #[derive(Default)]
 pub struct Hub {
     jobs: Mutex<HashMap<JobId, watch::Sender<()>>>,
+    tap: OnceLock<Tap>,
 }
 
 impl Hub {
@@ -26,19 +39,36 @@ impl Hub {
             .subscribe()
     }
 
+    /// Sets the tap; a hub has at most one (a second is ignored).
+    pub fn set_tap(&self, tap: Tap) {
+        let _ = self.tap.set(tap);
+    }
+
     /// Tells every watcher to look again (notifications may have been missed).
     pub fn touch_all(&self) {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        for tx in jobs.values() {
-            tx.send_replace(());
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            for tx in jobs.values() {
+                tx.send_replace(());
+            }
         }
+        self.tell(Touched::All);
     }
 
     /// Tells `job_id`'s watchers, if any, that it has new events.
     pub fn touch(&self, job_id: JobId) {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = jobs.get(&job_id) {
-            tx.send_replace(());
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = jobs.get(&job_id) {
+                tx.send_replace(());
+            }
+        }
+        self.tell(Touched::Job(job_id));
+    }
+
+    fn tell(&self, touched: Touched) {
+        if let Some(tap) = self.tap.get() {
+            tap(touched);
         }
     }
 }

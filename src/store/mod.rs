@@ -23,6 +23,7 @@ use crate::contract::{
     ProgressSnapshot, Timestamp, Transition, TriggerRequest,
 };
 
+pub use hub::{Tap, Touched};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -284,6 +285,26 @@ pub struct JobView {
     pub transitions: Vec<Transition>,
     /// The completion delivery, once the job is terminal.
     pub delivery: Option<DeliveryStatus>,
+}
+
+/// What the job-folder mirror asks about one job.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeAsk {
+    /// The job.
+    pub job_id: JobId,
+    /// Its events after this seq are wanted.
+    pub after_seq: u64,
+    /// Whether its view is wanted too.
+    pub view: bool,
+}
+
+/// The answer to one [`ChangeAsk`].
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The events after the seq asked, oldest first, at most the limit asked.
+    pub events: Vec<JobEvent>,
+    /// The job's view, when asked for and the job exists.
+    pub view: Option<JobView>,
 }
 
 impl JobView {
@@ -685,9 +706,16 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<JobEvent>>;
 
+    /// For each ask, the job's events after its seq (at most `limit`) and, when asked, its
+    /// view: one round trip for many jobs.
+    async fn changes(&self, asks: Vec<ChangeAsk>, limit: usize) -> StoreResult<Vec<Changes>>;
+
     /// A receiver that changes whenever the job's history grows (replay with
     /// [`Store::events_after`]).
     fn subscribe(&self, job_id: JobId) -> tokio::sync::watch::Receiver<()>;
+
+    /// Sets the tap told of every job's new events (written here, or by another node).
+    fn tap(&self, tap: Tap);
 
     /// Queued jobs per agent and dead-lettered completions, for the metrics.
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges>;

@@ -682,6 +682,26 @@ async fn heartbeat_in(
 
 // ---- reads ----
 
+async fn events_in<C: GenericClient + Sync>(
+    c: &C,
+    job_id: JobId,
+    after_seq: u64,
+    limit: usize,
+) -> StoreResult<Vec<JobEvent>> {
+    let rows = query(
+        c,
+        "SELECT seq, at, attempt, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 \
+         ORDER BY seq LIMIT $3",
+        &[
+            &job_id.to_string(),
+            &i64::try_from(after_seq).unwrap_or(i64::MAX),
+            &i64::try_from(limit).unwrap_or(i64::MAX),
+        ],
+    )
+    .await?;
+    rows.iter().map(|r| event_from_row(job_id, r)).collect()
+}
+
 async fn view_in<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<Option<JobView>> {
     let Some(job) = load_job(c, job_id).await? else {
         return Ok(None);
@@ -1025,22 +1045,39 @@ impl Store for PgStore {
         after_seq: u64,
         limit: usize,
     ) -> StoreResult<Vec<JobEvent>> {
-        let rows = query(
-            &self.client().await?,
-            "SELECT seq, at, attempt, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 \
-             ORDER BY seq LIMIT $3",
-            &[
-                &job_id.to_string(),
-                &i64::try_from(after_seq).unwrap_or(i64::MAX),
-                &(limit as i64),
-            ],
-        )
-        .await?;
-        rows.iter().map(|r| event_from_row(job_id, r)).collect()
+        events_in(&self.client().await?, job_id, after_seq, limit).await
+    }
+
+    async fn changes(&self, asks: Vec<ChangeAsk>, limit: usize) -> StoreResult<Vec<Changes>> {
+        let mut client = self.client().await?;
+        // One snapshot for the whole batch.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let mut changes = Vec::with_capacity(asks.len());
+        for ask in asks {
+            changes.push(Changes {
+                events: events_in(&tx, ask.job_id, ask.after_seq, limit).await?,
+                view: if ask.view {
+                    view_in(&tx, ask.job_id).await?
+                } else {
+                    None
+                },
+            });
+        }
+        tx.commit().await?;
+        Ok(changes)
     }
 
     fn subscribe(&self, job_id: JobId) -> tokio::sync::watch::Receiver<()> {
         self.hub.subscribe(job_id)
+    }
+
+    fn tap(&self, tap: Tap) {
+        self.hub.set_tap(tap);
     }
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {

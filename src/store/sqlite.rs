@@ -1078,8 +1078,35 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn changes(&self, asks: Vec<ChangeAsk>, limit: usize) -> StoreResult<Vec<Changes>> {
+        self.read(move |conn| {
+            // One snapshot for the whole batch.
+            let tx = conn.unchecked_transaction()?;
+            let changes = asks
+                .iter()
+                .map(|ask| {
+                    Ok(Changes {
+                        events: events_in(&tx, ask.job_id, ask.after_seq, limit)?,
+                        view: if ask.view {
+                            view_in(&tx, ask.job_id)?
+                        } else {
+                            None
+                        },
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            tx.finish()?;
+            Ok(changes)
+        })
+        .await
+    }
+
     fn subscribe(&self, job_id: JobId) -> tokio::sync::watch::Receiver<()> {
         self.hub.subscribe(job_id)
+    }
+
+    fn tap(&self, tap: Tap) {
+        self.hub.set_tap(tap);
     }
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {
