@@ -51,6 +51,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/sqlite/0002_lifecycle.sql")),
         M::up(include_str!("../../migrations/sqlite/0003_heartbeat.sql")),
         M::up(include_str!("../../migrations/sqlite/0004_nodes.sql")),
+        M::up(include_str!(
+            "../../migrations/sqlite/0005_claim_per_agent.sql"
+        )),
     ])
 }
 
@@ -405,33 +408,56 @@ fn claim_in(
     at: Timestamp,
     node: &Node,
 ) -> StoreResult<Option<JobRecord>> {
-    if agents.is_empty() {
+    let Some(job_id) = next_queued(conn, agents)? else {
         return Ok(None);
-    }
-    let placeholders = vec!["?"; agents.len()].join(", ");
+    };
     let sql = format!(
-        "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = ?, updated_at = ?, \
-         node_id = ?, incarnation = ?, lease_until = ? \
-         WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' AND agent_name IN ({placeholders}) \
-                         ORDER BY schedule_key, job_id LIMIT 1) \
+        "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = ?1, updated_at = ?1, \
+         node_id = ?2, incarnation = ?3, lease_until = ?4 WHERE job_id = ?5 AND state = 'queued' \
          RETURNING {JOB_COLUMNS}"
     );
-    let mut args: Vec<rusqlite::types::Value> = vec![
-        at.unix_ms().into(),
-        at.unix_ms().into(),
-        node.id.clone().into(),
-        node.incarnation.clone().into(),
-        at.plus(node.lease).unix_ms().into(),
-    ];
-    args.extend(agents.iter().map(|a| a.as_str().to_owned().into()));
     let job = conn
         .prepare_cached(&sql)?
-        .query_row(rusqlite::params_from_iter(args), job_from_row)
+        .query_row(
+            params![
+                at.unix_ms(),
+                node.id,
+                node.incarnation,
+                at.plus(node.lease).unix_ms(),
+                job_id
+            ],
+            job_from_row,
+        )
         .optional()?;
     if let Some(job) = &job {
         append_state(conn, job.job_id, job.attempt, JobState::InProgress, at)?;
     }
     Ok(job)
+}
+
+/// An agent's next queued job in claim order.
+const NEXT_QUEUED: &str = "SELECT schedule_key, job_id FROM jobs WHERE state = 'queued' AND agent_name = ?1 \
+     ORDER BY schedule_key, job_id LIMIT 1";
+
+/// Leases the due completions, earliest first; the partial index walks them in that order
+/// (the planner would otherwise sort every pending one).
+const CLAIM_DUE_DELIVERIES: &str = "UPDATE deliveries SET lease_until = ?2 WHERE delivery_id IN ( \
+     SELECT delivery_id FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' AND next_attempt_at <= ?1 \
+     AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_attempt_at LIMIT ?3) \
+     RETURNING delivery_id, job_id, url, body, attempts, coalesce(redriven_at, created_at), last_status_code";
+
+/// The queued job to claim next among `agents`: each agent's first in claim order (one index
+/// step each), then the earliest of those.
+fn next_queued(conn: &Connection, agents: &[AgentName]) -> StoreResult<Option<String>> {
+    let mut first = conn.prepare_cached(NEXT_QUEUED)?;
+    let mut best: Option<(i64, String)> = None;
+    for agent in agents {
+        let head: Option<(i64, String)> = first
+            .query_row([agent.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        best = best.into_iter().chain(head).min();
+    }
+    Ok(best.map(|(_, job_id)| job_id))
 }
 
 /// Claims job after job in one transaction, so a burst costs one commit, not one per job.
@@ -587,12 +613,7 @@ fn claim_deliveries_in(
     lease_until: Timestamp,
     limit: usize,
 ) -> StoreResult<Vec<DueDelivery>> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE deliveries SET lease_until = ?2 WHERE delivery_id IN ( \
-             SELECT delivery_id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 \
-             AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_attempt_at LIMIT ?3) \
-         RETURNING delivery_id, job_id, url, body, attempts, coalesce(redriven_at, created_at), last_status_code",
-    )?;
+    let mut stmt = conn.prepare_cached(CLAIM_DUE_DELIVERIES)?;
     let rows = stmt
         .query_map(
             params![now.unix_ms(), lease_until.unix_ms(), limit as i64],
@@ -1218,5 +1239,36 @@ impl Store for SqliteStore {
         };
         self.read(move |conn| Ok(deliveries_in(conn, &filter, None)?.into_iter().next()))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(
+                rusqlite::params_from_iter(vec![0; stmt.parameter_count()]),
+                |r| r.get::<_, String>(3),
+            )
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn the_queue_and_outbox_claims_walk_an_index_in_order_without_sorting() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrations().to_latest(&mut conn).unwrap();
+        for (sql, index) in [
+            (NEXT_QUEUED, "jobs_agent_queue"),
+            (CLAIM_DUE_DELIVERIES, "deliveries_due"),
+        ] {
+            let plan = plan(&conn, sql);
+            assert!(plan.contains(index), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+            assert!(!plan.contains("SCAN"), "{sql}: {plan}");
+        }
     }
 }
