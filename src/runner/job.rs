@@ -210,7 +210,6 @@ impl Runner {
                     .await;
                 let exit = self.terminate(&process, log).await;
                 if matches!(reason, StopReason::Interrupt | StopReason::Lost) {
-                    process.signal_group(libc::SIGKILL);
                     // Bounded, so a descendant holding a pipe cannot hold up the shutdown.
                     drain(stdout).await;
                     drain(stderr).await;
@@ -219,8 +218,7 @@ impl Runner {
                 (exit, Some((reason, why)))
             }
         };
-        // Whatever the agent left behind in its group goes with it, so the pipes close.
-        process.signal_group(libc::SIGKILL);
+        // Whatever the agent left behind in its group went with it (`wait`), so the pipes close.
         let (stdout_bytes, progress_events) = drain(stdout).await.unwrap_or_default();
         let (stderr_bytes, stderr_tail) = drain(stderr).await.unwrap_or_default();
         let mut measured = Measured {

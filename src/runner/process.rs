@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -69,22 +70,30 @@ impl AgentProcess {
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
         let stdin = std::fs::File::open("/dev/null")?;
-        let pid = setup.spawn(
+        let (pid, pidfd) = setup.spawn(
             stdin.as_raw_fd(),
             stdout_w.as_raw_fd(),
             stderr_w.as_raw_fd(),
         )?;
         // The child holds its own copies now.
         drop((stdin, stdout_w, stderr_w));
-        let fd = pidfd_open(pid)?;
-        // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same for its life.
-        let pidfd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(Self {
-            pid,
-            pidfd,
-            stdout: Some(pipe::Receiver::from_owned_fd(stdout_r)?),
-            stderr: Some(pipe::Receiver::from_owned_fd(stderr_r)?),
+        let watched = || -> io::Result<Self> {
+            // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same for its
+            // life.
+            let pidfd =
+                unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+            Ok(Self {
+                pid,
+                pidfd,
+                stdout: Some(pipe::Receiver::from_owned_fd(stdout_r)?),
+                stderr: Some(pipe::Receiver::from_owned_fd(stderr_r)?),
+            })
+        };
+        watched().inspect_err(|_| {
+            // An agent we cannot watch must not run unseen.
+            signal_group(pid, libc::SIGKILL);
+            reap_now(pid);
         })
     }
 
@@ -99,11 +108,16 @@ impl AgentProcess {
     }
 
     /// Waits for the agent to exit and reaps it.
+    /// Whatever the agent left behind in its group is killed with it (so the pipes close),
+    /// while the agent is still unreaped and its group id cannot have been reused.
     pub async fn wait(&self) -> io::Result<Exit> {
         loop {
             let mut guard = self.pidfd.readable().await?;
-            if let Some(exit) = try_reap(self.pid)? {
-                return Ok(exit);
+            if exited(self.pidfd.get_ref())? {
+                signal_group(self.pid, libc::SIGKILL);
+                if let Some(exit) = try_reap(self.pid)? {
+                    return Ok(exit);
+                }
             }
             guard.clear_ready();
         }
@@ -130,13 +144,20 @@ struct ChildSetup {
 }
 
 /// The steps the child takes, for the error the parent reports.
-const STEPS: [&str; 5] = [
+const STEPS: [&str; 6] = [
+    "cannot ask for SIGKILL when the sidecar dies",
     "the sidecar exited while starting the agent",
     "cannot start a new process group",
     "cannot set the agent's stdio",
     "cannot enter the job folder",
     "cannot execute the agent",
 ];
+const EXEC_STEP: i32 = 5;
+
+/// Every signal, glibc's internal ones included (the libc wrappers leave those out).
+const ALL_SIGNALS: u64 = !0;
+/// The kernel's signal set size, for the raw calls.
+const SIGSET_BYTES: usize = 8;
 
 impl ChildSetup {
     fn new(spec: &Spawn<'_>) -> io::Result<Self> {
@@ -167,7 +188,7 @@ impl ChildSetup {
             envp: pointers(&envp),
             _strings: argv.into_iter().chain(envp).collect(),
             program: c_string(&program.to_string_lossy())?,
-            cwd: c_string(&spec.cwd.to_string_lossy())?,
+            cwd: CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|_| nul_byte())?,
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
             fds: [-1; 3],
@@ -179,42 +200,63 @@ impl ChildSetup {
     /// Starts the child the way `posix_spawn` does (`clone` with `CLONE_VM | CLONE_VFORK`: no
     /// copy of our page tables, this thread waits until the child execs), which `std` cannot
     /// do once the child must call `prctl`. Returns its pid.
-    fn spawn(mut self, stdin: RawFd, stdout: RawFd, stderr: RawFd) -> io::Result<i32> {
+    /// Must run on a thread that lives as long as the sidecar (a runtime worker, never the
+    /// blocking pool): the kernel sends `PR_SET_PDEATHSIG` when the spawning thread exits.
+    fn spawn(mut self, stdin: RawFd, stdout: RawFd, stderr: RawFd) -> io::Result<(i32, OwnedFd)> {
         self.fds = [stdin, stdout, stderr];
-        let mut stack = vec![0u128; CHILD_STACK / 16];
-        // SAFETY: the stack grows down from the end of a live, 16-byte aligned allocation
-        // that outlives the child's use of it (this thread waits until the child execs or
-        // exits). Every signal is blocked around the clone so no handler of ours runs on the
-        // child's stack; the child resets them before unblocking. `self` outlives the child
-        // for the same reason, and the child only reads it and writes its atomics.
-        let pid = unsafe {
-            let top = stack.as_mut_ptr().add(stack.len()).cast::<libc::c_void>();
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            let pid = libc::clone(
-                child_main,
-                top,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                std::ptr::from_ref(&self).cast_mut().cast(),
-            );
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            pid
-        };
+        let mut pidfd: libc::c_int = -1;
+        let (pid, errno) = STACK.with(|stack| -> io::Result<(i32, i32)> {
+            let top = stack
+                .as_ref()
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()))?
+                .top;
+            // SAFETY: the child runs on this thread's own stack area (guarded below, unused by
+            // anyone else while this thread waits for the child to exec or exit). Every signal
+            // is blocked around the clone with the raw call (glibc's wrapper would leave its
+            // internal ones open), so no handler of ours runs in the child before it resets
+            // them all. `self` and `pidfd` outlive the child for the same reason; the child
+            // only reads `self` and writes its atomics, the kernel writes `pidfd`.
+            unsafe {
+                let mut old: u64 = 0;
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    &ALL_SIGNALS,
+                    &mut old,
+                    SIGSET_BYTES,
+                );
+                let pid = libc::clone(
+                    child_main,
+                    top,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                    std::ptr::from_ref(&self).cast_mut().cast(),
+                    &mut pidfd,
+                );
+                let errno = *libc::__errno_location();
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    &old,
+                    std::ptr::null_mut::<u64>(),
+                    SIGSET_BYTES,
+                );
+                Ok((pid, errno))
+            }
+        })?;
         if pid < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::from_raw_os_error(errno));
         }
+        // SAFETY: CLONE_PIDFD made the kernel return this fd to us; nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         let step = self.failed.load(Ordering::Acquire);
         if step < 0 {
-            return Ok(pid);
+            return Ok((pid, pidfd));
         }
         // The child exited without exec: reap it, say why.
         reap_now(pid);
-        let errno = self.errno.load(Ordering::Acquire);
+        let error = io::Error::from_raw_os_error(self.errno.load(Ordering::Acquire));
         let reason = STEPS[usize::try_from(step).unwrap_or(0).min(STEPS.len() - 1)];
-        let error = io::Error::from_raw_os_error(errno);
-        Err(if step == 4 {
+        Err(if step == EXEC_STEP {
             error
         } else {
             io::Error::new(error.kind(), format!("{reason}: {error}"))
@@ -236,25 +278,36 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             setup.failed.store(step, Ordering::Release);
             libc::_exit(127)
         };
-        // Our signal handlers are the parent's code: back to the defaults before unblocking.
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        for signal in 1..65 {
-            libc::sigaction(signal, &default, std::ptr::null_mut());
+        // Our signal handlers are the parent's code: every signal back to its default (the
+        // kernel's sigaction for SIG_DFL is all zeros) before unblocking.
+        let default = [0u64; 4];
+        for signal in 1..=64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                SIGSET_BYTES,
+            );
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        let none: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none,
+            std::ptr::null_mut::<u64>(),
+            SIGSET_BYTES,
+        );
         // The agent gets SIGKILL when the sidecar dies, however it dies: a crashed node's
-        // agents do not run on while another node takes their jobs over. (The kernel ties this
-        // to the spawning thread; the runtime's worker threads live as long as the sidecar.)
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-            || libc::getppid() != setup.parent
-        {
+        // agents do not run on while another node takes their jobs over.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             return fail(0);
         }
-        if libc::setpgid(0, 0) != 0 {
+        if libc::getppid() != setup.parent {
             return fail(1);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            return fail(2);
         }
         for (target, fd) in setup.fds.iter().enumerate() {
             let target = target as libc::c_int;
@@ -264,23 +317,24 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::dup2(*fd, target)
             };
             if moved < 0 {
-                return fail(2);
+                return fail(3);
             }
         }
         if libc::chdir(setup.cwd.as_ptr()) != 0 {
-            return fail(3);
+            return fail(4);
         }
         libc::execve(
             setup.program.as_ptr(),
             setup.argv.as_ptr(),
             setup.envp.as_ptr(),
         );
-        fail(4)
+        fail(EXEC_STEP)
     }
 }
 
 /// Finds `program` the way `execvp` would: as given when it names a path, else in `PATH` (the
-/// agent's, else ours).
+/// agent's, else ours). Relative `PATH` entries are skipped: they would be looked up here and
+/// run from the job folder.
 fn resolve(program: &str, path: Option<&str>) -> io::Result<PathBuf> {
     if program.contains('/') {
         return Ok(PathBuf::from(program));
@@ -290,6 +344,7 @@ fn resolve(program: &str, path: Option<&str>) -> io::Result<PathBuf> {
         .or(ours.as_deref())
         .unwrap_or("/usr/local/bin:/usr/bin:/bin");
     std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(program))
         .find(|candidate| {
             std::fs::metadata(candidate)
@@ -299,12 +354,71 @@ fn resolve(program: &str, path: Option<&str>) -> io::Result<PathBuf> {
 }
 
 fn c_string(text: &str) -> io::Result<CString> {
-    CString::new(text).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the command or environment holds a NUL byte",
+    CString::new(text).map_err(|_| nul_byte())
+}
+
+fn nul_byte() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the command, its folder or its environment holds a NUL byte",
+    )
+}
+
+/// A stack for the children this thread starts, with a guard page below it so an overflow
+/// faults instead of writing over someone else's memory. Mapped once per thread.
+struct ChildStack {
+    top: *mut libc::c_void,
+}
+
+thread_local! {
+    static STACK: io::Result<ChildStack> = ChildStack::map();
+}
+
+impl ChildStack {
+    fn map() -> io::Result<Self> {
+        let guard = 4096;
+        // SAFETY: a fresh anonymous mapping that nothing else refers to; never unmapped, as
+        // the thread keeps using it (the runtime's workers live as long as the sidecar).
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                CHILD_STACK + guard,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mprotect(base, guard, libc::PROT_NONE) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Self {
+                top: base.cast::<u8>().add(CHILD_STACK + guard).cast(),
+            })
+        }
+    }
+}
+
+/// Whether the process behind `pidfd` has exited (without reaping it).
+fn exited(pidfd: &OwnedFd) -> io::Result<bool> {
+    // SAFETY: siginfo_t is plain old data; zeroed is a valid value for it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is a live pidfd and `info` a live local for the duration of the call.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            libc::id_t::try_from(pidfd.as_raw_fd()).map_err(io::Error::other)?,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
         )
-    })
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` (si_pid stays 0 while the process runs).
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 /// A pipe whose ends are closed on exec (the child gets its copies by `dup2`).
@@ -331,17 +445,6 @@ pub fn signal_group(pgid: i32, signal: i32) {
 pub fn group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission; no memory is involved.
     unsafe { libc::kill(-pgid, 0) == 0 }
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1; no pointers.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Reaps a child known to have exited.
@@ -410,8 +513,8 @@ mod tests {
     #[tokio::test]
     async fn the_agent_runs_in_its_own_group_in_the_job_folder_with_only_its_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let script = "echo pid=$$ pgid=$(cut -d' ' -f5 /proc/$$/stat); pwd; env | sort; \
-                      grep -E '^Sig(Blk|Ign)' /proc/$$/status; cat; exit 3";
+        let script =
+            "echo pid=$$ pgid=$(cut -d' ' -f5 /proc/$$/stat); pwd; env | sort; cat; exit 3";
         let env = env(&[("PATH", "/usr/bin:/bin"), ("ONLY", "this")]);
         let (out, exit) = run(&["sh", "-c", script], &env, dir.path()).await;
         let lines: Vec<&str> = out.lines().collect();
@@ -426,22 +529,59 @@ mod tests {
             !out.contains("HOME=") && !out.contains("CARGO"),
             "nothing of ours: {out}"
         );
-        assert!(
-            lines.contains(&"SigBlk:\t0000000000000000"),
-            "no signal blocked: {out}"
-        );
-        let ignored = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("SigIgn:\t"))
-            .map(|mask| u64::from_str_radix(mask, 16).unwrap())
-            .unwrap();
-        // glibc keeps its internal signals (32, 33) as they were inherited.
-        assert_eq!(
-            ignored & 0x7fff_ffff,
-            0,
-            "no standard signal ignored, SIGPIPE included: {out}"
-        );
         assert_eq!(exit.kind, ExitKind::Code(3), "stdin is empty, so cat ends");
+    }
+
+    #[tokio::test]
+    async fn the_agent_starts_with_no_signal_blocked_or_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(&[("PATH", "/usr/bin:/bin")]);
+        let (out, _) = run(
+            &["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+            &env,
+            dir.path(),
+        )
+        .await;
+        assert_eq!(
+            out, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+            "SIGPIPE and glibc's internal signals included"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_agent_leaves_in_its_group_dies_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(&[("PATH", "/usr/bin:/bin")]);
+        let argv: Vec<String> = ["sh", "-c", "sleep 300 & echo $!"]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        let mut agent = AgentProcess::spawn(&Spawn {
+            argv: &argv,
+            cwd: dir.path(),
+            env: &env,
+        })
+        .unwrap();
+        let mut stdout = agent.stdout.take().unwrap();
+        let mut line = Vec::new();
+        while !line.ends_with(b"\n") {
+            let mut byte = [0u8; 1];
+            stdout.read_exact(&mut byte).await.unwrap();
+            line.push(byte[0]);
+        }
+        let sleeper: i32 = String::from_utf8(line).unwrap().trim().parse().unwrap();
+        let pgid = agent.pid();
+        agent.wait().await.unwrap();
+        // The sleeper was killed before the leader was reaped (a zombie until init reaps it),
+        // so the pipe it held is closed.
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).await.unwrap();
+        let state = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+        let state = state.rsplit(") ").next().unwrap_or("").chars().next();
+        assert!(
+            matches!(state, None | Some('Z')),
+            "sleep {sleeper} (group {pgid}) outlived its agent: {state:?}"
+        );
     }
 
     #[tokio::test]
@@ -452,7 +592,8 @@ mod tests {
         let tool = bin.join("only-here");
         std::fs::write(&tool, "#!/bin/sh\nprintf '%s|' \"$@\"\n").unwrap();
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("{}:/usr/bin:/bin", bin.display());
+        // A relative entry is skipped: it would be looked up here and run from the job folder.
+        let path = format!("only-here:{}:/usr/bin:/bin", bin.display());
         let env = env(&[("PATH", &path)]);
         let (out, exit) = run(&["only-here", "a b", "", "$HOME"], &env, dir.path()).await;
         assert_eq!(out, "a b||$HOME|");
