@@ -27,6 +27,7 @@ pub mod delivery;
 pub mod demo;
 pub mod error;
 pub mod jobdir;
+pub mod memory;
 pub mod mirror;
 pub mod notify;
 pub mod reload;

@@ -183,6 +183,7 @@ enum DeliveriesCommand {
 }
 
 fn main() -> ExitCode {
+    agent_sidecar::memory::limit_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),

@@ -35,6 +35,10 @@ const PAGE: usize = 512;
 /// of many jobs, and several of one job, are written together.
 const LINGER: Duration = Duration::from_millis(5);
 
+/// Jobs written per round at most, so a burst of accepted jobs (100,000 queued at once) is
+/// written a slice at a time rather than read into memory together.
+const BATCH: usize = 256;
+
 /// Cursors of jobs this node does not follow, kept for the delivery notes that follow a job's
 /// end (a kept cursor is checked against the file's length before use).
 const RECENT: usize = 1024;
@@ -71,8 +75,28 @@ struct Dirty {
 #[derive(Default)]
 struct Pending {
     dirty: HashMap<JobId, Dirty>,
+    /// Dirty jobs in the order they were first marked: rounds take the oldest first.
+    order: VecDeque<JobId>,
     /// Jobs this node runs: each of their new events marks them.
     followed: HashSet<JobId>,
+}
+
+impl Pending {
+    fn dirty(&mut self, job_id: JobId) -> &mut Dirty {
+        self.dirty.entry(job_id).or_insert_with(|| {
+            self.order.push_back(job_id);
+            Dirty::default()
+        })
+    }
+
+    /// Up to `BATCH` dirty jobs, oldest first.
+    fn take(&mut self) -> Vec<(JobId, Dirty)> {
+        let n = self.order.len().min(BATCH);
+        self.order
+            .drain(..n)
+            .filter_map(|job_id| Some((job_id, self.dirty.remove(&job_id)?)))
+            .collect()
+    }
 }
 
 /// The worker's own state.
@@ -163,16 +187,16 @@ impl Mirror {
     fn touched(&self, touched: Touched) {
         let marked = {
             let mut pending = self.pending();
-            let Pending { dirty, followed } = &mut *pending;
             match touched {
-                Touched::Job(job_id) if followed.contains(&job_id) => {
-                    dirty.entry(job_id).or_default();
+                Touched::Job(job_id) if pending.followed.contains(&job_id) => {
+                    pending.dirty(job_id);
                     true
                 }
                 Touched::Job(_) => false,
                 Touched::All => {
-                    for job_id in followed.iter() {
-                        dirty.entry(*job_id).or_default();
+                    let followed: Vec<JobId> = pending.followed.iter().copied().collect();
+                    for job_id in &followed {
+                        pending.dirty(*job_id);
                     }
                     !followed.is_empty()
                 }
@@ -189,7 +213,7 @@ impl Mirror {
             if follow {
                 pending.followed.insert(job_id);
             }
-            let dirty = pending.dirty.entry(job_id).or_default();
+            let dirty = pending.dirty(job_id);
             dirty.status = true;
             if let Some(note) = note {
                 dirty.notes.push_str(&note);
@@ -262,7 +286,7 @@ impl Mirror {
             let worker = self.worker.lock().await;
             let mut pending = self.pending();
             for job_id in worker.deferred.keys() {
-                pending.dirty.entry(*job_id).or_default().status = true;
+                pending.dirty(*job_id).status = true;
             }
         }
         while self.round().await {}
@@ -277,11 +301,16 @@ impl Mirror {
             let mut pending = self.pending();
             worker.deferred.retain(|job_id, at| {
                 if *at <= now {
-                    pending.dirty.entry(*job_id).or_default();
+                    pending.dirty(*job_id);
                 }
                 *at > now
             });
-            pending.dirty.drain().collect()
+            let batch = pending.take();
+            if !pending.order.is_empty() {
+                // The rest in the next round.
+                self.wake.notify_one();
+            }
+            batch
         };
         if batch.is_empty() {
             return false;
@@ -432,7 +461,7 @@ impl Mirror {
     fn requeue(&self, job_id: JobId, status: bool, notes: String) {
         {
             let mut pending = self.pending();
-            let dirty = pending.dirty.entry(job_id).or_default();
+            let dirty = pending.dirty(job_id);
             dirty.status |= status;
             dirty.notes.insert_str(0, &notes);
         }
