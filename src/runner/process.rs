@@ -572,16 +572,28 @@ mod tests {
         let sleeper: i32 = String::from_utf8(line).unwrap().trim().parse().unwrap();
         let pgid = agent.pid();
         agent.wait().await.unwrap();
-        // The sleeper was killed before the leader was reaped (a zombie until init reaps it),
-        // so the pipe it held is closed.
+        // The sleeper was killed before the leader was reaped, so the pipe it held closes
+        // (it would hold it for 300 s) and it is a zombie or gone soon after.
         let mut rest = String::new();
-        stdout.read_to_string(&mut rest).await.unwrap();
-        let state = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
-        let state = state.rsplit(") ").next().unwrap_or("").chars().next();
-        assert!(
-            matches!(state, None | Some('Z')),
-            "sleep {sleeper} (group {pgid}) outlived its agent: {state:?}"
-        );
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stdout.read_to_string(&mut rest),
+        )
+        .await
+        .expect("the pipe closes")
+        .unwrap();
+        let dead = || {
+            let stat = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+            matches!(
+                stat.rsplit(") ").next().and_then(|s| s.chars().next()),
+                None | Some('Z')
+            )
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dead() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(dead(), "sleep {sleeper} (group {pgid}) outlived its agent");
     }
 
     #[tokio::test]
