@@ -135,8 +135,6 @@ struct Plan {
     job_id: JobId,
     dirty: Dirty,
     cursor: Cursor,
-    /// Whether the job's view is read this round.
-    view: bool,
 }
 
 /// What a round writes for one job.
@@ -145,6 +143,9 @@ struct FileWork {
     text: String,
     status: Option<Vec<u8>>,
 }
+
+/// A job at the end of a round: its cursor once the files are written, and what to write.
+type Settling = (JobId, Cursor, Option<FileWork>);
 
 /// Keeps job folders in step with the store.
 pub struct Mirror {
@@ -315,17 +316,14 @@ impl Mirror {
         if batch.is_empty() {
             return false;
         }
-        let mut plans = self.cursors(&mut worker, batch).await;
-        for plan in &mut plans {
-            plan.view = plan.dirty.status || self.status_due(&plan.cursor, now);
-        }
+        let plans = self.cursors(&mut worker, batch).await;
         let asks = plans
             .iter()
             .filter(|p| p.cursor.output.is_some())
             .map(|p| ChangeAsk {
                 job_id: p.job_id,
                 after_seq: p.cursor.seq,
-                view: p.view,
+                view: self.view_wanted(p, now),
             })
             .collect();
         let changes = match self.store.changes(asks, PAGE).await {
@@ -337,24 +335,26 @@ impl Mirror {
             }
         };
         let mut changes = changes.into_iter();
-        let mut writes = Vec::new();
-        let mut updates = Vec::new();
+        let mut settling = Vec::new();
         for plan in plans {
             if plan.cursor.output.is_none() {
-                updates.push((plan.job_id, plan.cursor, None));
+                settling.push((plan.job_id, plan.cursor, None));
                 continue;
             }
             let Some(change) = changes.next() else {
                 worker.cursors.insert(plan.job_id, plan.cursor);
                 continue;
             };
-            let (write, next) = self.plan_write(&mut worker, plan, change, now);
-            updates.push((next.0, next.1, Some(writes.len())));
-            writes.push(write);
+            settling.push(self.plan_write(&mut worker, plan, change, now));
         }
-        let written = write_all(writes).await;
-        self.settle(&mut worker, updates, &written);
+        let written = write_all(settling).await;
+        self.settle(&mut worker, written);
         true
+    }
+
+    /// Whether a job's view is read this round: asked for, or progress may be written.
+    fn view_wanted(&self, plan: &Plan, now: Instant) -> bool {
+        plan.dirty.status || self.status_due(&plan.cursor, now)
     }
 
     fn status_due(&self, cursor: &Cursor, now: Instant) -> bool {
@@ -381,7 +381,6 @@ impl Mirror {
                     job_id,
                     dirty,
                     cursor: checked_cursor(&root, job_id, cursor),
-                    view: false,
                 })
                 .collect()
         })
@@ -396,12 +395,12 @@ impl Mirror {
         plan: Plan,
         change: Changes,
         now: Instant,
-    ) -> (FileWork, (JobId, Cursor)) {
+    ) -> Settling {
+        let view_read = self.view_wanted(&plan, now);
         let Plan {
             job_id,
             dirty,
             cursor,
-            view: view_read,
         } = plan;
         let mut next = cursor.clone();
         let mut text = String::new();
@@ -455,7 +454,7 @@ impl Mirror {
             text,
             status,
         };
-        (write, (job_id, next))
+        (job_id, next, Some(write))
     }
 
     fn requeue(&self, job_id: JobId, status: bool, notes: String) {
@@ -470,25 +469,16 @@ impl Mirror {
 
     /// Keeps the cursors of what was written: a followed job's until its end is on disk, the
     /// others' among the recent ones.
-    fn settle(
-        &self,
-        worker: &mut Worker,
-        updates: Vec<(JobId, Cursor, Option<usize>)>,
-        written: &[Written],
-    ) {
+    fn settle(&self, worker: &mut Worker, written: Vec<(JobId, std::io::Result<Cursor>)>) {
         let mut pending = self.pending();
-        for (job_id, cursor, write) in updates {
-            let cursor = match write.map(|i| &written[i]) {
-                Some(Written { appended: Ok(len) }) => Cursor {
-                    len: *len,
-                    ..cursor
-                },
-                Some(Written { appended: Err(e) }) => {
+        for (job_id, cursor) in written {
+            let cursor = match cursor {
+                Ok(cursor) => cursor,
+                Err(e) => {
                     warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
                     // Read back next time: what is in the file is unknown.
                     continue;
                 }
-                None => cursor,
             };
             let followed = if cursor.ended || cursor.output.is_none() {
                 pending.followed.remove(&job_id);
@@ -533,36 +523,36 @@ impl Mirror {
     }
 }
 
-/// What the file pass did for one job: the length of `events.jsonl` after the append.
-struct Written {
-    appended: std::io::Result<u64>,
-}
-
-/// Appends and replaces every job's files in one pass off the runtime.
-async fn write_all(writes: Vec<FileWork>) -> Vec<Written> {
-    let count = writes.len();
+/// Appends and replaces every job's files in one pass off the runtime; each job's cursor with
+/// the length `events.jsonl` has after it, or why the append failed.
+async fn write_all(settling: Vec<Settling>) -> Vec<(JobId, std::io::Result<Cursor>)> {
     let written = tokio::task::spawn_blocking(move || {
-        writes
+        settling
             .into_iter()
-            .map(|w| {
-                let appended = append(&w.output.join("events.jsonl"), &w.text);
-                if let Some(bytes) = w.status
-                    && let Err(e) = replace(&w.output.join("status.json"), &bytes)
-                {
-                    warn!(error = %e, output = %w.output.display(), "cannot write status.json");
-                }
-                Written { appended }
-            })
+            .map(|(job_id, cursor, work)| (job_id, write_files(cursor, work)))
             .collect()
     })
     .await;
-    written.unwrap_or_else(|_| {
-        (0..count)
-            .map(|_| Written {
-                appended: Err(std::io::Error::other("the file pass stopped")),
-            })
-            .collect()
-    })
+    // A pass that died leaves its cursors unknown: they are read back next time.
+    written.unwrap_or_default()
+}
+
+fn write_files(cursor: Cursor, work: Option<FileWork>) -> std::io::Result<Cursor> {
+    let Some(work) = work else {
+        return Ok(cursor);
+    };
+    // The events first, so status.json never runs ahead of events.jsonl.
+    let appended = if work.text.is_empty() {
+        Ok(cursor)
+    } else {
+        append(&work.output.join("events.jsonl"), &work.text).map(|len| Cursor { len, ..cursor })
+    };
+    if let Some(bytes) = work.status
+        && let Err(e) = replace(&work.output.join("status.json"), &bytes)
+    {
+        warn!(error = %e, output = %work.output.display(), "cannot write status.json");
+    }
+    appended
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -628,9 +618,6 @@ fn read_back(path: &Path) -> Cursor {
 
 /// Appends `text`; the file's length after it.
 fn append(path: &Path, text: &str) -> std::io::Result<u64> {
-    if text.is_empty() {
-        return Ok(std::fs::metadata(path).map_or(0, |m| m.len()));
-    }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

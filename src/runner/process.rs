@@ -143,16 +143,39 @@ struct ChildSetup {
     errno: AtomicI32,
 }
 
-/// The steps the child takes, for the error the parent reports.
-const STEPS: [&str; 6] = [
-    "cannot ask for SIGKILL when the sidecar dies",
-    "the sidecar exited while starting the agent",
-    "cannot start a new process group",
-    "cannot set the agent's stdio",
-    "cannot enter the job folder",
-    "cannot execute the agent",
-];
-const EXEC_STEP: i32 = 5;
+/// The steps the child takes, in order; the one that failed is reported by the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+enum Step {
+    DeathSignal,
+    ParentAlive,
+    Group,
+    Stdio,
+    Folder,
+    Exec,
+}
+
+impl Step {
+    const ALL: [Self; 6] = [
+        Self::DeathSignal,
+        Self::ParentAlive,
+        Self::Group,
+        Self::Stdio,
+        Self::Folder,
+        Self::Exec,
+    ];
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::DeathSignal => "cannot ask for SIGKILL when the sidecar dies",
+            Self::ParentAlive => "the sidecar exited while starting the agent",
+            Self::Group => "cannot start a new process group",
+            Self::Stdio => "cannot set the agent's stdio",
+            Self::Folder => "cannot enter the job folder",
+            Self::Exec => "cannot execute the agent",
+        }
+    }
+}
 
 /// Every signal, glibc's internal ones included (the libc wrappers leave those out).
 const ALL_SIGNALS: u64 = !0;
@@ -248,18 +271,19 @@ impl ChildSetup {
         }
         // SAFETY: CLONE_PIDFD made the kernel return this fd to us; nothing else owns it.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        let step = self.failed.load(Ordering::Acquire);
-        if step < 0 {
+        let Some(step) = usize::try_from(self.failed.load(Ordering::Acquire))
+            .ok()
+            .and_then(|i| Step::ALL.get(i).copied())
+        else {
             return Ok((pid, pidfd));
-        }
+        };
         // The child exited without exec: reap it, say why.
         reap_now(pid);
         let error = io::Error::from_raw_os_error(self.errno.load(Ordering::Acquire));
-        let reason = STEPS[usize::try_from(step).unwrap_or(0).min(STEPS.len() - 1)];
-        Err(if step == EXEC_STEP {
+        Err(if step == Step::Exec {
             error
         } else {
-            io::Error::new(error.kind(), format!("{reason}: {error}"))
+            io::Error::new(error.kind(), format!("{}: {error}", step.reason()))
         })
     }
 }
@@ -271,11 +295,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // own stack.
     unsafe {
         let setup = &*arg.cast::<ChildSetup>();
-        let fail = |step: i32| -> libc::c_int {
+        let fail = |step: Step| -> libc::c_int {
             setup
                 .errno
                 .store(*libc::__errno_location(), Ordering::Release);
-            setup.failed.store(step, Ordering::Release);
+            setup.failed.store(step as i32, Ordering::Release);
             libc::_exit(127)
         };
         // Our signal handlers are the parent's code: every signal back to its default (the
@@ -301,13 +325,13 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // The agent gets SIGKILL when the sidecar dies, however it dies: a crashed node's
         // agents do not run on while another node takes their jobs over.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-            return fail(0);
+            return fail(Step::DeathSignal);
         }
         if libc::getppid() != setup.parent {
-            return fail(1);
+            return fail(Step::ParentAlive);
         }
         if libc::setpgid(0, 0) != 0 {
-            return fail(2);
+            return fail(Step::Group);
         }
         for (target, fd) in setup.fds.iter().enumerate() {
             let target = target as libc::c_int;
@@ -317,18 +341,18 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::dup2(*fd, target)
             };
             if moved < 0 {
-                return fail(3);
+                return fail(Step::Stdio);
             }
         }
         if libc::chdir(setup.cwd.as_ptr()) != 0 {
-            return fail(4);
+            return fail(Step::Folder);
         }
         libc::execve(
             setup.program.as_ptr(),
             setup.argv.as_ptr(),
             setup.envp.as_ptr(),
         );
-        fail(EXEC_STEP)
+        fail(Step::Exec)
     }
 }
 
@@ -484,6 +508,10 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    fn owned(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -492,7 +520,7 @@ mod tests {
     }
 
     async fn run(argv: &[&str], env: &BTreeMap<String, String>, cwd: &Path) -> (String, Exit) {
-        let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+        let argv = owned(argv);
         let mut agent = AgentProcess::spawn(&Spawn {
             argv: &argv,
             cwd,
@@ -552,10 +580,7 @@ mod tests {
     async fn what_the_agent_leaves_in_its_group_dies_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let env = env(&[("PATH", "/usr/bin:/bin")]);
-        let argv: Vec<String> = ["sh", "-c", "sleep 300 & echo $!"]
-            .iter()
-            .map(|a| (*a).to_owned())
-            .collect();
+        let argv = owned(&["sh", "-c", "sleep 300 & echo $!"]);
         let mut agent = AgentProcess::spawn(&Spawn {
             argv: &argv,
             cwd: dir.path(),
@@ -617,7 +642,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = env(&[("PATH", "/nonexistent")]);
         let spawn = |argv: &[&str], cwd: &Path| {
-            let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+            let argv = owned(argv);
             AgentProcess::spawn(&Spawn {
                 argv: &argv,
                 cwd,
