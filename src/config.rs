@@ -859,7 +859,9 @@ impl Config {
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("/"));
         let mut config = Self::resolve(raw, &base)?;
-        config.source = Some(absolute);
+        // Reloads read the path as given, not where it pointed at start: a ConfigMap swaps
+        // the `..data` link under it and removes the old target.
+        config.source = Some(std::path::absolute(path).unwrap_or(absolute));
         Ok(config)
     }
 

@@ -1,6 +1,7 @@
 //! `agent-sidecar demo`: the README's first command.
 //!
-//! Copies `shared_root.example/` to a scratch folder, starts the sidecar in-process on loopback
+//! Writes the built-in example (config, agents, `shared_root.example/`) to a scratch folder
+//! unless given a config, copies its `shared_root` beside it, starts the sidecar in-process on loopback
 //! with a built-in receiver that verifies every callback's JWT, triggers the ready job, prints
 //! its timeline, and says where the outputs are. Nothing outside the scratch folder is touched.
 
@@ -36,16 +37,85 @@ struct Receiver {
     tx: mpsc::UnboundedSender<Received>,
 }
 
-/// Runs the demo with the config at `config_path`; returns an error if anything did not go
-/// through (the process then exits non-zero).
-pub async fn run_demo(config_path: &Path) -> anyhow::Result<()> {
+/// The example config, its agents and its ready job, built into the binary so the demo runs
+/// from any folder (and from an installed binary): written to the scratch folder first.
+const EXAMPLE: &[(&str, &[u8])] = &[
+    (
+        EXAMPLE_CONFIG,
+        include_bytes!("../agent-sidecar.example.toml"),
+    ),
+    (
+        "examples/agents/summarizer.py",
+        include_bytes!("../examples/agents/summarizer.py"),
+    ),
+    (
+        "examples/agents/summarizer.params.schema.json",
+        include_bytes!("../examples/agents/summarizer.params.schema.json"),
+    ),
+    (
+        "examples/agents/failing.py",
+        include_bytes!("../examples/agents/failing.py"),
+    ),
+    (
+        "examples/agents/sleeper.py",
+        include_bytes!("../examples/agents/sleeper.py"),
+    ),
+    (
+        "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/manifest.json",
+        include_bytes!(
+            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/manifest.json"
+        ),
+    ),
+    (
+        "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/quarterly-notes.txt",
+        include_bytes!(
+            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/quarterly-notes.txt"
+        ),
+    ),
+    (
+        "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/customer-feedback.txt",
+        include_bytes!(
+            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/customer-feedback.txt"
+        ),
+    ),
+    (
+        "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/incident-review.txt",
+        include_bytes!(
+            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/incident-review.txt"
+        ),
+    ),
+];
+
+/// The example config's name among `EXAMPLE`.
+const EXAMPLE_CONFIG: &str = "agent-sidecar.example.toml";
+
+/// Writes the built-in example under `dir`; returns its config file.
+fn write_example(dir: &Path) -> anyhow::Result<PathBuf> {
+    for (name, bytes) in EXAMPLE {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir.join(EXAMPLE_CONFIG))
+}
+
+/// Runs the demo with the config at `config_path`, or with the built-in example; returns an
+/// error if anything did not go through (the process then exits non-zero).
+pub async fn run_demo(config_path: Option<&Path>) -> anyhow::Result<()> {
     crate::install_crypto_provider();
-    let mut config = Config::load(config_path)?;
     let scratch = tempfile::Builder::new()
         .prefix("agent-sidecar-demo-")
         .tempdir()
         .context("cannot create a scratch folder")?
         .keep();
+    let config_path = match config_path {
+        Some(path) => path.to_owned(),
+        None => write_example(&scratch.join("example"))?,
+    };
+    let mut config = Config::load(&config_path)?;
     let shared_root = scratch.join("shared_root");
     copy_dir(&config.storage.shared_root, &shared_root)
         .with_context(|| format!("cannot copy {}", config.storage.shared_root.display()))?;

@@ -30,6 +30,7 @@ pub mod jobdir;
 pub mod memory;
 pub mod mirror;
 pub mod notify;
+pub mod preflight;
 pub mod reload;
 pub mod runner;
 pub mod store;
@@ -161,13 +162,12 @@ impl Sidecar {
         let gate = Arc::new(api::auth::Gate::new(
             api::auth::Authenticator::load(&config).context("cannot load the API's auth keys")?,
         ));
-        let reloadable = Arc::new(reload::Reloadable {
-            deliveries: Arc::clone(&deliveries),
-            gate: Arc::clone(&gate),
-            tls: Arc::clone(&tls),
-            running: Arc::clone(&config),
-            busy: std::sync::Mutex::new(()),
-        });
+        let reloadable = Arc::new(reload::Reloadable::new(
+            Arc::clone(&deliveries),
+            Arc::clone(&gate),
+            Arc::clone(&tls),
+            Arc::clone(&config),
+        ));
         let hup = reload::sighup().context("cannot install the SIGHUP handler")?;
         tracker.spawn(reload::on_sighup(
             Arc::clone(&reloadable),

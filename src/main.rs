@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+mod client;
 mod tail;
 use std::process::ExitCode;
 
@@ -10,7 +11,10 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use agent_sidecar::config::{Config, LogFormat};
-use agent_sidecar::contract::{DeliveryStatus, parse_manifest, schema};
+use agent_sidecar::contract::{
+    DeliveryStatus, FieldError, Inputs, Manifest, parse_manifest, schema,
+};
+use agent_sidecar::jobdir::JobDir;
 use agent_sidecar::store::{self, DeliveryFilter, DeliveryQuery};
 
 #[derive(Parser)]
@@ -37,9 +41,10 @@ enum Command {
     },
     /// Run the example job end to end on loopback and print its timeline.
     Demo {
-        /// The TOML config file.
-        #[arg(long, short, default_value = "agent-sidecar.example.toml")]
-        config: PathBuf,
+        /// A TOML config file to run instead of the built-in example
+        /// (`agent-sidecar.example.toml`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Check a manifest.json against the schema its schema_version names.
     Validate {
@@ -48,8 +53,12 @@ enum Command {
     },
     /// Check a config file (and the environment overrides) without starting anything.
     CheckConfig {
+        /// The TOML config file (also as --config FILE, like every other command).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
         /// The TOML config file.
-        config: PathBuf,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Create or upgrade the store's schema (what `serve` does on start; safe while other
     /// nodes start or run).
@@ -70,11 +79,23 @@ enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Inbound API tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
     /// Check the Rails side of the contract.
     Contract {
         #[command(subcommand)]
         action: ContractCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a short-lived token the API accepts, signed with `[server.auth] secret` (for ops
+    /// and for tests; Rails mints its own).
+    Mint(client::MintArgs),
 }
 
 #[derive(Subcommand)]
@@ -130,30 +151,22 @@ enum JobsCommand {
         /// The job's id.
         job_id: String,
         #[command(flatten)]
-        target: Target,
+        target: client::Target,
+    },
+    /// List jobs, newest first (the filters of `GET /jobs`).
+    List {
+        #[command(flatten)]
+        query: client::ListQuery,
+        #[command(flatten)]
+        target: client::Target,
     },
     /// Cancel a job: a queued one never starts, a running one's agent is stopped.
     Cancel {
         /// The job's id.
         job_id: String,
         #[command(flatten)]
-        target: Target,
+        target: client::Target,
     },
-}
-
-/// Which running sidecar to talk to.
-#[derive(clap::Args)]
-#[group(required = true, multiple = false, args = ["url", "config"])]
-struct Target {
-    /// Base URL of its API, e.g. http://127.0.0.1:8780.
-    #[arg(long, env = "AGENT_SIDECAR_URL")]
-    url: Option<String>,
-    /// Its config file (the API address is read from it).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Bearer token, when the API asks for one.
-    #[arg(long, env = "AGENT_SIDECAR_TOKEN", hide_env_values = true)]
-    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -189,10 +202,13 @@ fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::Demo { config } => {
             init_tracing(LogFormat::Text, "warn");
-            runtime().and_then(|rt| rt.block_on(agent_sidecar::demo::run_demo(&config)))
+            runtime().and_then(|rt| rt.block_on(agent_sidecar::demo::run_demo(config.as_deref())))
         }
         Command::Validate { manifest } => return validate(&manifest),
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { file, config } => match file.or(config) {
+            Some(path) => check_config(&path),
+            None => Err(anyhow::anyhow!("give the config file")),
+        },
         Command::Migrate { config } => runtime().and_then(|rt| rt.block_on(migrate(&config))),
         Command::Deliveries { action } => runtime().and_then(|rt| rt.block_on(deliveries(action))),
         Command::Openapi => {
@@ -200,6 +216,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Jobs { action } => runtime().and_then(|rt| rt.block_on(jobs(action))),
+        Command::Token {
+            action: TokenCommand::Mint(args),
+        } => client::mint(args),
         Command::Contract {
             action: ContractCommand::VerifyConsumer(args),
         } => return verify_consumer(args),
@@ -207,10 +226,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many errors already say their
+/// cause, which `{:#}` would print a second time.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+    }
+    line
 }
 
 /// Threads for blocking work (SQLite reads, output files); far more than the cores, far fewer
@@ -228,8 +260,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_tracing(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colour only on a terminal: a log file or journald gets no escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -308,7 +342,7 @@ fn verify_consumer(args: VerifyConsumer) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
@@ -323,10 +357,21 @@ fn validate(path: &std::path::Path) -> ExitCode {
         }
     };
     match parse_manifest(&bytes) {
-        Ok(manifest) => {
-            println!("valid (schema v{})", manifest.version());
-            ExitCode::SUCCESS
-        }
+        Ok(manifest) => match input_errors(path, &manifest) {
+            errors if errors.is_empty() => {
+                println!("valid (schema v{})", manifest.version());
+                ExitCode::SUCCESS
+            }
+            errors => {
+                println!(
+                    "invalid (schema v{}): {} error(s)",
+                    manifest.version(),
+                    errors.len()
+                );
+                print_errors(&errors);
+                ExitCode::FAILURE
+            }
+        },
         Err(invalid) => {
             let version = invalid.version.map_or_else(
                 || {
@@ -338,23 +383,59 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 |v| format!("schema v{v}"),
             );
             println!("invalid ({version}): {} error(s)", invalid.errors.len());
-            for e in &invalid.errors {
-                let pointer = if e.pointer.is_empty() {
-                    "(document)"
-                } else {
-                    &e.pointer
-                };
-                println!("  {pointer}: {}", e.detail);
-            }
+            print_errors(&invalid.errors);
             ExitCode::FAILURE
         }
+    }
+}
+
+fn print_errors(errors: &[FieldError]) {
+    for e in errors {
+        let pointer = if e.pointer.is_empty() {
+            "(document)"
+        } else {
+            &e.pointer
+        };
+        println!("  {pointer}: {}", e.detail);
+    }
+}
+
+/// What the trigger checks of a v2 manifest's files (present under `input/` without a link,
+/// of the declared bytes and SHA-256), for a manifest at `<job_id>/input/manifest.json`.
+fn input_errors(path: &std::path::Path, manifest: &Manifest) -> Vec<FieldError> {
+    let Inputs::Files(files) = &manifest.inputs else {
+        return Vec::new();
+    };
+    let job_dir = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| Some(p.parent()?.parent()?.to_owned()))
+        .filter(|dir| dir.join("input/manifest.json").is_file());
+    let job_id = manifest.job_id.to_string();
+    let Some(job_dir) = job_dir.filter(|d| d.file_name().is_some_and(|n| n == job_id.as_str()))
+    else {
+        let detail = format!(
+            "the manifest is not at {job_id}/input/manifest.json, so its input files cannot be checked"
+        );
+        return vec![FieldError::new("/job_id", detail)];
+    };
+    let shared_root = job_dir.parent().unwrap_or(&job_dir);
+    match JobDir::open(shared_root, manifest.job_id) {
+        Ok(dir) => dir.check_inputs(files),
+        Err(e) => vec![FieldError::new("/job_id", e.to_string())],
     }
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     agent_sidecar::install_crypto_provider();
-    agent_sidecar::delivery::Transport::build(&config.callbacks)?;
+    let failed: Vec<String> = agent_sidecar::preflight::offline(&config)
+        .into_iter()
+        .filter_map(|v| v.outcome.err().map(|why| format!("{}: {why}", v.name)))
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("; "));
+    }
     let registry = config.agents.snapshot();
     let agents: Vec<&str> = registry.keys().map(|a| a.as_str()).collect();
     println!(
@@ -453,7 +534,7 @@ fn delivery_line(d: &DeliveryStatus) -> String {
 async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
     match action {
         JobsCommand::Cancel { job_id, target } => {
-            let (status, _) = call(
+            let (status, _) = client::call(
                 &target,
                 reqwest::Method::POST,
                 &format!("/jobs/{job_id}/cancel"),
@@ -477,47 +558,11 @@ async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
             tail::follow(&path).await?;
         }
         JobsCommand::Show { job_id, target } => {
-            let (_, body) = call(&target, reqwest::Method::GET, &format!("/jobs/{job_id}")).await?;
+            let (_, body) =
+                client::call(&target, reqwest::Method::GET, &format!("/jobs/{job_id}")).await?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
+        JobsCommand::List { query, target } => client::list(&target, &query).await?,
     }
     Ok(())
-}
-
-/// Calls a running sidecar's API; a non-2xx answer becomes the problem's one-line `detail`.
-async fn call(
-    target: &Target,
-    method: reqwest::Method,
-    path: &str,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let base = match (&target.url, &target.config) {
-        (Some(url), _) => url.clone(),
-        (None, Some(config)) => {
-            let config = Config::load(config)?;
-            config.public_url(config.server.listen)
-        }
-        (None, None) => anyhow::bail!("give --url or --config"),
-    };
-    agent_sidecar::install_crypto_provider();
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().request(method, &url);
-    if let Some(token) = &target.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the sidecar at {base}: {e}"))?;
-    let status = response.status();
-    let bytes = response.bytes().await.unwrap_or_default();
-    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    if !status.is_success() {
-        anyhow::bail!(
-            "{}",
-            body["detail"]
-                .as_str()
-                .map_or_else(|| format!("HTTP {status}"), str::to_owned)
-        );
-    }
-    Ok((status.as_u16(), body))
 }

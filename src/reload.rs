@@ -1,14 +1,22 @@
 //! Reloading keys, certificates and the agent registry without a restart: on SIGHUP (`systemctl reload`) and when
-//! the config file or a key or certificate file it names changes (watched with `notify`,
-//! debounced). The file is read once, everything is built, then all of it is switched, or
-//! nothing: a file that fails to load is refused with one log line and the old ones stay.
+//! the content of the config file or of a key or certificate file it names changes (watched
+//! with `notify`, debounced). The file is read once, everything is built, then all of it is
+//! switched, or nothing: a file that fails to load is refused with one log line and the old
+//! ones stay.
+//!
+//! Only content counts: inotify also reports opens and reads (a `cat`, `check-config`, the
+//! reload's own read), so events are filtered by kind and, after the debounce, the watched
+//! files' SHA-256 is compared with what the last reload read. A read can never start a reload,
+//! and a reload's own read cannot start the next one.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -31,14 +39,60 @@ pub struct Reloadable {
     pub tls: Arc<api::listener::TlsSettings>,
     /// The configuration the process started with.
     pub running: Arc<Config>,
-    /// One reload at a time (SIGHUP and a file change may coincide).
-    pub busy: std::sync::Mutex<()>,
+    /// What the watched files held when they were last read for a reload; one reload at a
+    /// time (SIGHUP and a file change may coincide).
+    read: std::sync::Mutex<Fingerprint>,
+}
+
+/// The SHA-256 of each watched file's content (`None`: unreadable), following links, so a
+/// swapped symlink counts as a change and an unchanged file does not.
+#[derive(Debug, PartialEq, Eq, Default)]
+struct Fingerprint(Vec<(PathBuf, Option<[u8; 32]>)>);
+
+impl Fingerprint {
+    fn of(files: &BTreeSet<PathBuf>) -> Self {
+        let digest = |path: &PathBuf| std::fs::read(path).ok().map(|b| Sha256::digest(b).into());
+        Self(files.iter().map(|f| (f.clone(), digest(f))).collect())
+    }
 }
 
 impl Reloadable {
+    /// What a reload replaces, with the files as they are now (what the start just read).
+    pub fn new(
+        deliveries: Arc<Deliveries>,
+        gate: Arc<api::auth::Gate>,
+        tls: Arc<api::listener::TlsSettings>,
+        running: Arc<Config>,
+    ) -> Self {
+        let read = std::sync::Mutex::new(Fingerprint::of(&watched_files(&running)));
+        Self {
+            deliveries,
+            gate,
+            tls,
+            running,
+            read,
+        }
+    }
+
     /// Builds everything from the file first, then switches all of it, or nothing.
     pub fn reload(&self) -> Result<(), String> {
-        let _one_at_a_time = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        *read = Fingerprint::of(&watched_files(&self.running));
+        self.reload_locked()
+    }
+
+    /// Reloads only if a watched file's content differs from what the last reload read.
+    fn reload_if_changed(&self) -> Option<Result<(), String>> {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Fingerprint::of(&watched_files(&self.running));
+        if *read == now {
+            return None;
+        }
+        *read = now;
+        Some(self.reload_locked())
+    }
+
+    fn reload_locked(&self) -> Result<(), String> {
         let Some(source) = &self.running.source else {
             return Err("no config file to reload from".into());
         };
@@ -64,9 +118,31 @@ impl Reloadable {
 
     fn reload_and_log(&self, why: &str) {
         if let Err(reason) = self.reload() {
-            error!(%reason, trigger = why, "reload refused; the current keys and certificates stay in force");
+            refused(&reason, why);
         }
     }
+}
+
+fn refused(reason: &str, why: &str) {
+    error!(%reason, trigger = why, "reload refused; the current keys and certificates stay in force");
+}
+
+/// Whether an event may mean a file's content changed: a write closed, a file created,
+/// renamed or removed (an editor's save, `mv` into place, a ConfigMap's `..data` symlink
+/// swap). Opens, reads and metadata changes never do.
+fn may_change_content(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Any
+                | AccessKind::Read
+                | AccessKind::Open(_)
+                | AccessKind::Other
+                | AccessKind::Close(
+                    AccessMode::Any | AccessMode::Read | AccessMode::Execute | AccessMode::Other
+                )
+        ) | EventKind::Modify(ModifyKind::Metadata(_))
+    )
 }
 
 /// The SIGHUP handler, installed now: a SIGHUP arriving before the task runs is kept, not
@@ -120,10 +196,10 @@ fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
 pub async fn on_file_change(reloadable: Arc<Reloadable>, cancel: CancellationToken) {
     let files = watched_files(&reloadable.running);
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let wanted = files.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Editors and `mv` replace files: any event naming a watched path counts.
-        if event.is_ok_and(|e| e.paths.iter().any(|p| wanted.contains(p))) {
+        // Any content change in a watched folder counts, not only one naming a watched path:
+        // a ConfigMap update renames `..data`, never the file itself. The fingerprint decides.
+        if event.is_ok_and(|e| may_change_content(&e.kind)) {
             let _ = tx.try_send(());
         }
     });
@@ -150,7 +226,11 @@ pub async fn on_file_change(reloadable: Arc<Reloadable>, cancel: CancellationTok
                 // Let the rest of a multi-file change land, then reload once.
                 tokio::time::sleep(DEBOUNCE).await;
                 while rx.try_recv().is_ok() {}
-                reloadable.reload_and_log("file change");
+                let reloadable = Arc::clone(&reloadable);
+                let outcome = tokio::task::spawn_blocking(move || reloadable.reload_if_changed()).await;
+                if let Ok(Some(Err(reason))) = outcome {
+                    refused(&reason, "file change");
+                }
             }
             () = cancel.cancelled() => return,
         }

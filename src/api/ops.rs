@@ -1,8 +1,6 @@
 //! For the platform team: `GET /health` (alive), `GET /ready` (can take work) and
 //! `GET /metrics` (Prometheus text).
 
-use std::path::{Path, PathBuf};
-
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -13,7 +11,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::telemetry;
+use crate::{preflight, telemetry};
 
 /// Longest the filesystem checks of `/ready` may take.
 const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -88,19 +86,13 @@ pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, Ap
         .await
         .map_err(|e| format!("store does not take writes: {e}"));
     let root = app.shared_root.clone();
-    let commands: Vec<Command> = app
-        .config
-        .agents
-        .snapshot()
-        .iter()
-        .map(|(name, agent)| Command {
-            agent: name.to_string(),
-            program: agent.command[0].clone(),
-            path: agent.env.get("PATH").cloned(),
-        })
-        .collect();
-    let checks =
-        tokio::task::spawn_blocking(move || (check_shared_root(&root), check_commands(&commands)));
+    let programs = preflight::programs(&app.config.agents.snapshot());
+    let checks = tokio::task::spawn_blocking(move || {
+        (
+            preflight::shared_root(&root),
+            preflight::agent_commands(&programs),
+        )
+    });
     // A hung mount must not hang the probe: it fails it.
     let (root, commands) = match tokio::time::timeout(CHECK_TIMEOUT, checks).await {
         Ok(Ok(results)) => results,
@@ -130,58 +122,6 @@ pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, Ap
     let detail = format!("not ready: {}", failing.join(", "));
     Err(ApiError::unavailable(detail, NOT_READY_RETRY_AFTER_SECS)
         .with_extension("checks", serde_json::to_value(&checks).unwrap_or_default()))
-}
-
-/// `shared_root` can be listed and written (a file is created and removed).
-fn check_shared_root(root: &Path) -> Result<(), String> {
-    std::fs::read_dir(root).map_err(|e| format!("{}: cannot read: {e}", root.display()))?;
-    tempfile::Builder::new()
-        .prefix(".ready-")
-        .tempfile_in(root)
-        .map(drop)
-        .map_err(|e| format!("{}: cannot write: {e}", root.display()))
-}
-
-/// An agent's program, as its spawn will look for it.
-struct Command {
-    agent: String,
-    program: String,
-    /// The agent's own `PATH`, if its `env` sets one.
-    path: Option<String>,
-}
-
-/// Every agent's program exists and is executable: an absolute path as written, a bare name on
-/// the `PATH` the agent gets. A relative path is relative to each job's folder, so it is not
-/// checked here.
-fn check_commands(commands: &[Command]) -> Result<(), String> {
-    let missing: Vec<String> = commands
-        .iter()
-        .filter(|c| !c.program.contains('/') || c.program.starts_with('/'))
-        .filter(|c| resolve(&c.program, c.path.as_deref()).is_none())
-        .map(|c| format!("{}: {} not found or not executable", c.agent, c.program))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(missing.join("; "))
-    }
-}
-
-fn resolve(program: &str, agent_path: Option<&str>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let path = PathBuf::from(program);
-        return executable(&path).then_some(path);
-    }
-    let paths = agent_path
-        .map(std::ffi::OsString::from)
-        .or_else(|| std::env::var_os("PATH"))?;
-    std::env::split_paths(&paths)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
 }
 
 /// Prometheus text exposition.

@@ -279,3 +279,112 @@ async fn a_token_expired_within_the_leeway_is_still_accepted() {
         get_with(&sidecar, "/jobs", Some(&hs256(&long_ago, INBOUND_SECRET))).await;
     assert_eq!((status, problem["reason"].as_str()), (401, Some("expired")));
 }
+
+/// Runs the CLI with `args` and `env`; returns its exit status success, stdout and stderr.
+fn sidecar_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(args)
+        .env_remove("AGENT_SIDECAR_TOKEN")
+        .env_remove("AGENT_SIDECAR_URL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_takes_its_token_from_the_flag_the_environment_or_a_config() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &auth_toml("")).await;
+    let config = sidecar.config_path.display().to_string();
+    let url = sidecar.base.as_str();
+
+    let (ok, _, err) = sidecar_cli(&["jobs", "list", "--url", url], &[]);
+    assert!(!ok && err.contains("no bearer token"), "{err}");
+
+    let (ok, minted, err) =
+        sidecar_cli(&["token", "mint", "--config", &config, "--ttl", "2m"], &[]);
+    assert!(ok, "{err}");
+    let token = minted.trim();
+    assert_eq!(get_with(&sidecar, "/jobs", Some(token)).await.0, 200);
+
+    let body = trigger(&receiver, "napper");
+    sidecar.write_job(&body);
+    let posted = client()
+        .post(format!("{url}/agents/trigger"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    let job_id = body["job_id"].as_str().unwrap();
+
+    let (ok, listed, err) = sidecar_cli(&["jobs", "list", "--url", url, "--token", token], &[]);
+    assert!(ok && listed.contains(job_id), "{listed}{err}");
+    let (ok, shown, err) = sidecar_cli(
+        &["jobs", "show", job_id, "--url", url],
+        &[("AGENT_SIDECAR_TOKEN", token)],
+    );
+    assert!(ok && shown.contains("\"job_id\""), "{shown}{err}");
+    // A config alongside --url: its secret mints the call's token.
+    let (ok, out, err) = sidecar_cli(
+        &["jobs", "cancel", job_id, "--url", url, "--config", &config],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, listed, err) = sidecar_cli(
+        &[
+            "jobs", "list", "--state", "canceled", "--json", "--url", url, "--config", &config,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let first: Value = serde_json::from_str(listed.lines().next().unwrap_or("null")).unwrap();
+    assert_eq!(first["job_id"], job_id, "{listed}");
+}
+
+#[tokio::test]
+async fn a_scoped_minted_token_may_trigger_only_its_agents() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &auth_toml("")).await;
+    let config = sidecar.config_path.display().to_string();
+    let (ok, minted, err) = sidecar_cli(
+        &["token", "mint", "--config", &config, "--agent", "ticker"],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let refused = trigger(&receiver, "napper");
+    sidecar.write_job(&refused);
+    let posted = client()
+        .post(format!("{}/agents/trigger", sidecar.base))
+        .bearer_auth(minted.trim())
+        .header("content-type", "application/json")
+        .body(refused.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 403);
+}
+
+#[test]
+fn minting_without_a_secret_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let text = Sidecar::config_text(dir.path(), &dir.path().join("s.db"), "http://127.0.0.1:9");
+    std::fs::write(&config, text).unwrap();
+    let (ok, _, err) = sidecar_cli(
+        &["token", "mint", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok, "{err}");
+    assert_eq!(
+        err.trim(),
+        "error: the config has no [server.auth]: the API asks for no token"
+    );
+}

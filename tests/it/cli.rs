@@ -173,3 +173,151 @@ fn the_jwt_secret_can_come_from_a_file() {
         text_of(&out)
     );
 }
+
+#[test]
+fn check_config_takes_its_file_as_config_too() {
+    let out = cli(&["check-config", "--config", "agent-sidecar.example.toml"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+}
+
+#[test]
+fn check_config_fails_what_ready_would_fail_naming_each_check() {
+    let missing_root = tempfile::tempdir().unwrap().path().join("gone");
+    let (_dir, path) = write_config(
+        "\n[agents.ghost]\ncommand = [\"/nonexistent/ghost-agent\"]\ntimeout = \"1m\"\n",
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!(
+            "shared_root = {:?}",
+            repo().join("shared_root.example").display().to_string()
+        ),
+        &format!("shared_root = {:?}", missing_root.display().to_string()),
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = cli(&["check-config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text_of(&out);
+    assert!(
+        t.contains("agent_commands: ghost: /nonexistent/ghost-agent not found"),
+        "{t}"
+    );
+    assert!(t.contains("shared_root: "), "{t}");
+    assert_eq!(t.trim().lines().count(), 1, "{t}");
+}
+
+/// A job folder under a fresh shared_root with `notes.txt` and a v2 manifest declaring it
+/// with `sha256`; returns the root and the manifest's path.
+fn v2_job(sha256: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let input = root.path().join(&job_id).join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let notes = b"The quarter went well.\n";
+    std::fs::write(input.join("notes.txt"), notes).unwrap();
+    let manifest = serde_json::json!({
+        "schema_version": 2,
+        "job_id": job_id,
+        "user_id": "42",
+        "agent_name": "summarizer_v2",
+        "job_name": "ReportCompileJob",
+        "inputs": [{"path": "notes.txt", "bytes": notes.len(), "sha256": sha256, "media_type": "text/plain"}]
+    });
+    std::fs::write(input.join("manifest.json"), manifest.to_string()).unwrap();
+    (root, input.join("manifest.json"))
+}
+
+/// A digest no file here has.
+const WRONG_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[test]
+fn validate_checks_a_v2_manifests_files_as_the_trigger_does() {
+    use sha2::Digest;
+    let real = agent_sidecar::jobdir::hex(&sha2::Sha256::digest(b"The quarter went well.\n"));
+    let (_root, manifest) = v2_job(&real);
+    let out = cli(&["validate", manifest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text_of(&out));
+
+    let (_root, manifest) = v2_job(WRONG_SHA256);
+    let out = cli(&["validate", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text_of(&out).contains("  /inputs/0/sha256: input/notes.txt has SHA-256"),
+        "{}",
+        text_of(&out)
+    );
+
+    let (_root, manifest) = v2_job(&real);
+    let notes = manifest.with_file_name("notes.txt");
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::remove_file(&notes).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &notes).unwrap();
+    let out = cli(&["validate", manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text_of(&out).contains("/inputs/0/path: input/notes.txt goes through a symlink"),
+        "{}",
+        text_of(&out)
+    );
+}
+
+#[test]
+fn the_demo_runs_from_any_folder_and_a_missing_config_is_named_once() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .arg("demo")
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text_of(&out));
+    assert!(
+        text_of(&out).contains("completion  status completed"),
+        "{}",
+        text_of(&out)
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(["demo", "--config", "missing.toml"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let t = text_of(&out);
+    assert!(t.contains("cannot read config file missing.toml"), "{t}");
+    assert_eq!(t.matches("No such file or directory").count(), 1, "{t}");
+}
+
+#[test]
+fn log_files_get_no_colour_codes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let shared_root = dir.path().join("shared_root");
+    std::fs::create_dir(&shared_root).unwrap();
+    let config = dir.path().join("sidecar.toml");
+    let text = Sidecar::config_text(
+        &shared_root,
+        &dir.path().join("state.db"),
+        "http://127.0.0.1:9",
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("sidecar.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(["serve", "--log-format", "text", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let t = std::fs::read_to_string(&log).unwrap();
+    assert!(t.contains("listening"), "{t}");
+    assert!(!t.contains('\u{1b}'), "{t:?}");
+}

@@ -348,6 +348,16 @@ interval = "100ms"
         Self::spawn(dir, shared_root.to_owned(), config_path, env)
     }
 
+    /// Starts on a config file the caller wrote (`config_path`, `text` from `config_text`
+    /// plus anything) inside `dir`, with jobs in `shared_root`.
+    pub fn start_on_config(
+        dir: tempfile::TempDir,
+        shared_root: PathBuf,
+        config_path: PathBuf,
+    ) -> Self {
+        Self::spawn(dir, shared_root, config_path, Vec::new())
+    }
+
     /// Sends `signal` (e.g. `"-STOP"`) to the process.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
