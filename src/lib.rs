@@ -91,6 +91,7 @@ impl Sidecar {
         install_crypto_provider();
         telemetry::set_node(&config.store.node_id);
         telemetry::handle();
+        telemetry::publish_families(config.agents.snapshot().keys());
         let config = Arc::new(config);
         let shared_root = config.storage.shared_root.canonicalize().with_context(|| {
             format!(

@@ -112,6 +112,7 @@ impl Reloadable {
         self.tls.install(tls);
         // Runs in flight keep the definition they started with (their own Arc).
         self.running.agents.replace_with(&config.agents);
+        crate::telemetry::publish_families(config.agents.snapshot().keys());
         info!("keys, certificates and the agent registry reloaded");
         Ok(())
     }

@@ -73,6 +73,38 @@ impl CallbackKind {
             Self::Completion => "completion",
         }
     }
+
+    /// The outcomes an attempt of this kind is counted under.
+    fn outcomes(self) -> &'static [&'static str] {
+        match self {
+            Self::Progress => &["delivered", "retry", "dropped", "refused"],
+            Self::Completion => &["delivered", "retry", "dead"],
+        }
+    }
+}
+
+/// Publishes every family now, zeroed for each of `agents` and each status and outcome: a
+/// dashboard then shows 0 rather than "no data" before the first job, and an alert on
+/// `rate(agent_sidecar_jobs_total{status="failed"}[5m])` can tell zero from broken. Called
+/// at start and for the agents a reload adds.
+pub fn publish_families<'a>(agents: impl Iterator<Item = &'a AgentName>) {
+    for agent in agents {
+        let ended = JobState::ALL.into_iter().filter(|s| s.is_terminal());
+        for state in ended {
+            counter!(JOBS_TOTAL, "agent" => agent.to_string(), "status" => state.as_str())
+                .increment(0);
+        }
+        gauge!(JOBS_RUNNING, "agent" => agent.to_string()).increment(0.0);
+        // Registering a histogram publishes it with zero observations.
+        drop(histogram!(JOB_DURATION, "agent" => agent.to_string()));
+    }
+    drop(histogram!(QUEUE_WAIT));
+    for kind in [CallbackKind::Progress, CallbackKind::Completion] {
+        for outcome in kind.outcomes() {
+            counter!(CALLBACKS_TOTAL, "kind" => kind.label(), "outcome" => *outcome).increment(0);
+        }
+        drop(histogram!(CALLBACK_LATENCY, "kind" => kind.label()));
+    }
 }
 
 /// A job's attempt started; it was queued at `queued_at`.

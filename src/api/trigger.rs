@@ -285,8 +285,13 @@ fn check_manifest(
     let manifest_error = |detail: String| {
         ApiError::invalid(ErrorSource::Manifest, vec![FieldError::new("", detail)])
     };
-    let dir =
-        JobDir::open(shared_root, request.job_id).map_err(|e| manifest_error(e.to_string()))?;
+    let dir = JobDir::open(shared_root, request.job_id).map_err(|e| {
+        // Say where it was looked for: a wrong shared_root on either side is the usual cause.
+        let looked = shared_root
+            .join(request.job_id.to_string())
+            .join("input/manifest.json");
+        manifest_error(format!("{e} (looked for {})", looked.display()))
+    })?;
     let bytes = std::fs::read(dir.manifest())
         .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?;
     let manifest =

@@ -321,3 +321,23 @@ fn log_files_get_no_colour_codes() {
     assert!(t.contains("listening"), "{t}");
     assert!(!t.contains('\u{1b}'), "{t:?}");
 }
+
+#[test]
+fn the_example_config_has_every_section() {
+    let example = std::fs::read_to_string(repo().join("agent-sidecar.example.toml")).unwrap();
+    let sections = [
+        "server",
+        "storage",
+        "store",
+        "callbacks",
+        "jobs",
+        "sweeper",
+        "logging",
+    ];
+    for section in sections {
+        assert!(
+            example.contains(&format!("\n[{section}]\n")),
+            "[{section}] missing"
+        );
+    }
+}

@@ -115,11 +115,16 @@ async fn a_missing_manifest_is_422_naming_the_manifest() {
     let (status, answer) = sidecar.post_trigger(&body).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_names(&answer, "manifest", "");
+    let detail = answer["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("does not exist"), "{answer}");
+    let looked = sidecar
+        .shared_root
+        .canonicalize()
+        .unwrap()
+        .join(body["job_id"].as_str().unwrap())
+        .join("input/manifest.json");
     assert!(
-        answer["errors"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("does not exist"),
+        detail.contains(&format!("(looked for {})", looked.display())),
         "{answer}"
     );
 }
