@@ -490,7 +490,7 @@ async fn claim_in(
         let candidates = query(
             tx,
             "SELECT job_id, agent_name FROM jobs WHERE state = 'queued' AND agent_name = ANY($1) \
-             ORDER BY schedule_key, job_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+             ORDER BY schedule_key, accepted_seq LIMIT $2 FOR UPDATE SKIP LOCKED",
             &[&agents, &(free as i64)],
         )
         .await?;

@@ -54,6 +54,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0005_claim_per_agent.sql"
         )),
+        M::up(include_str!(
+            "../../migrations/sqlite/0006_acceptance_order.sql"
+        )),
     ])
 }
 
@@ -350,13 +353,16 @@ fn append_state(
     append_event(conn, job_id, attempt, "state", &to_json(&state), at)
 }
 
+/// The next acceptance number: ties of `schedule_key` are broken by it (one index step).
+const NEXT_ACCEPTED: &str = "SELECT coalesce(max(accepted_seq), 0) + 1 FROM jobs";
+
 fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
     let r = &job.request;
-    conn.prepare_cached(
+    conn.prepare_cached(&format!(
         "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-         trace_id, created_at, queued_at, updated_at, schedule_key) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9, ?10)",
-    )?
+         trace_id, created_at, queued_at, updated_at, schedule_key, accepted_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9, ?10, ({NEXT_ACCEPTED}))"
+    ))?
     .execute(params![
         r.job_id.to_string(),
         r.user_id,
@@ -436,8 +442,8 @@ fn claim_in(
 }
 
 /// An agent's next queued job in claim order.
-const NEXT_QUEUED: &str = "SELECT schedule_key, job_id FROM jobs WHERE state = 'queued' AND agent_name = ?1 \
-     ORDER BY schedule_key, job_id LIMIT 1";
+const NEXT_QUEUED: &str = "SELECT schedule_key, accepted_seq, job_id FROM jobs \
+     WHERE state = 'queued' AND agent_name = ?1 ORDER BY schedule_key, accepted_seq LIMIT 1";
 
 /// Leases the due completions, earliest first; the partial index walks them in that order
 /// (the planner would otherwise sort every pending one).
@@ -450,14 +456,14 @@ const CLAIM_DUE_DELIVERIES: &str = "UPDATE deliveries SET lease_until = ?2 WHERE
 /// step each), then the earliest of those.
 fn next_queued(conn: &Connection, agents: &[AgentName]) -> StoreResult<Option<String>> {
     let mut first = conn.prepare_cached(NEXT_QUEUED)?;
-    let mut best: Option<(i64, String)> = None;
+    let mut best: Option<(i64, i64, String)> = None;
     for agent in agents {
-        let head: Option<(i64, String)> = first
-            .query_row([agent.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        let head: Option<(i64, i64, String)> = first
+            .query_row([agent.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         best = best.into_iter().chain(head).min();
     }
-    Ok(best.map(|(_, job_id)| job_id))
+    Ok(best.map(|(_, _, job_id)| job_id))
 }
 
 /// Claims job after job in one transaction, so a burst costs one commit, not one per job.
@@ -1263,6 +1269,7 @@ mod tests {
         migrations().to_latest(&mut conn).unwrap();
         for (sql, index) in [
             (NEXT_QUEUED, "jobs_agent_queue"),
+            (NEXT_ACCEPTED, "jobs_accepted"),
             (CLAIM_DUE_DELIVERIES, "deliveries_due"),
         ] {
             let plan = plan(&conn, sql);

@@ -90,6 +90,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     higher_priorities_start_first_and_fifo_holds_within_a_priority,
     a_low_job_that_waited_longer_than_the_aging_window_starts_before_newer_high_ones,
+    jobs_accepted_in_the_same_millisecond_start_in_acceptance_order,
     a_stale_end_never_overwrites_the_state_another_writer_set,
     a_queued_job_claimed_meanwhile_cannot_be_timed_out_from_the_queue,
     events_replay_in_order_after_any_seq_and_history_keeps_states_and_newest_progress,
@@ -174,6 +175,31 @@ async fn higher_priorities_start_first_and_fifo_holds_within_a_priority(backend:
         order.push(job.job_id);
     }
     assert_eq!(order, vec![high, normal_1, normal_2, low]);
+}
+
+async fn jobs_accepted_in_the_same_millisecond_start_in_acceptance_order(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
+    // Ids in descending order: a tie broken by job_id would run them backwards.
+    let mut ids: Vec<String> = (0..12).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    let mut accepted = Vec::new();
+    for id in &ids {
+        let mut job = new_job(Priority::Normal, 5_000);
+        job.request.job_id = id.parse().unwrap();
+        accepted.push(enqueue(&store, job).await);
+    }
+    // One at a time, then the rest in one batch claim: both keep the order.
+    let mut order: Vec<JobId> = Vec::new();
+    for _ in 0..4 {
+        order.push(claim_one(&store, 6_000).await.unwrap().job_id);
+    }
+    let slots = vec![("summarizer_v2".parse().unwrap(), 8)];
+    let batch = store
+        .claim(slots, 8, Timestamp::from_unix_ms(6_000))
+        .await
+        .unwrap();
+    order.extend(batch.iter().map(|j| j.job_id));
+    assert_eq!(order, accepted);
 }
 
 async fn a_low_job_that_waited_longer_than_the_aging_window_starts_before_newer_high_ones(

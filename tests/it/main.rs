@@ -11,6 +11,7 @@ mod helpers;
 mod lifecycle;
 mod ops;
 mod pki;
+mod queue;
 mod reload;
 mod run;
 mod secure;
