@@ -370,3 +370,95 @@ fn drop_trigger_at(sidecar: &Sidecar, body: &Value) -> std::path::PathBuf {
     drop_trigger(sidecar, body);
     sidecar.job_dir(body["job_id"].as_str().unwrap())
 }
+
+/// Makes `dir` look older than the watcher's window, so only a rescan can find what lands in it.
+fn age(dir: &std::path::Path) {
+    let status = std::process::Command::new("touch")
+        .args(["-d", "30 minutes ago"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn rename_in(job_dir: &std::path::Path, text: &str) {
+    let tmp = job_dir.join("input/.trigger.json.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, job_dir.join("input/trigger.json")).unwrap();
+}
+
+/// A sidecar rescanning every 200 ms, stopped: folders written now are not seen being made,
+/// and aged past the watch window they are not watched after the restart either.
+async fn stopped_rescanner(receiver: &Receiver) -> Sidecar {
+    let rescan = ("STORAGE__RESCAN_INTERVAL", "200ms");
+    let mut sidecar = Sidecar::start_with_env(receiver, &[FOLDER_TRIGGERS, rescan]).await;
+    sidecar.terminate();
+    sidecar
+}
+
+#[tokio::test]
+async fn the_rescan_takes_a_trigger_the_watcher_missed_and_a_replaced_one_again() {
+    let receiver = Receiver::start().await;
+    let stopped = stopped_rescanner(&receiver).await;
+    let mut body = trigger(&receiver, "ticker");
+    body["params"] = json!({"count": 1, "interval": 0});
+    let job_dir = stopped.write_job(&body);
+    age(&job_dir);
+    let sidecar = stopped.restart();
+    let mut wrong = body.clone();
+    wrong["job_name"] = json!("NotAllowedJob");
+    rename_in(&job_dir, &wrong.to_string());
+    let job_id = body["job_id"].as_str().unwrap();
+    let problem = response(&sidecar, job_id).await;
+    assert_eq!(problem["status"], 422, "{problem}");
+
+    // Replaced with a valid trigger: taken again, and the job runs.
+    rename_in(&job_dir, &body.to_string());
+    let answer = eventually("the replaced trigger's answer", || async {
+        let a = response(&sidecar, job_id).await;
+        (a["job_id"] == job_id).then_some(a)
+    })
+    .await;
+    assert!(answer["status"].is_string(), "{answer}");
+    assert_eq!(
+        receiver.completion(job_id).await.json()["status"],
+        "completed"
+    );
+}
+
+#[tokio::test]
+async fn the_rescan_ignores_folders_not_named_by_a_job_id() {
+    let receiver = Receiver::start().await;
+    let stopped = stopped_rescanner(&receiver).await;
+    let body = trigger(&receiver, "ticker");
+    let mut strays = Vec::new();
+    for name in [
+        "not-a-job",
+        "7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f.bak",
+        "{}",
+    ] {
+        let dir = stopped.shared_root.join(name);
+        std::fs::create_dir_all(dir.join("input")).unwrap();
+        std::fs::write(dir.join("input/manifest.json"), "{}").unwrap();
+        rename_in(&dir, &body.to_string());
+        age(&dir);
+        strays.push(dir);
+    }
+    let sidecar = stopped.restart();
+    // A job dropped after the restart: its watch event is handled only after the start's
+    // rescan over every folder has finished, so once it has run the strays were passed.
+    let mut real = trigger(&receiver, "ticker");
+    real["params"] = json!({"count": 1, "interval": 0});
+    let real_dir = sidecar.write_job(&real);
+    rename_in(&real_dir, &real.to_string());
+    receiver.completion(real["job_id"].as_str().unwrap()).await;
+    for dir in &strays {
+        assert!(
+            !dir.join("output").exists(),
+            "{} was answered",
+            dir.display()
+        );
+    }
+    let stray_id = body["job_id"].as_str().unwrap();
+    assert_eq!(sidecar.get(&format!("/jobs/{stray_id}")).await.0, 404);
+}

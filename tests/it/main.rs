@@ -8,6 +8,7 @@ mod demo;
 mod fleet;
 mod folder;
 mod helpers;
+mod idempotency;
 mod lifecycle;
 mod ops;
 mod pki;
