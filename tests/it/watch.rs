@@ -291,3 +291,82 @@ async fn jobs_are_listed_by_state_and_agent_and_a_bad_filter_names_the_field() {
     assert_eq!(status, 422);
     assert_eq!(problem["errors"][0]["pointer"], "/state");
 }
+
+/// Reads an SSE stream until `n` events have arrived, then drops the connection.
+async fn sse_first(sidecar: &Sidecar, job_id: &str, n: usize) -> Vec<Received> {
+    let mut response = client()
+        .get(format!("{}/jobs/{job_id}/events", sidecar.base))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    loop {
+        let frames = parse_sse(&text);
+        if frames.len() >= n {
+            // Only whole frames count: a frame is whole once the blank line after it arrived.
+            let whole = text.rfind("\n\n").map_or(0, |i| i + 2);
+            return parse_sse(&text[..whole]);
+        }
+        let chunk = tokio::time::timeout(PATIENCE, response.chunk())
+            .await
+            .expect("events while the job runs")
+            .unwrap()
+            .expect("the stream ended before the job did");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_a_live_stream_mid_run_without_gap_or_duplicate() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let params = json!({"count": 30, "interval": 0.05});
+    let job_id = start_job(&sidecar, &receiver, "ticker", params).await;
+    let first = sse_first(&sidecar, &job_id, 4).await;
+    let (_, live) = sidecar.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(
+        live["state"], "in_progress",
+        "resumed mid-run, not after the end"
+    );
+    let resumed = sse(&sidecar, &job_id, Some(first.last().unwrap().id)).await;
+    let whole = sse(&sidecar, &job_id, None).await;
+    let joined: Vec<Received> = first.into_iter().chain(resumed).collect();
+    assert_eq!(joined, whole);
+}
+
+#[tokio::test]
+async fn a_websocket_resumes_after_its_cursor_and_is_closed_1012_on_shutdown() {
+    let receiver = Receiver::start().await;
+    let mut sidecar = Sidecar::start(&receiver).await;
+    let done = start_job(&sidecar, &receiver, "ticker", json!({"count": 5})).await;
+    receiver.completion(&done).await;
+    let all = ws_events(&sidecar, &done).await;
+    let middle = all[all.len() / 2]["seq"].as_u64().unwrap();
+    let url = format!("{}?after={middle}", ws_url(&sidecar, &done));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut resumed = Vec::new();
+    while let Some(Ok(Message::Text(text))) = socket.next().await {
+        resumed.push(serde_json::from_str::<Value>(&text).unwrap());
+    }
+    assert_eq!(resumed, all[all.len() / 2 + 1..].to_vec());
+
+    // A watcher of a running job, when the sidecar shuts down: 1012, reconnect with ?after=.
+    let running = start_job(&sidecar, &receiver, "napper", json!({})).await;
+    wait_state(&sidecar, &running, "in_progress").await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&sidecar, &running))
+        .await
+        .unwrap();
+    let first = socket.next().await.unwrap().unwrap();
+    assert!(matches!(first, Message::Text(_)), "{first:?}");
+    sidecar.signal("-TERM");
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, socket.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    let code = u16::from(close.expect("a close frame with a code").code);
+    assert_eq!(code, 1012);
+    sidecar.wait();
+}
