@@ -144,13 +144,37 @@ async fn tokens_signed_with_a_configured_public_key_are_accepted_and_keys_reload
     .unwrap();
     assert_eq!(get_with(&sidecar, "/jobs", Some(&eddsa)).await.0, 200);
 
-    // Rails rotates: the public key is removed; after SIGHUP its tokens are refused.
-    sidecar.reconfigure(&receiver, &auth_toml(""));
+    // Rails rotates: a new key is added; after SIGHUP its tokens are accepted beside the old.
+    let next = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let next_public = pki::write(dir.path(), "rails-next.pub.pem", &next.public_key_pem());
+    let es256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims(),
+        &EncodingKey::from_ec_pem(next.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(get_with(&sidecar, "/jobs", Some(&es256)).await.0, 401);
+    let both = format!(
+        "public_keys = [{:?}, {:?}]\n",
+        public.display().to_string(),
+        next_public.display().to_string()
+    );
+    sidecar.reconfigure(&receiver, &auth_toml(&both));
+    eventually("the added key to be accepted", || async {
+        (get_with(&sidecar, "/jobs", Some(&es256)).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get_with(&sidecar, "/jobs", Some(&eddsa)).await.0, 200);
+
+    // Then the old public key is removed; after SIGHUP its tokens are refused.
+    let only_next = format!("public_keys = [{:?}]\n", next_public.display().to_string());
+    sidecar.reconfigure(&receiver, &auth_toml(&only_next));
     eventually("the removed key to be refused", || async {
         let (status, problem, _) = get_with(&sidecar, "/jobs", Some(&eddsa)).await;
         (status == 401 && problem["reason"] == "bad_signature").then_some(())
     })
     .await;
+    assert_eq!(get_with(&sidecar, "/jobs", Some(&es256)).await.0, 200);
     let hs = hs256(&claims(), INBOUND_SECRET);
     assert_eq!(get_with(&sidecar, "/jobs", Some(&hs)).await.0, 200);
 }
@@ -186,6 +210,23 @@ impl TlsSetup {
     }
 }
 
+/// The TLS alert the server sent, as the client's error chain names it: a refused handshake,
+/// not any error (a refused connection or a timeout would not say "alert").
+fn tls_alert(error: reqwest::Error) -> String {
+    let mut chain = Vec::new();
+    let mut cause: Option<&dyn std::error::Error> = Some(&error);
+    while let Some(e) = cause {
+        chain.push(e.to_string());
+        cause = e.source();
+    }
+    let text = chain.join(": ");
+    assert!(
+        text.contains("received fatal alert"),
+        "not a TLS alert: {text}"
+    );
+    text
+}
+
 fn tls_client(ca: &Ca, identity: Option<&pki::Leaf>) -> reqwest::Client {
     agent_sidecar::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
@@ -207,16 +248,15 @@ async fn with_client_auth_required_only_a_certificate_from_the_configured_ca_get
     let url = format!("{}/jobs", sidecar.base);
 
     let anonymous = tls_client(server_ca, None).get(&url).send().await;
-    assert!(anonymous.is_err(), "no client certificate: no handshake");
+    let alert = tls_alert(anonymous.expect_err("no client certificate: no handshake"));
+    assert!(alert.contains("CertificateRequired"), "{alert}");
     let stranger = Ca::new("other ca").leaf(&["stranger"]);
     let foreign = tls_client(server_ca, Some(&stranger))
         .get(&url)
         .send()
         .await;
-    assert!(
-        foreign.is_err(),
-        "a certificate from another CA: no handshake"
-    );
+    let alert = tls_alert(foreign.expect_err("a certificate from another CA: no handshake"));
+    assert!(alert.contains("UnknownCA"), "{alert}");
 
     let rails = client_ca.leaf(&["rails"]);
     let response = tls_client(server_ca, Some(&rails))

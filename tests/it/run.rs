@@ -354,11 +354,12 @@ async fn a_receiver_answering_500_changes_nothing_about_the_job_and_the_completi
     assert_ne!(job["delivery"]["state"], "delivered", "{job}");
 }
 
-/// Triggers `n` overlap jobs of `agent` sharing `dir` and returns the most runs seen at once.
+/// Triggers `n` overlap jobs of `agent` sharing `dir`, lets them go once `limit` of them run at
+/// once, and returns the most runs any of them saw at once.
 async fn most_at_once(
     sidecar: &Sidecar,
     receiver: &Receiver,
-    agent: &str,
+    (agent, limit): (&str, usize),
     n: usize,
     dir: &std::path::Path,
 ) -> usize {
@@ -370,6 +371,14 @@ async fn most_at_once(
         assert_eq!(sidecar.post_trigger(&body).await.0, 202);
         ids.push(body["job_id"].as_str().unwrap().to_owned());
     }
+    // The limit is reached (a scheduler running one job at a time never gets here)...
+    eventually(&format!("{limit} runs at once"), || async {
+        let running = std::fs::read_dir(dir.join("running")).ok()?.count();
+        (running >= limit).then_some(())
+    })
+    .await;
+    // ...and the runs hold until every job was claimable, so a scheduler over the limit shows.
+    std::fs::write(dir.join("release"), "").unwrap();
     for id in &ids {
         assert_eq!(receiver.completion(id).await.json()["status"], "completed");
     }
@@ -389,8 +398,8 @@ async fn an_agent_never_runs_more_than_its_max_concurrent_at_once() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
     let dir = tempfile::tempdir().unwrap();
-    let most = most_at_once(&sidecar, &receiver, "overlap", 6, dir.path()).await;
-    assert!(most <= 2, "{most} runs at once, limit 2");
+    let most = most_at_once(&sidecar, &receiver, ("overlap", 2), 6, dir.path()).await;
+    assert_eq!(most, 2, "runs at once, limit 2");
 }
 
 #[tokio::test]
@@ -398,6 +407,6 @@ async fn all_agents_together_never_exceed_the_global_max_concurrent() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start_with_env(&receiver, &[("JOBS__MAX_CONCURRENT", "3")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let most = most_at_once(&sidecar, &receiver, "overlap_wide", 8, dir.path()).await;
-    assert!(most <= 3, "{most} runs at once, global limit 3");
+    let most = most_at_once(&sidecar, &receiver, ("overlap_wide", 3), 8, dir.path()).await;
+    assert_eq!(most, 3, "runs at once, global limit 3");
 }
