@@ -332,3 +332,31 @@ async fn when_the_sweepers_leader_dies_another_node_sweeps_within_an_interval() 
     assert_eq!(completion["status"], "timed_out");
     assert_eq!(completion["error"]["reason"], "queue_timeout");
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "needs AGENT_SIDECAR_TEST_POSTGRES_URL (.ci/run starts a server)"
+)]
+async fn nodes_starting_at_the_same_instant_on_an_empty_database_all_come_up() {
+    let fleet = Fleet::new().await;
+    // Each start migrates the empty database first, under one advisory lock.
+    let nodes: Vec<Sidecar> = std::thread::scope(|s| {
+        let started: Vec<_> = ["n1", "n2", "n3", "n4"]
+            .iter()
+            .map(|name| s.spawn(|| fleet.node(name, &[], "")))
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for node in &nodes {
+        let (status, ready) = node.get("/ready").await;
+        assert_eq!(status, 200, "{ready}");
+    }
+    let id = fleet.trigger(&nodes[3], "fleet_probe", 0.0).await;
+    assert_eq!(
+        fleet.receiver.completion(&id).await.json()["status"],
+        "completed"
+    );
+    let (_, listed) = nodes[0].get("/nodes").await;
+    assert_eq!(listed["nodes"].as_array().unwrap().len(), 4, "{listed}");
+}

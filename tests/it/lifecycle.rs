@@ -396,3 +396,93 @@ async fn pruning_keeps_job_folders_unless_configured() {
         "without prune_folders the folder stays"
     );
 }
+
+#[tokio::test]
+async fn a_cancel_accepted_just_before_a_sigkill_ends_canceled_after_the_restart() {
+    let receiver = Receiver::start().await;
+    // The agent ignores SIGTERM, so it is still running (kill_grace) when the sidecar dies.
+    let sidecar = Sidecar::start_with_env(&receiver, &[("JOBS__KILL_GRACE", "30s")]).await;
+    let job_id = start_job(
+        &sidecar,
+        &receiver,
+        "napper",
+        json!({"ignore_sigterm": true}),
+    )
+    .await;
+    wait_state(&sidecar, &job_id, "in_progress").await;
+    assert_eq!(cancel(&sidecar, &job_id).await.0, 202);
+    let sidecar = sidecar.crash_and_restart();
+    let c = receiver.completion(&job_id).await.json();
+    assert_eq!(c["status"], "canceled", "{c}");
+    let done = job(&sidecar, &job_id).await;
+    assert_eq!(done["attempt"], 1, "not requeued: {done}");
+    assert_eq!(
+        states(&done),
+        ["received", "queued", "in_progress", "canceled"]
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_used_every_attempt_ends_failed_saying_so() {
+    let receiver = Receiver::start().await;
+    let env = [("AGENTS__NAPPER__MAX_ATTEMPTS", "2")];
+    let mut sidecar = Sidecar::start_with_env(&receiver, &env).await;
+    let job_id = start_job(&sidecar, &receiver, "napper", json!({})).await;
+    for attempt in 1..=2 {
+        eventually(&format!("attempt {attempt} to run"), || async {
+            let j = job(&sidecar, &job_id).await;
+            (j["state"] == "in_progress" && j["attempt"] == attempt).then_some(())
+        })
+        .await;
+        sidecar = sidecar.crash_and_restart();
+    }
+    let c = receiver.completion(&job_id).await.json();
+    assert_eq!(c["status"], "failed", "{c}");
+    assert_eq!(c["error"]["reason"], "sidecar_restarted");
+    let message = c["error"]["message"].as_str().unwrap();
+    assert!(message.contains("all 2 attempts are used"), "{message}");
+    assert_eq!(job(&sidecar, &job_id).await["attempt"], 2);
+}
+
+#[tokio::test]
+async fn queued_jobs_stay_queued_through_a_drain_and_run_after_the_restart() {
+    let receiver = Receiver::start().await;
+    let mut sidecar = Sidecar::start(&receiver).await;
+    let blocker = start_job(&sidecar, &receiver, "lane", json!({})).await;
+    wait_state(&sidecar, &blocker, "in_progress").await;
+    let queued = start_job(&sidecar, &receiver, "lane", json!({"seconds": 0})).await;
+    sidecar.signal("-TERM");
+    // While the drain waits for the blocker, the queued job is not started nor ended.
+    let mut seen = Vec::new();
+    loop {
+        match client()
+            .get(format!("{}/jobs/{queued}", sidecar.base))
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+                seen.push(body["state"].clone());
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|s| s == "queued"), "{seen:?}");
+    assert_eq!(sidecar.wait().code(), Some(0));
+    let sidecar = sidecar.restart();
+    // The interrupted blocker keeps its place ahead; cancel it so the queued job can run.
+    wait_state(&sidecar, &blocker, "in_progress").await;
+    assert_eq!(cancel(&sidecar, &blocker).await.0, 202);
+    assert_eq!(
+        receiver.completion(&queued).await.json()["status"],
+        "completed"
+    );
+    let done = job(&sidecar, &queued).await;
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(
+        states(&done),
+        ["received", "queued", "in_progress", "completed"]
+    );
+}
