@@ -428,3 +428,62 @@ fn minting_without_a_secret_says_why() {
         "error: the config has no [server.auth]: the API asks for no token"
     );
 }
+
+#[tokio::test]
+async fn a_swapped_listener_certificate_is_served_on_new_handshakes() {
+    let receiver = Receiver::start().await;
+    let tls = TlsSetup::new(false);
+    let sidecar = Sidecar::start_with(&receiver, &[], &(tls.toml.clone() + &auth_toml(""))).await;
+    let url = format!("{}/jobs", sidecar.base);
+    let token = hs256(&claims(), INBOUND_SECRET);
+    let get = |ca: &Ca| {
+        let (url, token) = (url.clone(), token.clone());
+        let client = tls_client(ca, None);
+        async move { client.get(&url).bearer_auth(token).send().await }
+    };
+    assert_eq!(get(&tls.server_ca).await.unwrap().status(), 200);
+
+    let next_ca = Ca::new("next sidecar ca");
+    let next = next_ca.leaf(&["127.0.0.1"]);
+    pki::write(tls._dir.path(), "server.key", &next.key_pem);
+    pki::write(tls._dir.path(), "server.pem", &next.cert_pem);
+    sidecar.signal("-HUP");
+    eventually("the new certificate on new handshakes", || async {
+        get(&next_ca)
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(drop)
+    })
+    .await;
+    let old = get(&tls.server_ca)
+        .await
+        .expect_err("the old CA no longer verifies it");
+    let mut chain = Vec::new();
+    let mut cause: Option<&dyn std::error::Error> = Some(&old);
+    while let Some(e) = cause {
+        chain.push(e.to_string());
+        cause = e.source();
+    }
+    assert!(chain.join(": ").contains("UnknownIssuer"), "{chain:?}");
+}
+
+#[tokio::test]
+async fn a_reload_that_would_turn_auth_off_is_refused_and_auth_stays_on() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &auth_toml("")).await;
+    sidecar.reconfigure(&receiver, "");
+    eventually("the refusal in the log", || async {
+        let log = sidecar.log();
+        log.lines()
+            .any(|l| {
+                l.contains("reload refused")
+                    && l.contains(
+                        "turning [server.tls] or API authentication on or off needs a restart",
+                    )
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(get_with(&sidecar, "/jobs", None).await.0, 401);
+}

@@ -100,3 +100,45 @@ async fn a_configmap_symlink_swap_reloads_the_new_content() {
     receiver.completion(body["job_id"].as_str().unwrap()).await;
     assert_eq!(reloads(&sidecar), 1, "{}", sidecar.log());
 }
+
+fn keeper(timeout: &str) -> String {
+    let script = repo().join("examples/agents/sleeper.py");
+    format!(
+        "\n[agents.keeper]\ncommand = [\"python3\", {:?}]\ntimeout = \"{timeout}\"\n",
+        script.display().to_string()
+    )
+}
+
+#[tokio::test]
+async fn a_run_in_flight_keeps_the_agent_definition_it_started_with() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &keeper("60s")).await;
+    let running = start_job(
+        &sidecar,
+        &receiver,
+        "keeper",
+        serde_json::json!({"seconds": 5}),
+    )
+    .await;
+    wait_state(&sidecar, &running, "in_progress").await;
+    sidecar.reconfigure(&receiver, &keeper("300ms"));
+    wait_reloads(&sidecar, 1).await;
+    assert_eq!(
+        job(&sidecar, &running).await["state"],
+        "in_progress",
+        "reloaded mid-run"
+    );
+    // A run started after the reload gets the new timeout...
+    let after = start_job(
+        &sidecar,
+        &receiver,
+        "keeper",
+        serde_json::json!({"seconds": 30}),
+    )
+    .await;
+    let c = receiver.completion(&after).await.json();
+    assert_eq!(c["status"], "timed_out", "{c}");
+    // ...the one in flight keeps its 60 s.
+    let c = receiver.completion(&running).await.json();
+    assert_eq!(c["status"], "completed", "{c}");
+}
