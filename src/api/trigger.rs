@@ -19,7 +19,7 @@ use crate::contract::{
     AgentName, FieldError, Inputs, Manifest, SchemaKind, Timestamp, TriggerAccepted,
     TriggerRequest, from_value_at, parse_manifest, schema, trace,
 };
-use crate::delivery::origin_allowed;
+use crate::delivery::Transport;
 use crate::error::{ApiError, ErrorSource};
 use crate::jobdir::JobDir;
 use crate::jobdir::hex;
@@ -94,7 +94,7 @@ pub(super) async fn accept(
         return replay(&job, &request_sha256, &app.public_url).map(|(s, Json(b))| (s, b));
     }
     let offered = offered_elsewhere(app, &request.agent_name).await?;
-    check_registry(&app.config, &request, &offered)?;
+    check_registry(&app.config, &app.deliveries.transport(), &request, &offered)?;
     let (dir, manifest) = check_manifest(&app.shared_root, &request)?;
     check_input_files(dir, manifest).await?;
     let at = Timestamp::now();
@@ -213,6 +213,7 @@ async fn offered_elsewhere(
 /// live nodes offer), job names, callback origins, params.
 fn check_registry(
     config: &Config,
+    egress: &Transport,
     request: &TriggerRequest,
     offered: &BTreeSet<AgentName>,
 ) -> Result<(), ApiError> {
@@ -259,7 +260,7 @@ fn check_registry(
         ("/callback_urls/progress", &urls.progress),
         ("/callback_urls/completion", &urls.completion),
     ] {
-        if !origin_allowed(&config.callbacks, url) {
+        if !egress.allows(url) {
             errors.push(FieldError::new(
                 pointer,
                 format!(

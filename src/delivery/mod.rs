@@ -37,13 +37,6 @@ const MAX_IN_FLIGHT: usize = 32;
 /// Bytes of an error response kept with the attempt.
 const ERROR_BODY_BYTES: usize = 512;
 
-/// Whether `url`'s origin is one the config allows. Checked at trigger time and again before
-/// every post, so the sidecar never calls anywhere the config did not name.
-pub fn origin_allowed(cfg: &CallbacksConfig, url: &Url) -> bool {
-    cfg.allowed_origins
-        .contains(&url.origin().ascii_serialization())
-}
-
 /// Per-origin state: a concurrency limit and a circuit breaker.
 struct Destination {
     slots: Arc<Semaphore>,
@@ -434,7 +427,7 @@ impl Deliveries {
         id: &str,
         trace_id: &str,
     ) -> PostResult {
-        if !origin_allowed(&self.cfg, url) {
+        if !transport.allows(url) {
             return PostResult::Refused(format!(
                 "origin {} is not in callbacks.allowed_origins",
                 url.origin().ascii_serialization()

@@ -2,12 +2,14 @@
 //! its trusted CAs, its guarded resolver) and the signing keys. Built from files, so rotating a
 //! certificate or key is replacing files and sending SIGHUP.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::Url;
 
 use super::sign::{KeyError, Signer};
 use crate::config::CallbacksConfig;
@@ -31,12 +33,16 @@ pub enum TransportError {
     Client(#[from] reqwest::Error),
 }
 
-/// The client and the keys callbacks are sent with.
+/// Where callbacks may go, the client and the keys they are sent with: replaced together on a
+/// reload, so an origin removed from the allowlist is refused from then on, even for a
+/// completion accepted before.
 pub struct Transport {
     /// The one HTTP client for callbacks.
     pub client: reqwest::Client,
     /// The signing keys.
     pub signer: Signer,
+    /// `callbacks.allowed_origins`, as `scheme://host:port`.
+    allowed_origins: BTreeSet<String>,
 }
 
 impl Transport {
@@ -45,7 +51,15 @@ impl Transport {
         Ok(Self {
             signer: Signer::load(&cfg.jwt, &cfg.standard_webhooks)?,
             client: http_client(cfg)?,
+            allowed_origins: cfg.allowed_origins.clone(),
         })
+    }
+
+    /// Whether `url`'s origin is one the config allows. Checked at trigger time and again
+    /// before every post, so the sidecar never calls anywhere the config does not name.
+    pub fn allows(&self, url: &Url) -> bool {
+        self.allowed_origins
+            .contains(&url.origin().ascii_serialization())
     }
 }
 

@@ -133,6 +133,7 @@ impl Receiver {
         let app = Router::new()
             .route("/progress", post(record))
             .route("/completion", post(record))
+            .route("/landed", post(record).get(record))
             .with_state(state);
         (app, recorded, changed)
     }
@@ -191,7 +192,7 @@ async fn record(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, [(axum::http::HeaderName, &'static str); 1]) {
     let hit = Hit {
         path: uri.path().to_owned(),
         authorization: headers
@@ -211,7 +212,9 @@ async fn record(
         }
     };
     changed.notify_waiters();
-    status
+    // Every answer names a Location, so a redirect status is a real redirect (to `/landed`,
+    // recorded like the rest: a client that follows it shows up there).
+    (status, [(axum::http::header::LOCATION, "/landed")])
 }
 
 /// A running `agent-sidecar serve`.

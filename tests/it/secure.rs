@@ -595,3 +595,73 @@ async fn replacing_the_client_certificate_files_switches_callbacks_without_a_res
     let hit = run_job(&sidecar, &s.receiver, &body).await;
     assert_eq!(hit.json()["status"], "failed", "callbacks still go out");
 }
+
+#[tokio::test]
+async fn a_receiver_answering_a_redirect_is_never_followed() {
+    for redirect in [StatusCode::FOUND, StatusCode::TEMPORARY_REDIRECT] {
+        let receiver = Receiver::answering(redirect).await;
+        let sidecar = Sidecar::start(&receiver).await;
+        let body = trigger(&receiver, "failing_agent");
+        run_job(&sidecar, &receiver, &body).await;
+        let dead = delivery(&sidecar, body["job_id"].as_str().unwrap(), |d| {
+            d["state"] == "dead"
+        })
+        .await;
+        assert_eq!(
+            dead["history"][0]["status_code"],
+            redirect.as_u16(),
+            "{dead}"
+        );
+        assert!(
+            receiver.hits("/landed").is_empty(),
+            "{redirect}: the Location was requested"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_origin_removed_by_a_reload_is_refused_at_send_time() {
+    let receiver = Receiver::answering(StatusCode::SERVICE_UNAVAILABLE).await;
+    let sidecar = Sidecar::start_with_env(
+        &receiver,
+        &[("CALLBACKS__RETRY_SCHEDULE", "[\"0s\", \"300ms\"]")],
+    )
+    .await;
+    let body = trigger(&receiver, "failing_agent");
+    run_job(&sidecar, &receiver, &body).await;
+    let job_id = body["job_id"].as_str().unwrap();
+    // Rails' origin leaves the allowlist while its completion waits for a retry.
+    let text = std::fs::read_to_string(&sidecar.config_path)
+        .unwrap()
+        .replace(
+            &format!("allowed_origins = [\"{}\"]", receiver.origin),
+            "allowed_origins = [\"http://rails.invalid:3000\"]",
+        );
+    std::fs::write(&sidecar.config_path, text).unwrap();
+    sidecar.signal("-HUP");
+    eventually("the reload", || async {
+        sidecar.log().contains("reloaded").then_some(())
+    })
+    .await;
+    let before = receiver.hits("/completion").len();
+    receiver.set_completion_status(StatusCode::OK);
+    let refused = delivery(&sidecar, job_id, |d| {
+        d["history"].as_array().is_some_and(|h| {
+            h.iter()
+                .any(|a| a["error"].as_str().is_some_and(|e| e.contains("allowed")))
+        })
+    })
+    .await;
+    assert_ne!(refused["state"], "delivered", "{refused}");
+    assert_eq!(
+        receiver.hits("/completion").len(),
+        before,
+        "no request to a removed origin"
+    );
+    // And a new trigger naming it is refused from the reload on.
+    let again = trigger(&receiver, "failing_agent");
+    sidecar.write_job(&again);
+    let (status, problem) = sidecar.post_trigger(&again).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/callback_urls/progress");
+}
