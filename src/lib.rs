@@ -76,6 +76,7 @@ pub struct Sidecar {
     listener: api::listener::GuardedListener,
     runner: Arc<Runner>,
     mirror: Arc<mirror::Mirror>,
+    fence: Arc<runner::fence::Fence>,
     drain_timeout: std::time::Duration,
     router: axum::Router,
     cancel: CancellationToken,
@@ -87,6 +88,17 @@ impl Sidecar {
     ///
     /// Jobs a previous process left running are concluded and pending callbacks resume.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        Self::start_guarded(config, listener, None).await
+    }
+
+    /// [`Sidecar::start`] with the agents' guardian `main` forked before the runtime (see
+    /// [`runner::guardian`]): every agent's process group is registered with it, and the
+    /// lease deadline it enforces is the one the folder writes are fenced by.
+    pub async fn start_guarded(
+        config: Config,
+        listener: TcpListener,
+        guardian: Option<runner::guardian::Guardian>,
+    ) -> anyhow::Result<Self> {
         install_crypto_provider();
         telemetry::set_node(&config.store.node_id);
         telemetry::handle();
@@ -102,7 +114,17 @@ impl Sidecar {
             .context("cannot open the store")?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let mirror = mirror::Mirror::new(Arc::clone(&store), &config, shared_root.clone());
+        let lease = guardian.as_ref().map_or_else(
+            runner::fence::Lease::local,
+            runner::guardian::Guardian::lease,
+        );
+        let fence = Arc::new(runner::fence::Fence::new(lease));
+        let mirror = mirror::Mirror::new(
+            Arc::clone(&store),
+            &config,
+            shared_root.clone(),
+            Arc::clone(&fence),
+        );
         tracker.spawn(
             Arc::clone(&mirror)
                 .run(cancel.clone())
@@ -121,7 +143,13 @@ impl Sidecar {
             Arc::clone(&mirror),
             Arc::clone(&config),
             Arc::clone(&deliveries),
-            shared_root.clone(),
+            (
+                shared_root.clone(),
+                runner::Guard {
+                    fence: Arc::clone(&fence),
+                    guardian: guardian.map(Arc::new),
+                },
+            ),
             tracker.clone(),
             cancel.clone(),
         );
@@ -234,6 +262,7 @@ impl Sidecar {
             listener,
             runner,
             mirror,
+            fence,
             drain_timeout: config.jobs.drain_timeout,
             router,
             cancel,
@@ -281,7 +310,9 @@ impl Sidecar {
         };
         self.tracker.close();
         self.tracker.wait().await;
-        // Every writer has stopped: the job folders catch up with the store.
+        // Every writer has stopped: the job folders catch up with the store, whether or not
+        // the lease is still renewed (the heartbeat has stopped; no run is left to fence).
+        self.fence.settle();
         self.mirror.flush().await;
         info!("stopped");
         served
