@@ -473,7 +473,9 @@ impl Runner {
             guardian.wake();
         }
         if !was_open {
+            // What waited for the lease: the folders' marks, and the claims.
             self.mirror.resume();
+            self.wake();
         }
     }
 

@@ -374,14 +374,17 @@ async fn a_node_paused_for_several_leases_stops_its_agent_before_the_takeover_an
     paused.signal("-STOP");
     let stopped = std::time::Instant::now();
     let _other = fleet.node("n2", &[], "");
+    let overlap = fleet.job_root(&id).join("overlap");
     eventually(
         "n2 to run attempt 2 while n1 stays stopped for three leases",
         || async {
-            (stopped.elapsed() >= 3 * lease && fleet.spans(&id).contains_key(&second)).then_some(())
+            let started = fleet.spans(&id).contains_key(&second) || overlap.exists();
+            (stopped.elapsed() >= 3 * lease && started).then_some(())
         },
     )
     .await;
     paused.signal("-CONT");
+    fleet.assert_never_overlapped(&id);
     wait_log(
         &paused,
         "the resumed node to give its attempt up",
