@@ -11,7 +11,9 @@
 //! - [`contract`]: ids, states, wire types and JSON Schemas (pure).
 //! - [`jobdir`]: job folders under `shared_root`, resolved without following symlinks.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default).
-//! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs.
+//! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs; the guardian
+//!   process that kills agents the sidecar can no longer answer for, and the lease fence on
+//!   job folder writes.
 //! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
 //! - [`reload`]: keys and certificates reread on SIGHUP and when their files change.
 //! - [`sweeper`]: ends stuck jobs (stale, over time, too long queued) and prunes old ones.

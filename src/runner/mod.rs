@@ -446,9 +446,12 @@ impl Runner {
                     control.until.fetch_max(until, Ordering::AcqRel);
                 }
             }
+            // A run being stopped as lost is not renewed and must not pull the deadline of
+            // every other run into the past.
             running
                 .jobs
                 .values()
+                .filter(|c| c.reason.get() != Some(&StopReason::Lost))
                 .map(|c| c.until.load(Ordering::Acquire))
                 .fold(until, u64::min)
         };
