@@ -11,7 +11,9 @@
 //! - [`contract`]: ids, states, wire types and JSON Schemas (pure).
 //! - [`jobdir`]: job folders under `shared_root`, resolved without following symlinks.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default).
-//! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs.
+//! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs; the guardian
+//!   process that kills agents the sidecar can no longer answer for, and the lease fence on
+//!   job folder writes.
 //! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
 //! - [`reload`]: keys and certificates reread on SIGHUP and when their files change.
 //! - [`sweeper`]: ends stuck jobs (stale, over time, too long queued) and prunes old ones.
@@ -77,6 +79,7 @@ pub struct Sidecar {
     listener: api::listener::GuardedListener,
     runner: Arc<Runner>,
     mirror: Arc<mirror::Mirror>,
+    fence: Arc<runner::fence::Fence>,
     drain_timeout: std::time::Duration,
     router: axum::Router,
     cancel: CancellationToken,
@@ -88,6 +91,17 @@ impl Sidecar {
     ///
     /// Jobs a previous process left running are concluded and pending callbacks resume.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        Self::start_guarded(config, listener, None).await
+    }
+
+    /// [`Sidecar::start`] with the agents' guardian `main` forked before the runtime (see
+    /// [`runner::guardian`]): every agent's process group is registered with it, and the
+    /// lease deadline it enforces is the one the folder writes are fenced by.
+    pub async fn start_guarded(
+        config: Config,
+        listener: TcpListener,
+        guardian: Option<runner::guardian::Guardian>,
+    ) -> anyhow::Result<Self> {
         install_crypto_provider();
         telemetry::set_node(&config.store.node_id);
         telemetry::handle();
@@ -104,7 +118,17 @@ impl Sidecar {
             .context("cannot open the store")?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let mirror = mirror::Mirror::new(Arc::clone(&store), &config, shared_root.clone());
+        let lease = guardian.as_ref().map_or_else(
+            runner::fence::Lease::local,
+            runner::guardian::Guardian::lease,
+        );
+        let fence = Arc::new(runner::fence::Fence::new(lease));
+        let mirror = mirror::Mirror::new(
+            Arc::clone(&store),
+            &config,
+            shared_root.clone(),
+            Arc::clone(&fence),
+        );
         tracker.spawn(
             Arc::clone(&mirror)
                 .run(cancel.clone())
@@ -123,7 +147,13 @@ impl Sidecar {
             Arc::clone(&mirror),
             Arc::clone(&config),
             Arc::clone(&deliveries),
-            shared_root.clone(),
+            (
+                shared_root.clone(),
+                runner::Guard {
+                    fence: Arc::clone(&fence),
+                    guardian: guardian.map(Arc::new),
+                },
+            ),
             tracker.clone(),
             cancel.clone(),
         );
@@ -235,6 +265,7 @@ impl Sidecar {
             listener,
             runner,
             mirror,
+            fence,
             drain_timeout: config.jobs.drain_timeout,
             router,
             cancel,
@@ -282,7 +313,9 @@ impl Sidecar {
         };
         self.tracker.close();
         self.tracker.wait().await;
-        // Every writer has stopped: the job folders catch up with the store.
+        // Every writer has stopped: the job folders catch up with the store, whether or not
+        // the lease is still renewed (the heartbeat has stopped; no run is left to fence).
+        self.fence.settle();
         self.mirror.flush().await;
         info!("stopped");
         served

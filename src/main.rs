@@ -281,13 +281,17 @@ fn serve(config: PathBuf, log_format: Option<LogFormat>) -> anyhow::Result<()> {
         log_format.unwrap_or(config.logging.format),
         &config.logging.level,
     );
+    // Forked now, while the process is one thread and small (see runner::guardian).
+    let guardian = agent_sidecar::runner::guardian::Guardian::start(&config.store)
+        .context("cannot start the guardian of the agents")?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let tls = config.server.tls.is_some();
         let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
-        let sidecar = agent_sidecar::Sidecar::start(config, listener).await?;
+        let sidecar =
+            agent_sidecar::Sidecar::start_guarded(config, listener, Some(guardian)).await?;
         let scheme = if tls { "https" } else { "http" };
         println!(
             "agent-sidecar listening on {scheme}://{}",

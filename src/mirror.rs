@@ -10,6 +10,10 @@
 //! rewritten on a state change and on a delivery attempt at once, on progress at most every
 //! `storage.status_min_interval`. Files are replaced by rename (never half-written) but not
 //! fsynced: after a crash the next round rewrites them.
+//!
+//! Writes are fenced like the runner's (see [`crate::runner::fence`]): no round runs while the
+//! node's lease has lapsed (marks wait for the next renewal), and a job whose run this node
+//! lost is never written again, checked last, right before each job's files.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -25,6 +29,7 @@ use tracing::warn;
 use crate::config::Config;
 use crate::contract::{DeliveryAttempt, DeliveryId, EventData, JobEvent, JobId, Timestamp};
 use crate::jobdir::JobDir;
+use crate::runner::fence::Fence;
 use crate::runner::output_uri;
 use crate::store::{AttemptOutcome, ChangeAsk, Changes, Store, Touched};
 
@@ -157,12 +162,20 @@ pub struct Mirror {
     pending: Mutex<Pending>,
     wake: Notify,
     worker: tokio::sync::Mutex<Worker>,
+    fence: Arc<Fence>,
 }
 
 impl Mirror {
-    /// A mirror over `shared_root` (canonical), told of new events by the store.
-    pub fn new(store: Arc<dyn Store>, config: &Config, shared_root: PathBuf) -> Arc<Self> {
+    /// A mirror over `shared_root` (canonical), told of new events by the store, writing what
+    /// `fence` allows.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &Config,
+        shared_root: PathBuf,
+        fence: Arc<Fence>,
+    ) -> Arc<Self> {
         let mirror = Arc::new(Self {
+            fence,
             store: Arc::clone(&store),
             shared_root,
             output_uri_prefix: config.storage.output_uri_prefix.clone(),
@@ -220,6 +233,11 @@ impl Mirror {
                 dirty.notes.push_str(&note);
             }
         }
+        self.wake.notify_one();
+    }
+
+    /// Writes what waited while the lease had lapsed (it was renewed).
+    pub fn resume(&self) {
         self.wake.notify_one();
     }
 
@@ -296,6 +314,10 @@ impl Mirror {
     /// One round over every dirty job and every deferred one that fell due; whether there was
     /// anything to do.
     async fn round(&self) -> bool {
+        if !self.fence.open() {
+            // The marks wait for the lease's renewal (`resume`).
+            return false;
+        }
         let mut worker = self.worker.lock().await;
         let now = Instant::now();
         let batch: Vec<(JobId, Dirty)> = {
@@ -347,7 +369,7 @@ impl Mirror {
             };
             settling.push(self.plan_write(&mut worker, plan, change, now));
         }
-        let written = write_all(settling).await;
+        let written = write_all(settling, Arc::clone(&self.fence)).await;
         self.settle(&mut worker, written);
         true
     }
@@ -474,6 +496,16 @@ impl Mirror {
         for (job_id, cursor) in written {
             let cursor = match cursor {
                 Ok(cursor) => cursor,
+                Err(_) if !self.fence.allows(job_id) => {
+                    if self.fence.forfeits(job_id) {
+                        // Lost to another node: its folder is theirs.
+                        pending.followed.remove(&job_id);
+                    } else {
+                        // The lease lapsed mid-round: written after its renewal.
+                        pending.dirty(job_id).status = true;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     warn!(job_id = %job_id, error = %e, "cannot update events.jsonl");
                     // Read back next time: what is in the file is unknown.
@@ -525,11 +557,24 @@ impl Mirror {
 
 /// Appends and replaces every job's files in one pass off the runtime; each job's cursor with
 /// the length `events.jsonl` has after it, or why the append failed.
-async fn write_all(settling: Vec<Settling>) -> Vec<(JobId, std::io::Result<Cursor>)> {
+/// A job the fence refuses is left as it is.
+async fn write_all(
+    settling: Vec<Settling>,
+    fence: Arc<Fence>,
+) -> Vec<(JobId, std::io::Result<Cursor>)> {
     let written = tokio::task::spawn_blocking(move || {
         settling
             .into_iter()
-            .map(|(job_id, cursor, work)| (job_id, write_files(cursor, work)))
+            .map(|(job_id, cursor, work)| {
+                let written = if fence.allows(job_id) {
+                    write_files(cursor, work)
+                } else {
+                    Err(std::io::Error::other(
+                        "fenced: this node may not write the folder",
+                    ))
+                };
+                (job_id, written)
+            })
             .collect()
     })
     .await;

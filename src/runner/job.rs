@@ -48,8 +48,11 @@ struct LatestLine {
 }
 
 /// `output/log.txt`: the agent's stderr and the sidecar's lifecycle lines, timestamped.
+/// Fenced by its run: once the run may no longer write (its lease lapsed, it was lost), lines
+/// are dropped, those still buffered included.
 pub(super) struct JobLog {
-    file: Mutex<tokio::io::BufWriter<tokio::fs::File>>,
+    file: Mutex<Option<tokio::io::BufWriter<tokio::fs::File>>>,
+    run: Option<Arc<Control>>,
 }
 
 impl JobLog {
@@ -60,20 +63,46 @@ impl JobLog {
             .open(path)
             .await?;
         Ok(Self {
-            file: Mutex::new(tokio::io::BufWriter::new(file)),
+            file: Mutex::new(Some(tokio::io::BufWriter::new(file))),
+            run: None,
         })
+    }
+
+    /// The same log, written only while `run` may write.
+    fn fenced_by(self, run: &Arc<Control>) -> Self {
+        Self {
+            run: Some(Arc::clone(run)),
+            ..self
+        }
+    }
+
+    /// The file, unless the run may no longer write: then what is buffered is dropped too.
+    fn writable<'a>(
+        &self,
+        file: &'a mut Option<tokio::io::BufWriter<tokio::fs::File>>,
+    ) -> Option<&'a mut tokio::io::BufWriter<tokio::fs::File>> {
+        if self.run.as_ref().is_some_and(|run| !run.may_write()) {
+            *file = None;
+        }
+        file.as_mut()
     }
 
     async fn line(&self, source: &str, text: &str) {
         let entry = format!("{} [{source}] {text}\n", Timestamp::now());
         let mut file = self.file.lock().await;
+        let Some(file) = self.writable(&mut file) else {
+            return;
+        };
         if let Err(e) = file.write_all(entry.as_bytes()).await {
             warn!(error = %e, "cannot write log.txt");
         }
     }
 
     async fn flush(&self) {
-        let _ = self.file.lock().await.flush().await;
+        let mut file = self.file.lock().await;
+        if let Some(file) = self.writable(&mut file) {
+            let _ = file.flush().await;
+        }
     }
 }
 
@@ -116,21 +145,34 @@ impl Runner {
             return;
         }
         let log = match JobLog::open(&dir.output().join("log.txt")).await {
-            Ok(log) => Arc::new(log),
+            Ok(log) => Arc::new(log.fenced_by(&control)),
             Err(e) => {
                 cannot_run(format!("cannot open log.txt: {e}")).await;
                 return;
             }
         };
-        let Some(ending) = self.run_agent(&job, &agent, &dir, &log, &control).await else {
-            let why = if control.reason() == StopReason::Lost {
-                "lease lost (another node took the job over); agent stopped, nothing recorded"
-            } else {
-                "sidecar shutting down; agent stopped, job left for recovery"
-            };
-            log.line("sidecar", why).await;
-            log.flush().await;
-            return;
+        let ending = match self.run_agent(&job, &agent, &dir, &log, &control).await {
+            Some(ending) if control.may_write() => ending,
+            ended => {
+                if !control.may_write() {
+                    // Lost, or the lease lapsed while the agent ran: the guardian (or the
+                    // runner) killed it, another node may run the job now; its folder is theirs.
+                    self.fence.forfeit(job.job_id);
+                    warn!(
+                        attempt = job.attempt,
+                        "this attempt is no longer this node's (its lease lapsed or another node took \
+                         the job over): agent stopped, nothing written for it"
+                    );
+                } else if ended.is_none() {
+                    log.line(
+                        "sidecar",
+                        "sidecar shutting down; agent stopped, job left for recovery",
+                    )
+                    .await;
+                }
+                log.flush().await;
+                return;
+            }
         };
         log.line(
             "sidecar",
@@ -138,7 +180,9 @@ impl Runner {
         )
         .await;
         log.flush().await;
-        let _ = self.conclude_in(job, Some(dir.output()), ending).await;
+        let _ = self
+            .conclude_in(job, Some((dir.output(), Some(&control))), ending)
+            .await;
     }
 
     /// Spawns and supervises the agent; `None` when the sidecar is shutting down.
@@ -156,7 +200,10 @@ impl Runner {
             cwd: dir.root(),
             env: &env,
         };
-        let mut process = match AgentProcess::spawn(&spec) {
+        if !control.may_write() {
+            return None;
+        }
+        let mut process = match self.spawn_guarded(&spec, control) {
             Ok(p) => p,
             Err(e) => {
                 let message = format!("cannot start {:?}: {e}", agent.command[0]);
@@ -208,7 +255,13 @@ impl Runner {
                 warn!(reason = ?reason, "stopping the agent: {why}");
                 log.line("sidecar", &format!("{why}: SIGTERM to the process group"))
                     .await;
-                let exit = self.terminate(&process, log).await;
+                let exit = if reason == StopReason::Lost {
+                    // The job is the fleet's now: no grace that would overlap the next attempt.
+                    process.signal_group(libc::SIGKILL);
+                    process.wait().await
+                } else {
+                    self.terminate(&process, log).await
+                };
                 if matches!(reason, StopReason::Interrupt | StopReason::Lost) {
                     // Bounded, so a descendant holding a pipe cannot hold up the shutdown.
                     drain(stdout).await;
@@ -247,6 +300,24 @@ impl Runner {
                 stderr_tail,
             ),
         })
+    }
+
+    /// Spawns the agent and registers its process group with the guardian (if there is one),
+    /// which forgets it just before the agent is reaped. An agent the guardian cannot watch
+    /// is killed: it must not outlive the sidecar.
+    fn spawn_guarded(&self, spec: &Spawn<'_>, control: &Control) -> std::io::Result<AgentProcess> {
+        let mut process = AgentProcess::spawn(spec)?;
+        let Some(guardian) = &self.guardian else {
+            return Ok(process);
+        };
+        let pgid = process.pid();
+        if let Err(e) = guardian.watch(pgid, control.epoch) {
+            process.kill_now();
+            return Err(e);
+        }
+        let guardian = Arc::clone(guardian);
+        process.before_reap(move || guardian.unwatch(pgid));
+        Ok(process)
     }
 
     /// SIGTERM to the group, the grace period, then SIGKILL; returns the reaped exit.
@@ -324,20 +395,27 @@ impl Runner {
             .map(|dir| dir.output());
         let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
         let job_id = job.job_id;
-        self.conclude_in(job, output, ending).await?;
+        self.conclude_in(job, output.map(|o| (o, None)), ending)
+            .await?;
         // A job that never ran here is not followed: bring its files up to date.
         self.mirror.sync(job_id);
         Ok(())
     }
 
-    /// Finalises `output/` (when there is one) and ends the job with its completion callback;
-    /// `StoreError::Stale` if the job moved meanwhile and this end was discarded.
+    /// Finalises `output/` (when there is one; fenced by the run that wrote it, if any) and
+    /// ends the job with its completion callback; `StoreError::Stale` if the job moved
+    /// meanwhile and this end was discarded.
     async fn conclude_in(
         &self,
         job: JobRecord,
-        output: Option<std::path::PathBuf>,
+        output: Option<(std::path::PathBuf, Option<&Arc<Control>>)>,
         ending: Ending,
     ) -> Result<(), StoreError> {
+        let stale = || StoreError::Stale {
+            job_id: job.job_id,
+            expected: job.state,
+            attempt: job.attempt,
+        };
         // Checked before the output files are written, so a writer that lost a race (a claim
         // beat the sweeper; a paused node's job was taken over) does not touch them; `finish`
         // fences the rest of the window.
@@ -348,11 +426,7 @@ impl Runner {
                     attempt = job.attempt,
                     "this attempt is no longer this node's; its result is discarded"
                 );
-                return Err(StoreError::Stale {
-                    job_id: job.job_id,
-                    expected: job.state,
-                    attempt: job.attempt,
-                });
+                return Err(stale());
             }
         }
         let finished_at = Timestamp::now();
@@ -372,10 +446,27 @@ impl Runner {
             stderr_tail: ending.stderr_tail.clone(),
         };
         let finalized = match output {
-            Some(output) => tokio::task::spawn_blocking(move || outputs::finalize(&output, report))
+            Some((output, run)) => {
+                let run = run.cloned();
+                let finalized = tokio::task::spawn_blocking(move || {
+                    // Checked last, right before the files are written.
+                    run.is_none_or(|r| r.may_write())
+                        .then(|| outputs::finalize(&output, report))
+                })
                 .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r),
+                .map_err(std::io::Error::other);
+                match finalized {
+                    Ok(None) => {
+                        info!(
+                            attempt = job.attempt,
+                            "the lease lapsed before the outputs were written; this attempt is no longer this node's"
+                        );
+                        return Err(stale());
+                    }
+                    Ok(Some(r)) => r,
+                    Err(e) => Err(e),
+                }
+            }
             None => Err(std::io::Error::other("no usable job folder")),
         };
         let output_uri = self.output_uri(&job);

@@ -8,13 +8,15 @@
 mod job;
 
 pub use job::output_uri;
+pub mod fence;
+pub mod guardian;
 pub mod lines;
 pub mod outputs;
 pub mod process;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ use crate::delivery::Deliveries;
 use crate::mirror::Mirror;
 use crate::store::{JobRecord, Store, StoreError, StoreResult};
 use crate::telemetry;
+use fence::{Armed, Fence};
+use guardian::Guardian;
 
 /// How often the queue is looked at when nothing wakes the runner.
 const FALLBACK_POLL: Duration = Duration::from_secs(5);
@@ -61,16 +65,25 @@ pub struct Control {
     stop: CancellationToken,
     reason: OnceLock<StopReason>,
     last_output_ms: AtomicI64,
+    /// The lease epoch the run started in, and its own lease deadline (see [`fence`]).
+    epoch: u64,
+    until: AtomicU64,
+    fence: Arc<Fence>,
 }
 
 impl Control {
     fn new(
         agent: Option<&crate::config::AgentConfig>,
         span: tracing::Span,
-        attempt: u32,
-        started: Timestamp,
+        (attempt, started): (u32, Timestamp),
+        fence: &Arc<Fence>,
+        until: u64,
     ) -> Self {
+        fence.lease.lower_to(until);
         Self {
+            epoch: fence.lease.epoch(),
+            until: AtomicU64::new(until),
+            fence: Arc::clone(fence),
             timeout: agent.map_or(Duration::MAX, |a| a.timeout),
             stale_after: agent.and_then(|a| a.stale_after),
             span,
@@ -90,6 +103,12 @@ impl Control {
 
     fn reason(&self) -> StopReason {
         self.reason.get().copied().unwrap_or(StopReason::Interrupt)
+    }
+
+    /// Whether this run may still write into its job folder: its lease epoch holds and it was
+    /// not found lost. Checked right before every write (log.txt, outputs).
+    fn may_write(&self) -> bool {
+        self.reason.get() != Some(&StopReason::Lost) && self.fence.lease.valid_in(self.epoch)
     }
 
     /// Records that the agent printed a line (it is alive).
@@ -138,6 +157,8 @@ pub struct Runner {
     config: Arc<Config>,
     deliveries: Arc<Deliveries>,
     shared_root: PathBuf,
+    fence: Arc<Fence>,
+    guardian: Option<Arc<Guardian>>,
     wake: Notify,
     idle: Notify,
     running: Mutex<Running>,
@@ -155,6 +176,15 @@ struct Running {
     early: HashMap<(JobId, u32), StopReason>,
 }
 
+/// How the runner's agents are guarded: the fence on folder writes, and the guardian process
+/// (none when the sidecar runs in-process, e.g. in tests and the demo).
+pub struct Guard {
+    /// The lease fence shared with the mirror.
+    pub fence: Arc<Fence>,
+    /// The guardian, if `main` started one.
+    pub guardian: Option<Arc<Guardian>>,
+}
+
 impl Runner {
     /// A runner over `shared_root` (already canonical).
     pub fn new(
@@ -162,7 +192,7 @@ impl Runner {
         mirror: Arc<Mirror>,
         config: Arc<Config>,
         deliveries: Arc<Deliveries>,
-        shared_root: PathBuf,
+        (shared_root, guard): (PathBuf, Guard),
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
@@ -172,6 +202,8 @@ impl Runner {
             config,
             deliveries,
             shared_root,
+            fence: guard.fence,
+            guardian: guard.guardian,
             wake: Notify::new(),
             idle: Notify::new(),
             running: Mutex::new(Running::default()),
@@ -310,6 +342,9 @@ impl Runner {
 
     /// Stops `attempt` of a job: the run of this process, or the run about to be registered.
     pub fn stop(&self, job_id: JobId, attempt: u32, reason: StopReason) {
+        if reason == StopReason::Lost {
+            self.fence.forfeit(job_id);
+        }
         let mut running = self.lock();
         match running.jobs.get(&job_id) {
             Some(control) if control.attempt == attempt => control.stop(reason),
@@ -374,20 +409,77 @@ impl Runner {
                 .map(|(id, c)| (*id, c.attempt))
                 .collect()
         };
+        let started = process::monotonic_ms();
         let beat = crate::store::Beat {
             agents: self.config.agents.snapshot().keys().cloned().collect(),
-            running,
+            running: running.clone(),
             max_concurrent: self.config.jobs.max_concurrent,
             at: Timestamp::now(),
         };
         let answer = self.store.heartbeat(beat).await?;
-        for (job_id, attempt) in answer.lost {
-            self.stop(job_id, attempt, StopReason::Lost);
+        for (job_id, attempt) in &answer.lost {
+            self.stop(*job_id, *attempt, StopReason::Lost);
         }
+        let renewed: Vec<(JobId, u32)> = running
+            .into_iter()
+            .filter(|run| !answer.lost.contains(run))
+            .collect();
+        self.renew(started, &renewed);
         for (job_id, attempt) in answer.cancel {
             self.stop(job_id, attempt, StopReason::Cancel);
         }
         Ok(())
+    }
+
+    /// Moves the local lease deadline after a heartbeat that began at `started` (monotonic
+    /// ms) renewed `renewed`: to the earliest deadline of any run (one claimed after the
+    /// heartbeat's snapshot keeps its claim's). If the deadline had passed, every run of the
+    /// lapsed epoch is forfeited: killed now (the guardian may have done it already) and
+    /// nothing more written for it.
+    fn renew(&self, started: u64, renewed: &[(JobId, u32)]) {
+        let until = fence::deadline(started, self.config.store.lease);
+        let was_open = self.fence.lease.valid();
+        let earliest = {
+            let running = self.lock();
+            for (job_id, attempt) in renewed {
+                if let Some(control) = running.jobs.get(job_id).filter(|c| c.attempt == *attempt) {
+                    control.until.fetch_max(until, Ordering::AcqRel);
+                }
+            }
+            // A run being stopped as lost is not renewed and must not pull the deadline of
+            // every other run into the past.
+            running
+                .jobs
+                .values()
+                .filter(|c| c.reason.get() != Some(&StopReason::Lost))
+                .map(|c| c.until.load(Ordering::Acquire))
+                .fold(until, u64::min)
+        };
+        if let Armed::AfterLapse { epoch } = self.fence.lease.arm(earliest) {
+            let lapsed: Vec<(JobId, u32)> = self
+                .lock()
+                .jobs
+                .iter()
+                .filter(|(_, c)| c.epoch <= epoch)
+                .map(|(id, c)| (*id, c.attempt))
+                .collect();
+            warn!(
+                runs = lapsed.len(),
+                "this node's lease lapsed before it could renew it (paused, or the store was unreachable): \
+                 its runs are no longer this node's"
+            );
+            for (job_id, attempt) in lapsed {
+                self.stop(job_id, attempt, StopReason::Lost);
+            }
+        }
+        if let Some(guardian) = &self.guardian {
+            guardian.wake();
+        }
+        if !was_open {
+            // What waited for the lease: the folders' marks, and the claims.
+            self.mirror.resume();
+            self.wake();
+        }
     }
 
     /// Acts on what other nodes did: a job queued wakes the scheduler, a cancel accepted
@@ -497,9 +589,14 @@ impl Runner {
             if free == 0 || slots.is_empty() {
                 return;
             }
+            if !self.fence.lease.valid() {
+                // A node that could not renew its lease takes no new work until it does.
+                return;
+            }
+            let claimed_at = process::monotonic_ms();
             match self.store.claim(slots, free, Timestamp::now()).await {
                 Ok(jobs) if jobs.is_empty() => return,
-                Ok(jobs) => jobs.into_iter().for_each(|job| self.start(job)),
+                Ok(jobs) => jobs.into_iter().for_each(|job| self.start(job, claimed_at)),
                 Err(e) => {
                     error!(error = %e, "cannot claim jobs");
                     return;
@@ -534,15 +631,17 @@ impl Runner {
         (slots, free)
     }
 
-    fn start(self: &Arc<Self>, job: JobRecord) {
+    fn start(self: &Arc<Self>, job: JobRecord, claimed_at: u64) {
         let span = job_span(&job);
         // The definition in force now is the one this run keeps, whatever a reload does.
         let agent = self.config.agents.get(&job.agent_name);
+        self.fence.reclaim(job.job_id);
         let control = Arc::new(Control::new(
             agent.as_deref(),
             span.clone(),
-            job.attempt,
-            job.started_at.unwrap_or_else(Timestamp::now),
+            (job.attempt, job.started_at.unwrap_or_else(Timestamp::now)),
+            &self.fence,
+            fence::deadline(claimed_at, self.config.store.lease),
         ));
         {
             let mut running = self.lock();

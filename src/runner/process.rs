@@ -7,19 +7,21 @@
 //! else the sidecar does. `std::process::Command` falls back to fork as soon as the child must
 //! run code of ours (`prctl(PR_SET_PDEATHSIG)`), hence our own spawn.
 //!
-//! This is the only module with `unsafe`: the spawn, a few libc calls and the pidfd
-//! registration, each with its reason.
+//! This is the only module of the runner with `unsafe`: the spawn, a few libc calls and the
+//! pidfd registration, and the few calls the guardian is made of (see [`super::guardian`]:
+//! `fork` before the runtime starts, a shared page, `poll`, the monotonic clock), each with
+//! its reason.
 
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
@@ -50,6 +52,8 @@ pub struct AgentProcess {
     pub stdout: Option<pipe::Receiver>,
     /// The agent's stderr (goes to log.txt).
     pub stderr: Option<pipe::Receiver>,
+    /// Called once the group is killed, before the leader is reaped (its id is still taken).
+    before_reap: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// What to run and how.
@@ -88,6 +92,7 @@ impl AgentProcess {
                 pidfd,
                 stdout: Some(pipe::Receiver::from_owned_fd(stdout_r)?),
                 stderr: Some(pipe::Receiver::from_owned_fd(stderr_r)?),
+                before_reap: None,
             })
         };
         watched().inspect_err(|_| {
@@ -107,6 +112,19 @@ impl AgentProcess {
         signal_group(self.pid, signal);
     }
 
+    /// Kills the agent's group and reaps the agent now (an agent that must not run: it was
+    /// started but cannot be guarded).
+    pub fn kill_now(self) {
+        signal_group(self.pid, libc::SIGKILL);
+        reap_now(self.pid);
+    }
+
+    /// Runs `hook` after the agent's group is killed and before the agent is reaped, while its
+    /// group id cannot name another group (the guardian forgets the group then).
+    pub fn before_reap(&mut self, hook: impl Fn() + Send + Sync + 'static) {
+        self.before_reap = Some(Box::new(hook));
+    }
+
     /// Waits for the agent to exit and reaps it.
     /// Whatever the agent left behind in its group is killed with it (so the pipes close),
     /// while the agent is still unreaped and its group id cannot have been reused.
@@ -115,6 +133,9 @@ impl AgentProcess {
             let mut guard = self.pidfd.readable().await?;
             if exited(self.pidfd.get_ref())? {
                 signal_group(self.pid, libc::SIGKILL);
+                if let Some(hook) = &self.before_reap {
+                    hook();
+                }
                 if let Some(exit) = try_reap(self.pid)? {
                     return Ok(exit);
                 }
@@ -501,6 +522,130 @@ fn try_reap(pid: i32) -> io::Result<Option<Exit>> {
         }
         _ => Err(io::Error::last_os_error()),
     }
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds: the clock the sidecar and its guardian share (it runs on
+/// while a process is stopped, unlike the process's own CPU clocks).
+pub fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a live local the call fills; CLOCK_MONOTONIC always exists on Linux.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    secs * 1000 + millis
+}
+
+/// Two zeroed words in a page shared with every process forked after this call (the guardian
+/// reads the lease deadline the sidecar writes, and they agree on who moved it last).
+/// Never unmapped: both processes use it until they exit.
+pub fn shared_words() -> io::Result<&'static [AtomicU64; 2]> {
+    // SAFETY: a fresh anonymous mapping that nothing else refers to. The kernel zeroes it, and
+    // all-zero bytes are valid `AtomicU64`s; the page is aligned beyond what they need. It is
+    // never unmapped, so the `'static` borrow stays valid.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            std::mem::size_of::<[AtomicU64; 2]>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if page == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(&*page.cast::<[AtomicU64; 2]>())
+    }
+}
+
+/// Which side of a fork this is.
+pub enum Forked {
+    /// The original process; the child's pid.
+    Parent(i32),
+    /// The new process.
+    Child,
+}
+
+/// `fork(2)`, refused unless this process has a single thread (a fork copies only the calling
+/// thread: a lock another thread held would stay locked in the child forever).
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork with {threads} threads running (the guardian starts before the runtime)"
+        )));
+    }
+    // SAFETY: the process has one thread (checked just above, and nothing here starts one),
+    // so the child gets a consistent copy of every lock and allocator state.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Waits up to `timeout_ms` (`-1`: no limit) for `fd` to be readable or closed by its writer;
+/// whether it is. An interrupted wait counts as a timeout.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut entry = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut entry, 1, timeout_ms) };
+    match rc {
+        -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => Ok(false),
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+/// Makes reads and writes on `fd` fail with `WouldBlock` instead of waiting.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a live fd we borrow, with integer arguments only.
+    let rc = unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the calling process (the guardian) deaf to the signals a terminal or a service
+/// manager sends the whole group, and names it `name` in `ps`: it ends when the sidecar does.
+pub fn detach_guardian(name: &std::ffi::CStr) -> io::Result<()> {
+    let null = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: SIG_IGN is a valid disposition for these catchable signals; no handler code
+        // of ours is involved.
+        if unsafe { libc::signal(signal, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    for target in [0, 1] {
+        // SAFETY: dup2 between two live fds; stdin and stdout are not used by the guardian,
+        // and whoever reads the sidecar's stdout must not wait for the guardian to close it.
+        if unsafe { libc::dup2(null.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

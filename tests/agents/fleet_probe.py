@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Fleet test agent. Takes an exclusive lock on its job folder's run.lock and fails loudly if
 another attempt holds it (the job would be running on two nodes at once); appends
-"<node> <attempt> <pid>" to the folder's markers file; reports once; sleeps `seconds`."""
+"<node> <attempt> <pid>" to the folder's markers file; reports once; sleeps `seconds`. With
+`ticks`, it spends those seconds appending "<node> <attempt> <wall ns>" to the folder's spans
+file and to stderr every 20 ms (a killed run's last tick is its end)."""
 import fcntl
 import json
 import os
@@ -22,4 +24,14 @@ except BlockingIOError:
 with open(os.path.join(job_root, "markers"), "a") as f:
     f.write(f"{node} {attempt} {os.getpid()}\n")
 print(json.dumps({"stage": "run", "message": f"on {node}", "percent": 0}), flush=True)
-time.sleep(float(params.get("seconds", 0)))
+seconds = float(params.get("seconds", 0))
+if not params.get("ticks"):
+    time.sleep(seconds)
+    sys.exit(0)
+end = time.time() + seconds
+while time.time() < end:
+    tick = f"{node} {attempt} {time.time_ns()}"
+    with open(os.path.join(job_root, "spans"), "a") as f:
+        f.write(tick + "\n")
+    print(f"tick {tick}", file=sys.stderr, flush=True)
+    time.sleep(0.02)

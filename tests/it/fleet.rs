@@ -90,6 +90,26 @@ impl Fleet {
         .await
     }
 
+    /// `(node, attempt)` → first and last tick (wall ns) of each run of a ticking job.
+    fn spans(&self, job_id: &str) -> BTreeMap<(String, u32), (u128, u128)> {
+        let text = std::fs::read_to_string(self.job_root(job_id).join("spans")).unwrap_or_default();
+        let mut spans = BTreeMap::new();
+        for line in text.lines() {
+            let mut parts = line.split(' ');
+            let (Some(node), Some(attempt), Some(at)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(attempt), Ok(at)) = (attempt.parse(), at.parse::<u128>()) else {
+                continue;
+            };
+            let span = spans.entry((node.to_owned(), attempt)).or_insert((at, at));
+            span.0 = span.0.min(at);
+            span.1 = span.1.max(at);
+        }
+        spans
+    }
+
     /// Completions of `job_id` delivered so far.
     fn completions(&self, job_id: &str) -> Vec<Value> {
         self.receiver
@@ -359,4 +379,83 @@ async fn nodes_starting_at_the_same_instant_on_an_empty_database_all_come_up() {
     );
     let (_, listed) = nodes[0].get("/nodes").await;
     assert_eq!(listed["nodes"].as_array().unwrap().len(), 4, "{listed}");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "needs AGENT_SIDECAR_TEST_POSTGRES_URL (.ci/run starts a server)"
+)]
+async fn a_node_paused_for_several_leases_stops_its_agent_before_the_takeover_and_then_writes_nothing()
+ {
+    let lease = std::time::Duration::from_secs(2);
+    let fleet = Fleet::new().await;
+    let paused = fleet.node("n1", &[], "");
+    let params = json!({ "seconds": 8.0, "ticks": true });
+    let id = start_job(&paused, &fleet.receiver, "fleet_probe", params).await;
+    let first = ("n1".to_owned(), 1);
+    let second = ("n2".to_owned(), 2);
+    eventually("the agent to tick on n1", || async {
+        fleet.spans(&id).contains_key(&first).then_some(())
+    })
+    .await;
+    paused.signal("-STOP");
+    let stopped = std::time::Instant::now();
+    let _other = fleet.node("n2", &[], "");
+    let overlap = fleet.job_root(&id).join("overlap");
+    eventually(
+        "n2 to run attempt 2 while n1 stays stopped for three leases",
+        || async {
+            let started = fleet.spans(&id).contains_key(&second) || overlap.exists();
+            (stopped.elapsed() >= 3 * lease && started).then_some(())
+        },
+    )
+    .await;
+    paused.signal("-CONT");
+    fleet.assert_never_overlapped(&id);
+    wait_log(
+        &paused,
+        "the resumed node to give its attempt up",
+        "no longer this node's",
+    )
+    .await;
+    assert!(
+        paused.log().contains("the sidecar's lease lapsed"),
+        "n1's guardian stopped the agent while n1 was stopped"
+    );
+    let completion = fleet.receiver.completion(&id).await.json();
+    assert_eq!(completion["status"], "completed", "{completion}");
+    assert_eq!(fleet.completions(&id).len(), 1);
+
+    let spans = fleet.spans(&id);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!(
+        spans[&first].1 < spans[&second].0,
+        "n1's run (its agent, which its stopped sidecar could not stop) overlapped n2's: {spans:?}"
+    );
+    fleet.assert_never_overlapped(&id);
+    let output = fleet.job_root(&id).join("output");
+    let log = std::fs::read_to_string(output.join("log.txt")).unwrap();
+    let from = log
+        .lines()
+        .position(|l| l.contains("attempt 2 started"))
+        .unwrap_or_else(|| panic!("no attempt 2 in log.txt:\n{log}"));
+    let stale: Vec<&str> = log
+        .lines()
+        .skip(from)
+        .filter(|l| l.contains("tick n1 ") || l.contains("attempt 1") || l.contains("this node"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the stale node wrote into log.txt after losing the job: {stale:#?}\n{log}"
+    );
+    let events = std::fs::read_to_string(output.join("events.jsonl")).unwrap();
+    let seqs: Vec<u64> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["seq"].as_u64())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "events.jsonl was appended by two writers: {seqs:?}\n{events}"
+    );
 }

@@ -261,6 +261,7 @@ fn agents_toml() -> String {
         agent("silent", ex.join("sleeper.py"), "60s") + "stale_after = \"300ms\"\n",
         agent("with_child_long", t.join("with_child.py"), "60s"),
         agent("ticker", t.join("ticker.py"), "60s"),
+        agent("grandparent", t.join("grandparent.py"), "60s"),
     ]
     .join("\n")
 }

@@ -7,6 +7,7 @@ mod delivery;
 mod demo;
 mod fleet;
 mod folder;
+mod guardian;
 mod helpers;
 mod idempotency;
 mod lifecycle;
