@@ -95,7 +95,8 @@ pub(super) async fn accept(
     }
     let offered = offered_elsewhere(app, &request.agent_name).await?;
     check_registry(&app.config, &request, &offered)?;
-    let (dir, manifest) = check_manifest(&app.shared_root, &request)?;
+    let modes = app.config.storage.modes;
+    let (dir, manifest) = check_manifest(&app.shared_root, modes, &request)?;
     check_input_files(dir, manifest).await?;
     let at = Timestamp::now();
     let rank = u32::try_from(request.priority.rank()).unwrap_or(0);
@@ -276,19 +277,25 @@ fn check_registry(
     }
 }
 
+/// The most of `input/manifest.json` read; a larger manifest is refused.
+const MANIFEST_MAX: u64 = 16 << 20;
+
 /// The job folder and its manifest: present, valid for its schema version, and agreeing with
 /// the request.
 fn check_manifest(
     shared_root: &std::path::Path,
+    modes: crate::jobdir::Modes,
     request: &TriggerRequest,
 ) -> Result<(JobDir, Manifest), ApiError> {
     let manifest_error = |detail: String| {
         ApiError::invalid(ErrorSource::Manifest, vec![FieldError::new("", detail)])
     };
-    let dir =
-        JobDir::open(shared_root, request.job_id).map_err(|e| manifest_error(e.to_string()))?;
-    let bytes = std::fs::read(dir.manifest())
-        .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?;
+    let dir = JobDir::open(shared_root, request.job_id, modes)
+        .map_err(|e| manifest_error(e.to_string()))?;
+    let bytes = dir
+        .read("input/manifest.json", MANIFEST_MAX)
+        .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?
+        .ok_or_else(|| manifest_error("input/manifest.json does not exist".into()))?;
     let manifest =
         parse_manifest(&bytes).map_err(|e| ApiError::invalid(ErrorSource::Manifest, e.errors))?;
     let contradictions = contradictions(&manifest, request);
