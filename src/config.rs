@@ -232,23 +232,41 @@ struct RawStorage {
     #[serde(default = "default_rescan_interval", with = "humantime_serde")]
     rescan_interval: Duration,
     #[serde(default = "default_file_mode")]
-    file_mode: String,
+    file_mode: RawMode,
     #[serde(default = "default_dir_mode")]
-    dir_mode: String,
+    dir_mode: RawMode,
 }
 
-fn default_file_mode() -> String {
-    "0644".into()
+/// An octal mode as written: `"0640"`, or a number whose digits are read as octal (figment
+/// turns an unquoted `0640` in the environment into the number 640).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawMode {
+    Text(String),
+    Digits(u64),
 }
 
-fn default_dir_mode() -> String {
-    "0755".into()
+impl RawMode {
+    fn digits(&self) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::Digits(n) => n.to_string(),
+        }
+    }
+}
+
+fn default_file_mode() -> RawMode {
+    RawMode::Text("0644".into())
+}
+
+fn default_dir_mode() -> RawMode {
+    RawMode::Text("0755".into())
 }
 
 /// An octal permission mode such as "0640"; it must grant the owner (the sidecar) at least
 /// `owner`, since the sidecar rewrites what it creates.
-fn parse_mode(field: &str, text: &str, owner: u32) -> Result<u32, ConfigError> {
-    let mode = u32::from_str_radix(text, 8)
+fn parse_mode(field: &str, raw: &RawMode, owner: u32) -> Result<u32, ConfigError> {
+    let mode = u32::from_str_radix(&raw.digits(), 8)
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| {

@@ -601,7 +601,7 @@ fn checked_cursor(root: &Path, modes: Modes, job_id: JobId, cursor: Option<Curso
     }
     let dir = JobDir::open(root, job_id, modes)
         .ok()
-        .filter(|dir| dir.prepare_output().is_ok());
+        .filter(|dir| dir.create_dir("output").is_ok());
     let mut read = dir.as_ref().map(read_back).unwrap_or_default();
     read.output = dir.map(|dir| dir.output());
     read

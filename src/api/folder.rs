@@ -200,16 +200,16 @@ fn real_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
-/// A job folder (a real directory named by a canonical job id, with a real `input/`) holds a
+/// A job folder (a real directory named by a job id, with a real `input/`) holds a
 /// trigger file that no answer was written after. The trigger's ctime counts, since a rename
 /// keeps the temp file's mtime but sets its ctime.
 fn needs_answer(job_dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
+    // Any case: a folder named in upper case is answered (with why it is refused), not ignored.
     let canonical_name = job_dir
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.parse::<JobId>().ok().filter(|id| id.to_string() == n))
-        .is_some();
+        .is_some_and(|n| n.parse::<JobId>().is_ok());
     if !canonical_name || !real_dir(job_dir) || !real_dir(&job_dir.join("input")) {
         return false;
     }
@@ -295,14 +295,15 @@ async fn take(
         .map_err(|e| ApiError::internal(&e))??;
     let (request, sha256) = parse_request(&bytes)?;
     let folder = folder_name(job_dir);
-    if folder != request.job_id.to_string() {
-        return Err(ApiError::invalid(
-            ErrorSource::Request,
-            vec![FieldError::new(
-                "/job_id",
-                format!("must be the job folder's name ({folder})"),
-            )],
-        ));
+    let id = request.job_id.to_string();
+    if folder != id {
+        let detail = if folder.eq_ignore_ascii_case(&id) {
+            format!("the job folder must be named by the job id in lower case ({id}), not {folder}")
+        } else {
+            format!("must be the job folder's name ({folder})")
+        };
+        let errors = vec![FieldError::new("/job_id", detail)];
+        return Err(ApiError::invalid(ErrorSource::Request, errors));
     }
     accept(app, request, sha256, None)
         .await

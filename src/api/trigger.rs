@@ -21,8 +21,8 @@ use crate::contract::{
 };
 use crate::delivery::origin_allowed;
 use crate::error::{ApiError, ErrorSource};
-use crate::jobdir::JobDir;
 use crate::jobdir::hex;
+use crate::jobdir::{JobDir, JobDirError};
 use crate::store::{Enqueued, JobRecord, NewJob};
 
 /// `Retry-After` while draining: about the time a restart takes.
@@ -290,8 +290,17 @@ fn check_manifest(
     let manifest_error = |detail: String| {
         ApiError::invalid(ErrorSource::Manifest, vec![FieldError::new("", detail)])
     };
-    let dir = JobDir::open(shared_root, request.job_id, modes)
-        .map_err(|e| manifest_error(e.to_string()))?;
+    let id = request.job_id.to_string();
+    let dir = JobDir::open(shared_root, request.job_id, modes).map_err(|e| match e {
+        // The id is case-insensitive; its folder has one name, the lower-case id.
+        JobDirError::Missing(path) if path == id => {
+            let detail = format!(
+                "no job folder {id} in shared_root (a job folder is named by the job id in lower case)"
+            );
+            ApiError::invalid(ErrorSource::Request, vec![FieldError::new("/job_id", detail)])
+        }
+        e => manifest_error(e.to_string()),
+    })?;
     let bytes = dir
         .read("input/manifest.json", MANIFEST_MAX)
         .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?

@@ -316,9 +316,10 @@ impl Runner {
         message: String,
     ) -> Result<(), StoreError> {
         info!(%state, %message, "ending the job");
+        // output/ alone: a refused artifacts/ is then said in error.log, which lives there.
         let output = JobDir::open(&self.shared_root, job.job_id, self.modes())
             .ok()
-            .filter(|dir| dir.prepare_output().is_ok());
+            .filter(|dir| dir.create_dir("output").is_ok());
         let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
         let job_id = job.job_id;
         self.conclude_in(job, output, ending).await?;

@@ -122,7 +122,10 @@ pub fn refused(
     let sentence = format!("job folder refused: {refusal}");
     match error {
         Some(mut error) => {
-            error.message = format!("{}; {sentence}", error.message);
+            // A run refused before it started says so once.
+            if !error.message.contains(&sentence) {
+                error.message = format!("{}; {sentence}", error.message);
+            }
             (state, Some(error))
         }
         None => {

@@ -9,6 +9,8 @@ mod fleet;
 mod folder;
 mod helpers;
 mod lifecycle;
+mod links;
+mod modes;
 mod ops;
 mod pki;
 mod run;
