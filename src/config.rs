@@ -231,6 +231,55 @@ struct RawStorage {
     folder_triggers: bool,
     #[serde(default = "default_rescan_interval", with = "humantime_serde")]
     rescan_interval: Duration,
+    #[serde(default = "default_file_mode")]
+    file_mode: RawMode,
+    #[serde(default = "default_dir_mode")]
+    dir_mode: RawMode,
+}
+
+/// An octal mode as written: `"0640"`, or a number whose digits are read as octal (figment
+/// turns an unquoted `0640` in the environment into the number 640).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawMode {
+    Text(String),
+    Digits(u64),
+}
+
+impl RawMode {
+    fn digits(&self) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::Digits(n) => n.to_string(),
+        }
+    }
+}
+
+fn default_file_mode() -> RawMode {
+    RawMode::Text("0644".into())
+}
+
+fn default_dir_mode() -> RawMode {
+    RawMode::Text("0755".into())
+}
+
+/// An octal permission mode such as "0640"; it must grant the owner (the sidecar) at least
+/// `owner`, since the sidecar rewrites what it creates.
+fn parse_mode(field: &str, raw: &RawMode, owner: u32) -> Result<u32, ConfigError> {
+    let mode = u32::from_str_radix(&raw.digits(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            invalid(
+                field,
+                "must be an octal mode between 0000 and 0777, e.g. \"0644\"",
+            )
+        })?;
+    if mode & owner != owner {
+        let detail = format!("must give its owner (the sidecar) at least {owner:04o}");
+        return Err(invalid(field, detail));
+    }
+    Ok(mode)
 }
 
 fn default_rescan_interval() -> Duration {
@@ -565,6 +614,8 @@ pub struct StorageConfig {
     pub folder_triggers: bool,
     /// How often job folders are rescanned for trigger files a watch event missed.
     pub rescan_interval: Duration,
+    /// Modes of every file and folder the sidecar creates in a job folder (before the umask).
+    pub modes: crate::jobdir::Modes,
 }
 
 /// `[store]`: where job state lives.
@@ -891,6 +942,10 @@ impl Config {
                 status_min_interval: raw.storage.status_min_interval,
                 folder_triggers: raw.storage.folder_triggers,
                 rescan_interval: raw.storage.rescan_interval,
+                modes: crate::jobdir::Modes {
+                    file: parse_mode("storage.file_mode", &raw.storage.file_mode, 0o600)?,
+                    dir: parse_mode("storage.dir_mode", &raw.storage.dir_mode, 0o700)?,
+                },
             },
             store: resolve_store(raw.store, base)?,
             callbacks: resolve_callbacks(raw.callbacks, base)?,

@@ -424,7 +424,8 @@ fn input_errors(path: &std::path::Path, manifest: &Manifest) -> Vec<FieldError> 
         return vec![FieldError::new("/job_id", detail)];
     };
     let shared_root = job_dir.parent().unwrap_or(&job_dir);
-    match JobDir::open(shared_root, manifest.job_id) {
+    // Only read here: the modes of what the sidecar writes do not matter.
+    match JobDir::open(shared_root, manifest.job_id, Default::default()) {
         Ok(dir) => dir.check_inputs(files),
         Err(e) => vec![FieldError::new("/job_id", e.to_string())],
     }

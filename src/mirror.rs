@@ -16,7 +16,6 @@
 //! lost is never written again, checked last, right before each job's files.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::contract::{DeliveryAttempt, DeliveryId, EventData, JobEvent, JobId, Timestamp};
-use crate::jobdir::JobDir;
+use crate::jobdir::{JobDir, JobDirError, Modes};
 use crate::runner::fence::Fence;
 use crate::runner::output_uri;
 use crate::store::{AttemptOutcome, ChangeAsk, Changes, Store, Touched};
@@ -66,6 +65,11 @@ struct Cursor {
     /// When `status.json` was last written by this worker.
     status_at: Option<Instant>,
 }
+
+/// `events.jsonl`, relative to the job folder.
+const EVENTS: &str = "output/events.jsonl";
+/// The most of an existing `events.jsonl` read back (it holds at most `events_per_job` lines).
+const EVENTS_MAX: u64 = 256 << 20;
 
 /// What a dirty job needs.
 #[derive(Debug, Default)]
@@ -156,6 +160,7 @@ type Settling = (JobId, Cursor, Option<FileWork>);
 pub struct Mirror {
     store: Arc<dyn Store>,
     shared_root: PathBuf,
+    modes: Modes,
     output_uri_prefix: Option<String>,
     max_lines: usize,
     status_interval: Duration,
@@ -178,6 +183,7 @@ impl Mirror {
             fence,
             store: Arc::clone(&store),
             shared_root,
+            modes: config.storage.modes,
             output_uri_prefix: config.storage.output_uri_prefix.clone(),
             max_lines: config.jobs.events_per_job,
             status_interval: config.storage.status_min_interval,
@@ -369,7 +375,13 @@ impl Mirror {
             };
             settling.push(self.plan_write(&mut worker, plan, change, now));
         }
-        let written = write_all(settling, Arc::clone(&self.fence)).await;
+        let written = write_all(
+            self.shared_root.clone(),
+            self.modes,
+            settling,
+            Arc::clone(&self.fence),
+        )
+        .await;
         self.settle(&mut worker, written);
         true
     }
@@ -396,13 +408,14 @@ impl Mirror {
             })
             .collect();
         let root = self.shared_root.clone();
+        let modes = self.modes;
         let checked = tokio::task::spawn_blocking(move || {
             known
                 .into_iter()
                 .map(|(job_id, dirty, cursor)| Plan {
                     job_id,
                     dirty,
-                    cursor: checked_cursor(&root, job_id, cursor),
+                    cursor: checked_cursor(&root, modes, job_id, cursor),
                 })
                 .collect()
         })
@@ -491,7 +504,7 @@ impl Mirror {
 
     /// Keeps the cursors of what was written: a followed job's until its end is on disk, the
     /// others' among the recent ones.
-    fn settle(&self, worker: &mut Worker, written: Vec<(JobId, std::io::Result<Cursor>)>) {
+    fn settle(&self, worker: &mut Worker, written: Vec<(JobId, Result<Cursor, JobDirError>)>) {
         let mut pending = self.pending();
         for (job_id, cursor) in written {
             let cursor = match cursor {
@@ -559,19 +572,22 @@ impl Mirror {
 /// the length `events.jsonl` has after it, or why the append failed.
 /// A job the fence refuses is left as it is.
 async fn write_all(
+    root: PathBuf,
+    modes: Modes,
     settling: Vec<Settling>,
     fence: Arc<Fence>,
-) -> Vec<(JobId, std::io::Result<Cursor>)> {
+) -> Vec<(JobId, Result<Cursor, JobDirError>)> {
     let written = tokio::task::spawn_blocking(move || {
         settling
             .into_iter()
             .map(|(job_id, cursor, work)| {
                 let written = if fence.allows(job_id) {
-                    write_files(cursor, work)
+                    write_files(&root, modes, job_id, cursor, work)
                 } else {
-                    Err(std::io::Error::other(
-                        "fenced: this node may not write the folder",
-                    ))
+                    Err(JobDirError::Io {
+                        path: job_id.to_string(),
+                        source: std::io::Error::other("fenced: this node may not write the folder"),
+                    })
                 };
                 (job_id, written)
             })
@@ -582,18 +598,27 @@ async fn write_all(
     written.unwrap_or_default()
 }
 
-fn write_files(cursor: Cursor, work: Option<FileWork>) -> std::io::Result<Cursor> {
+/// Writes one job's files through its folder's handle, so a link planted in `output/` is
+/// refused (events.jsonl) or replaced (status.json), never followed.
+fn write_files(
+    root: &Path,
+    modes: Modes,
+    job_id: JobId,
+    cursor: Cursor,
+    work: Option<FileWork>,
+) -> Result<Cursor, JobDirError> {
     let Some(work) = work else {
         return Ok(cursor);
     };
+    let dir = JobDir::folder(root, &job_id.to_string(), modes)?;
     // The events first, so status.json never runs ahead of events.jsonl.
     let appended = if work.text.is_empty() {
         Ok(cursor)
     } else {
-        append(&work.output.join("events.jsonl"), &work.text).map(|len| Cursor { len, ..cursor })
+        append(&dir, &work.text).map(|len| Cursor { len, ..cursor })
     };
     if let Some(bytes) = work.status
-        && let Err(e) = replace(&work.output.join("status.json"), &bytes)
+        && let Err(e) = dir.write_atomic("output/status.json", &bytes)
     {
         warn!(error = %e, output = %work.output.display(), "cannot write status.json");
     }
@@ -615,28 +640,32 @@ fn push_line<T: Serialize>(text: &mut String, value: &T) {
 }
 
 /// `cursor` if the file is still as long as it left it, else what the file says.
-fn checked_cursor(root: &Path, job_id: JobId, cursor: Option<Cursor>) -> Cursor {
+fn checked_cursor(root: &Path, modes: Modes, job_id: JobId, cursor: Option<Cursor>) -> Cursor {
+    let id = job_id.to_string();
     if let Some(cursor) = cursor
-        && let Some(output) = &cursor.output
-        && std::fs::metadata(output.join("events.jsonl")).map_or(0, |m| m.len()) == cursor.len
+        && cursor.output.is_some()
+        && JobDir::folder(root, &id, modes)
+            .is_ok_and(|dir| dir.file_len(EVENTS) == Some(cursor.len))
     {
         return cursor;
     }
-    let output = JobDir::open(root, job_id)
+    let dir = JobDir::open(root, job_id, modes)
         .ok()
-        .filter(|dir| dir.prepare_output().is_ok())
-        .map(|dir| dir.output());
-    let mut read = output
-        .as_ref()
-        .map(|o| read_back(&o.join("events.jsonl")))
-        .unwrap_or_default();
-    read.output = output;
+        .filter(|dir| dir.create_dir("output").is_ok());
+    let mut read = dir.as_ref().map(read_back).unwrap_or_default();
+    read.output = dir.map(|dir| dir.output());
     read
 }
 
-/// Where an existing `events.jsonl` left off (after a restart, or another writer).
-fn read_back(path: &Path) -> Cursor {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// Where an existing `events.jsonl` left off (after a restart, or another writer); a link or
+/// FIFO there reads as empty (and the next append is refused).
+fn read_back(dir: &JobDir) -> Cursor {
+    let text = dir
+        .read(EVENTS, EVENTS_MAX)
+        .ok()
+        .flatten()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
     let mut cursor = Cursor {
         len: text.len() as u64,
         ..Cursor::default()
@@ -661,21 +690,14 @@ fn read_back(path: &Path) -> Cursor {
     cursor
 }
 
-/// Appends `text`; the file's length after it.
-fn append(path: &Path, text: &str) -> std::io::Result<u64> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    Ok(file.metadata()?.len())
-}
-
-/// Replaces `path` by rename (readers see the old or the new file, never half of one).
-fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// Appends `text` to `events.jsonl`; the file's length after it.
+fn append(dir: &JobDir, text: &str) -> Result<u64, JobDirError> {
+    use std::io::Write;
+    let io = |source| JobDirError::Io {
+        path: EVENTS.into(),
+        source,
+    };
+    let mut file = dir.append(EVENTS)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    Ok(file.metadata().map_err(io)?.len())
 }

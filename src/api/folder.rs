@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,7 @@ use super::AppState;
 use super::trigger::{accept, parse_request};
 use crate::contract::{FieldError, JobId};
 use crate::error::{ApiError, ErrorSource};
-use crate::jobdir::write_atomic;
+use crate::jobdir::{JobDir, JobDirError, Modes};
 
 const TRIGGER: &str = "trigger.json";
 const RESPONSE: &str = "trigger-response.json";
@@ -199,16 +200,16 @@ fn real_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
-/// A job folder (a real directory named by a canonical job id, with a real `input/`) holds a
+/// A job folder (a real directory named by a job id, with a real `input/`) holds a
 /// trigger file that no answer was written after. The trigger's ctime counts, since a rename
 /// keeps the temp file's mtime but sets its ctime.
 fn needs_answer(job_dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
+    // Any case: a folder named in upper case is answered (with why it is refused), not ignored.
     let canonical_name = job_dir
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.parse::<JobId>().ok().filter(|id| id.to_string() == n))
-        .is_some();
+        .is_some_and(|n| n.parse::<JobId>().is_ok());
     if !canonical_name || !real_dir(job_dir) || !real_dir(&job_dir.join("input")) {
         return false;
     }
@@ -256,23 +257,17 @@ async fn answer(app: &AppState, job_dir: &Path) {
     };
     let Ok(mut text) = text else { return };
     text.push(b'\n');
-    let output = job_dir.join("output");
-    let path = output.join(RESPONSE);
-    let folder = job_dir.to_owned();
+    let root = app.inner.shared_root.clone();
+    let modes = app.inner.config.storage.modes;
+    let folder = folder_name(job_dir).to_owned();
+    // Through the folder's handle: nothing here may lead outside shared_root.
     let written = tokio::task::spawn_blocking(move || {
-        // Nothing here may lead outside shared_root.
-        if !real_dir(&folder)
-            || std::fs::symlink_metadata(&output).is_ok_and(|m| m.file_type().is_symlink())
-        {
-            return Err(std::io::Error::other(
-                "the job folder or output/ is a symlink",
-            ));
-        }
-        std::fs::create_dir_all(&output)?;
-        write_atomic(&path, &text)
+        let dir = JobDir::folder(&root, &folder, modes)?;
+        dir.create_dir("output")?;
+        dir.write_atomic(&format!("output/{RESPONSE}"), &text)
     })
     .await;
-    let name = job_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+    let name = folder_name(job_dir);
     match (written, result) {
         (Ok(Ok(())), Ok(_)) => info!(folder = name, "folder trigger accepted"),
         (Ok(Ok(())), Err(e)) => info!(folder = name, detail = e.detail(), "folder trigger refused"),
@@ -280,59 +275,65 @@ async fn answer(app: &AppState, job_dir: &Path) {
     }
 }
 
+fn folder_name(job_dir: &Path) -> &str {
+    job_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+}
+
 async fn take(
     app: &AppState,
     job_dir: &Path,
 ) -> Result<crate::contract::TriggerAccepted, ApiError> {
     let limit = app.inner.config.server.max_body_bytes;
-    let path = job_dir.join("input").join(TRIGGER);
-    let bytes = tokio::task::spawn_blocking(move || read_bounded(&path, limit))
+    let root = app.inner.shared_root.clone();
+    let modes = app.inner.config.storage.modes;
+    let folder = folder_name(job_dir).to_owned();
+    let bytes = tokio::task::spawn_blocking(move || read_trigger(&root, &folder, modes, limit))
         .await
         .map_err(|e| ApiError::internal(&e))??;
     let (request, sha256) = parse_request(&bytes)?;
-    let folder = job_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    if folder != request.job_id.to_string() {
-        return Err(ApiError::invalid(
-            ErrorSource::Request,
-            vec![FieldError::new(
-                "/job_id",
-                format!("must be the job folder's name ({folder})"),
-            )],
-        ));
+    let folder = folder_name(job_dir);
+    let id = request.job_id.to_string();
+    if folder != id {
+        let detail = if folder.eq_ignore_ascii_case(&id) {
+            format!("the job folder must be named by the job id in lower case ({id}), not {folder}")
+        } else {
+            format!("must be the job folder's name ({folder})")
+        };
+        let errors = vec![FieldError::new("/job_id", detail)];
+        return Err(ApiError::invalid(ErrorSource::Request, errors));
     }
     accept(app, request, sha256, None)
         .await
         .map(|(_, body)| body)
 }
 
-/// Reads the trigger file without following a symlink or blocking on a FIFO, up to `limit`.
-fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, ApiError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let unreadable =
-        |detail: String| ApiError::unreadable_body(axum::http::StatusCode::BAD_REQUEST, detail);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| unreadable(format!("input/trigger.json: {e}")))?;
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(unreadable(
-            "input/trigger.json is not a regular file".into(),
-        ));
+/// Reads the trigger file through the folder's handle (no link followed, no FIFO blocked on),
+/// up to `limit`.
+fn read_trigger(
+    root: &Path,
+    folder: &str,
+    modes: Modes,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let rel = format!("input/{TRIGGER}");
+    let read = JobDir::folder(root, folder, modes).and_then(|dir| dir.read(&rel, limit as u64));
+    match read {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(unreadable(
+            StatusCode::BAD_REQUEST,
+            format!("{rel} does not exist"),
+        )),
+        Err(JobDirError::TooLarge { .. }) => Err(unreadable(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{rel} is larger than server.max_body_bytes ({limit})"),
+        )),
+        Err(e) => Err(unreadable(StatusCode::BAD_REQUEST, e.to_string())),
     }
-    let mut bytes = Vec::new();
-    file.take(limit as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| unreadable(format!("input/trigger.json: {e}")))?;
-    if bytes.len() > limit {
-        return Err(ApiError::unreadable_body(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            format!("input/trigger.json is larger than server.max_body_bytes ({limit})"),
-        ));
-    }
-    Ok(bytes)
+}
+
+fn unreadable(status: StatusCode, detail: String) -> ApiError {
+    ApiError::unreadable_body(status, detail)
 }

@@ -21,8 +21,8 @@ use crate::contract::{
 };
 use crate::delivery::Transport;
 use crate::error::{ApiError, ErrorSource};
-use crate::jobdir::JobDir;
 use crate::jobdir::hex;
+use crate::jobdir::{JobDir, JobDirError};
 use crate::store::{Enqueued, JobRecord, NewJob};
 
 /// `Retry-After` while draining: about the time a restart takes.
@@ -95,7 +95,8 @@ pub(super) async fn accept(
     }
     let offered = offered_elsewhere(app, &request.agent_name).await?;
     check_registry(&app.config, &app.deliveries.transport(), &request, &offered)?;
-    let (dir, manifest) = check_manifest(&app.shared_root, &request)?;
+    let modes = app.config.storage.modes;
+    let (dir, manifest) = check_manifest(&app.shared_root, modes, &request)?;
     check_input_files(dir, manifest).await?;
     let at = Timestamp::now();
     let rank = u32::try_from(request.priority.rank()).unwrap_or(0);
@@ -277,24 +278,45 @@ fn check_registry(
     }
 }
 
+/// The most of `input/manifest.json` read; a larger manifest is refused.
+const MANIFEST_MAX: u64 = 16 << 20;
+
 /// The job folder and its manifest: present, valid for its schema version, and agreeing with
 /// the request.
 fn check_manifest(
     shared_root: &std::path::Path,
+    modes: crate::jobdir::Modes,
     request: &TriggerRequest,
 ) -> Result<(JobDir, Manifest), ApiError> {
     let manifest_error = |detail: String| {
         ApiError::invalid(ErrorSource::Manifest, vec![FieldError::new("", detail)])
     };
-    let dir = JobDir::open(shared_root, request.job_id).map_err(|e| {
-        // Say where it was looked for: a wrong shared_root on either side is the usual cause.
-        let looked = shared_root
-            .join(request.job_id.to_string())
-            .join("input/manifest.json");
-        manifest_error(format!("{e} (looked for {})", looked.display()))
+    let id = request.job_id.to_string();
+    // Say where it was looked for: a wrong shared_root on either side is the usual cause.
+    let looked = shared_root.join(&id).join("input/manifest.json");
+    let dir = JobDir::open(shared_root, request.job_id, modes).map_err(|e| match e {
+        // The id is case-insensitive; its folder has one name, the lower-case id.
+        JobDirError::Missing(path) if path == id => {
+            let detail = format!(
+                "no job folder {id} in shared_root (a job folder is named by the job id in lower case; looked for {})",
+                looked.display()
+            );
+            ApiError::invalid(ErrorSource::Request, vec![FieldError::new("/job_id", detail)])
+        }
+        e @ JobDirError::Missing(_) => {
+            manifest_error(format!("{e} (looked for {})", looked.display()))
+        }
+        e => manifest_error(e.to_string()),
     })?;
-    let bytes = std::fs::read(dir.manifest())
-        .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?;
+    let bytes = dir
+        .read("input/manifest.json", MANIFEST_MAX)
+        .map_err(|e| manifest_error(format!("cannot read input/manifest.json: {e}")))?
+        .ok_or_else(|| {
+            manifest_error(format!(
+                "input/manifest.json does not exist (looked for {})",
+                looked.display()
+            ))
+        })?;
     let manifest =
         parse_manifest(&bytes).map_err(|e| ApiError::invalid(ErrorSource::Manifest, e.errors))?;
     let contradictions = contradictions(&manifest, request);

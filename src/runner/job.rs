@@ -56,12 +56,9 @@ pub(super) struct JobLog {
 }
 
 impl JobLog {
-    async fn open(path: &Path) -> std::io::Result<Self> {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
+    /// Opens `output/log.txt` through the job folder's handle (never through a link).
+    fn open(dir: &JobDir) -> Result<Self, crate::jobdir::JobDirError> {
+        let file = tokio::fs::File::from_std(dir.append("output/log.txt")?);
         Ok(Self {
             file: Mutex::new(Some(tokio::io::BufWriter::new(file))),
             run: None,
@@ -133,21 +130,22 @@ impl Runner {
             cannot_run(format!("agent {} is no longer configured", job.agent_name)).await;
             return;
         };
-        let dir = match JobDir::open(&self.shared_root, job.job_id) {
+        let dir = match JobDir::open(&self.shared_root, job.job_id, self.modes()) {
             Ok(dir) => dir,
             Err(e) => {
                 cannot_run(format!("job folder unusable: {e}")).await;
                 return;
             }
         };
-        if let Err(e) = dir.prepare_output() {
-            cannot_run(format!("cannot create output/: {e}")).await;
+        // A link planted in output/ before the run fails it here, before the agent starts.
+        if let Err(e) = dir.prepare_output().and_then(|()| dir.check_output()) {
+            cannot_run(format!("job folder refused: {e}")).await;
             return;
         }
-        let log = match JobLog::open(&dir.output().join("log.txt")).await {
+        let log = match JobLog::open(&dir) {
             Ok(log) => Arc::new(log.fenced_by(&control)),
             Err(e) => {
-                cannot_run(format!("cannot open log.txt: {e}")).await;
+                cannot_run(format!("job folder refused: {e}")).await;
                 return;
             }
         };
@@ -181,7 +179,7 @@ impl Runner {
         .await;
         log.flush().await;
         let _ = self
-            .conclude_in(job, Some((dir.output(), Some(&control))), ending)
+            .conclude_in(job, Some((dir, Some(&control))), ending)
             .await;
     }
 
@@ -389,10 +387,10 @@ impl Runner {
         message: String,
     ) -> Result<(), StoreError> {
         info!(%state, %message, "ending the job");
-        let output = JobDir::open(&self.shared_root, job.job_id)
+        // output/ alone: a refused artifacts/ is then said in error.log, which lives there.
+        let output = JobDir::open(&self.shared_root, job.job_id, self.modes())
             .ok()
-            .filter(|dir| dir.prepare_output().is_ok())
-            .map(|dir| dir.output());
+            .filter(|dir| dir.create_dir("output").is_ok());
         let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
         let job_id = job.job_id;
         self.conclude_in(job, output.map(|o| (o, None)), ending)
@@ -408,7 +406,7 @@ impl Runner {
     async fn conclude_in(
         &self,
         job: JobRecord,
-        output: Option<(std::path::PathBuf, Option<&Arc<Control>>)>,
+        output: Option<(JobDir, Option<&Arc<Control>>)>,
         ending: Ending,
     ) -> Result<(), StoreError> {
         let stale = || StoreError::Stale {
@@ -446,15 +444,14 @@ impl Runner {
             stderr_tail: ending.stderr_tail.clone(),
         };
         let finalized = match output {
-            Some((output, run)) => {
+            Some((dir, run)) => {
                 let run = run.cloned();
                 let finalized = tokio::task::spawn_blocking(move || {
                     // Checked last, right before the files are written.
                     run.is_none_or(|r| r.may_write())
-                        .then(|| outputs::finalize(&output, report))
+                        .then(|| outputs::finalize(&dir, report))
                 })
-                .await
-                .map_err(std::io::Error::other);
+                .await;
                 match finalized {
                     Ok(None) => {
                         info!(
@@ -464,27 +461,31 @@ impl Runner {
                         return Err(stale());
                     }
                     Ok(Some(r)) => r,
-                    Err(e) => Err(e),
+                    Err(e) => Err(io_error(std::io::Error::other(e))),
                 }
             }
-            None => Err(std::io::Error::other("no usable job folder")),
+            None => Err(io_error(std::io::Error::other("no usable job folder"))),
         };
         let output_uri = self.output_uri(&job);
-        let (state, output_index) = match finalized {
-            Ok((state, summary)) => (
-                state,
+        let (state, error, output_index) = match finalized {
+            Ok(done) => (
+                done.state,
+                done.error,
                 outputs::output_index(
-                    &summary,
+                    &done.summary,
                     &output_uri,
                     self.config.callbacks.output_index_max_bytes,
                 ),
             ),
             Err(e) => {
                 warn!(error = %e, "cannot write the output files");
-                (
-                    ending.state,
-                    serde_json::json!({"version": PAYLOAD_VERSION, "job_id": job.job_id, "status": ending.state, "artifacts": []}),
-                )
+                let (state, error) = if e.is_refusal() {
+                    outputs::refused(ending.state, ending.error, &e)
+                } else {
+                    (ending.state, ending.error)
+                };
+                let index = serde_json::json!({"version": PAYLOAD_VERSION, "job_id": job.job_id, "status": state, "artifacts": []});
+                (state, error, index)
             }
         };
         let callback = CompletionCallback {
@@ -496,7 +497,7 @@ impl Runner {
             status: state,
             output_uri,
             output_index: output_index.clone(),
-            error: ending.error.clone(),
+            error: error.clone(),
             meta: CompletionMeta {
                 duration_ms: timing.duration_ms,
                 started_at: timing.started_at,
@@ -517,7 +518,7 @@ impl Runner {
             attempt: job.attempt,
             state,
             exit_code: ending.measured.exit_code,
-            error: ending.error,
+            error,
             output_index,
             at: finished_at,
             lease_until: self.deliveries.lease_until(finished_at),
@@ -548,6 +549,10 @@ impl Runner {
         }
     }
 
+    fn modes(&self) -> crate::jobdir::Modes {
+        self.config.storage.modes
+    }
+
     /// `output_uri` of a job: the configured prefix, or a `file://` URI of its folder.
     pub(crate) fn output_uri(&self, job: &JobRecord) -> String {
         output_uri(
@@ -567,6 +572,13 @@ pub fn output_uri(
     match prefix {
         Some(prefix) => format!("{prefix}{job_id}/output/"),
         None => format!("file://{}/{job_id}/output/", shared_root.display()),
+    }
+}
+
+fn io_error(source: std::io::Error) -> crate::jobdir::JobDirError {
+    crate::jobdir::JobDirError::Io {
+        path: "output".into(),
+        source,
     }
 }
 

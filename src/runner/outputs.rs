@@ -3,16 +3,17 @@
 //! Runs on the blocking pool (it hashes files). Every file is written atomically, so a reader
 //! never sees half a summary.
 
-use std::io;
-use std::path::Path;
-
 use serde_json::{Map, Value};
+use tracing::warn;
 
 use crate::contract::{
-    AgentName, Artifact, JobError, JobId, JobState, MetricsFile, PAYLOAD_VERSION, RejectedArtifact,
-    Summary, Timing,
+    AgentName, Artifact, ErrorReason, JobError, JobId, JobState, MetricsFile, PAYLOAD_VERSION,
+    RejectedArtifact, Summary, Timing,
 };
-use crate::jobdir::{sha256_file, write_atomic};
+use crate::jobdir::{EntryKind, JobDir, JobDirError};
+
+/// The most of the agent's summary.json or metrics.json read; a larger one is ignored.
+const AGENT_FILE_MAX: u64 = 16 << 20;
 
 /// Everything known about a finished attempt that goes into the output files.
 pub struct RunReport {
@@ -47,10 +48,36 @@ pub struct Measured {
     pub max_rss_kb: Option<u64>,
 }
 
-/// Writes the output files; returns the final state (a `completed` run whose agent summary says
-/// `partial` becomes `partial`) and the summary.
-pub fn finalize(output: &Path, report: RunReport) -> io::Result<(JobState, Summary)> {
-    let agent_summary = read_object(&output.join("summary.json"));
+/// What finalising decided: the state and error the job ends with, and its summary.
+pub struct Finalized {
+    /// The final state (a `completed` run whose agent summary says `partial` is `partial`).
+    pub state: JobState,
+    /// Why it did not complete, including a refusal of what `output/` holds.
+    pub error: Option<JobError>,
+    /// The summary written to summary.json.
+    pub summary: Summary,
+}
+
+/// Writes the output files. A link, hard link or FIFO where the sidecar reads or writes fails
+/// the job with its sentence (never followed); `Err` when the files cannot be written at all.
+pub fn finalize(dir: &JobDir, mut report: RunReport) -> Result<Finalized, JobDirError> {
+    let read = dir
+        .check_output()
+        .and_then(|()| {
+            Ok((
+                read_object(dir, "summary.json")?,
+                read_object(dir, "metrics.json")?,
+            ))
+        })
+        .and_then(|agent| Ok((agent, index_artifacts(dir)?)));
+    let ((agent_summary, agent_metrics), (artifacts, rejected_artifacts)) = match read {
+        Ok(read) => read,
+        Err(e) if e.is_refusal() => {
+            (report.state, report.error) = refused(report.state, report.error, &e);
+            Default::default()
+        }
+        Err(e) => return Err(e),
+    };
     let state = match (
         report.state,
         agent_summary.get("status").and_then(Value::as_str),
@@ -58,7 +85,6 @@ pub fn finalize(output: &Path, report: RunReport) -> io::Result<(JobState, Summa
         (JobState::Completed, Some("partial")) => JobState::Partial,
         (state, _) => state,
     };
-    let (artifacts, rejected_artifacts) = index_artifacts(output)?;
     let summary = Summary {
         version: PAYLOAD_VERSION,
         job_id: report.job_id,
@@ -71,17 +97,46 @@ pub fn finalize(output: &Path, report: RunReport) -> io::Result<(JobState, Summa
         metrics: agent_summary.get("metrics").cloned(),
         timing: report.timing.clone(),
     };
-    write_atomic(&output.join("summary.json"), &pretty(&summary))?;
-    write_metrics(output, &report)?;
+    dir.write_atomic("output/summary.json", &pretty(&summary))?;
+    write_metrics(dir, &report, agent_metrics)?;
     match &report.error {
-        Some(error) => write_error_log(output, error, &report.stderr_tail)?,
+        Some(error) => write_error_log(dir, error, &report.stderr_tail)?,
         // One from an earlier attempt (or a sweeper that lost a race) must not outlive it.
-        None => match std::fs::remove_file(output.join("error.log")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        },
+        None => dir.remove("output/error.log")?,
     }
-    Ok((state, summary))
+    Ok(Finalized {
+        state,
+        error: report.error,
+        summary,
+    })
+}
+
+/// The state and error of a job whose folder was refused: a run that would have completed
+/// fails with the refusal's sentence; one that already failed keeps its reason and says both.
+/// No error reason of its own: a new one is a new callback version (schemas/README.md).
+pub fn refused(
+    state: JobState,
+    error: Option<JobError>,
+    refusal: &JobDirError,
+) -> (JobState, Option<JobError>) {
+    let sentence = format!("job folder refused: {refusal}");
+    match error {
+        Some(mut error) => {
+            // A run refused before it started says so once.
+            if !error.message.contains(&sentence) {
+                error.message = format!("{}; {sentence}", error.message);
+            }
+            (state, Some(error))
+        }
+        None => {
+            let error = JobError {
+                reason: ErrorReason::SpawnFailed,
+                message: sentence,
+                exit_code: None,
+            };
+            (JobState::Failed, Some(error))
+        }
+    }
 }
 
 fn pretty<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -90,20 +145,32 @@ fn pretty<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bytes
 }
 
-/// The agent's own JSON object at `path`; empty when absent or not an object.
-fn read_object(path: &Path) -> Map<String, Value> {
-    std::fs::read(path)
-        .ok()
+/// The agent's own JSON object in `output/<name>`; empty when absent, too large or not an
+/// object. A link or FIFO there is refused.
+fn read_object(dir: &JobDir, name: &str) -> Result<Map<String, Value>, JobDirError> {
+    let rel = format!("output/{name}");
+    let bytes = match dir.read(&rel, AGENT_FILE_MAX) {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_refusal() => return Err(e),
+        Err(e) => {
+            warn!(error = %e, "the agent's {name} is ignored");
+            None
+        }
+    };
+    Ok(bytes
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
         .and_then(|v| match v {
             Value::Object(map) => Some(map),
             _ => None,
         })
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
-fn write_metrics(output: &Path, report: &RunReport) -> io::Result<()> {
-    let mut agent = read_object(&output.join("metrics.json"));
+fn write_metrics(
+    dir: &JobDir,
+    report: &RunReport,
+    mut agent: Map<String, Value>,
+) -> Result<(), JobDirError> {
     for key in MetricsFile::MEASURED_KEYS {
         agent.remove(key);
     }
@@ -119,10 +186,10 @@ fn write_metrics(output: &Path, report: &RunReport) -> io::Result<()> {
         max_rss_kb: m.max_rss_kb,
         agent,
     };
-    write_atomic(&output.join("metrics.json"), &pretty(&metrics))
+    dir.write_atomic("output/metrics.json", &pretty(&metrics))
 }
 
-fn write_error_log(output: &Path, error: &JobError, tail: &[String]) -> io::Result<()> {
+fn write_error_log(dir: &JobDir, error: &JobError, tail: &[String]) -> Result<(), JobDirError> {
     let mut text = format!("reason: {}\n{}\n", reason_text(error), error.message);
     if !tail.is_empty() {
         text.push_str("\nlast stderr lines:\n");
@@ -131,7 +198,7 @@ fn write_error_log(output: &Path, error: &JobError, tail: &[String]) -> io::Resu
             text.push('\n');
         }
     }
-    write_atomic(&output.join("error.log"), text.as_bytes())
+    dir.write_atomic("output/error.log", text.as_bytes())
 }
 
 fn reason_text(error: &JobError) -> String {
@@ -141,43 +208,42 @@ fn reason_text(error: &JobError) -> String {
         .unwrap_or_default()
 }
 
-/// Indexes every regular file under `output/artifacts/`; symlinks and special files are listed
-/// as rejected and never opened.
-pub fn index_artifacts(output: &Path) -> io::Result<(Vec<Artifact>, Vec<RejectedArtifact>)> {
+/// Indexes every regular file under `output/artifacts/`; symlinks, hard links and special
+/// files are listed as rejected and never read. A symlinked `artifacts/` (or `output/`) is
+/// refused.
+pub fn index_artifacts(
+    dir: &JobDir,
+) -> Result<(Vec<Artifact>, Vec<RejectedArtifact>), JobDirError> {
     let mut artifacts = Vec::new();
     let mut rejected = Vec::new();
-    let root = output.join("artifacts");
-    let mut pending = vec![root.clone()];
-    while let Some(dir) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+    let mut pending = vec!["output/artifacts".to_owned()];
+    while let Some(folder) = pending.pop() {
+        let Some(entries) = dir.list(&folder)? else {
+            continue;
         };
-        for entry in entries {
-            let entry = entry?;
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(output)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .into_owned();
-            // file_type() does not follow symlinks.
-            let kind = entry.file_type()?;
-            if kind.is_symlink() {
-                rejected.push(RejectedArtifact {
-                    path: rel,
-                    reason: "symlink (not followed)".into(),
-                });
-            } else if kind.is_dir() {
-                pending.push(path);
-            } else if kind.is_file() {
-                artifacts.push(describe(&path, rel)?);
-            } else {
-                rejected.push(RejectedArtifact {
-                    path: rel,
-                    reason: "not a regular file".into(),
-                });
+        for (name, kind) in entries {
+            let rel = format!("{folder}/{name}");
+            let shown = rel.trim_start_matches("output/").to_owned();
+            let reject = |reason: &str| RejectedArtifact {
+                path: shown.clone(),
+                reason: reason.into(),
+            };
+            match kind {
+                EntryKind::Symlink => rejected.push(reject("symlink (not followed)")),
+                EntryKind::Other => rejected.push(reject("not a regular file")),
+                EntryKind::Dir => pending.push(rel),
+                EntryKind::File => match describe(dir, &rel, shown.clone()) {
+                    Ok(artifact) => artifacts.push(artifact),
+                    Err(JobDirError::HardLink(_)) => {
+                        rejected.push(reject("hard link (link count above 1; not read)"));
+                    }
+                    // Swapped for a link or a FIFO since it was listed.
+                    Err(JobDirError::Symlink(_)) => rejected.push(reject("symlink (not followed)")),
+                    Err(JobDirError::WrongType { .. }) => {
+                        rejected.push(reject("not a regular file"))
+                    }
+                    Err(e) => return Err(e),
+                },
             }
         }
     }
@@ -186,14 +252,14 @@ pub fn index_artifacts(output: &Path) -> io::Result<(Vec<Artifact>, Vec<Rejected
     Ok((artifacts, rejected))
 }
 
-fn describe(path: &Path, rel: String) -> io::Result<Artifact> {
-    let (bytes, sha256) = sha256_file(path)?;
-    let mime = mime_guess::from_path(path)
+fn describe(dir: &JobDir, rel: &str, shown: String) -> Result<Artifact, JobDirError> {
+    let (bytes, sha256) = dir.sha256(rel)?;
+    let mime = mime_guess::from_path(rel)
         .first_or_octet_stream()
         .essence_str()
         .to_owned();
     Ok(Artifact {
-        path: rel,
+        path: shown,
         mime,
         bytes,
         sha256,
@@ -221,29 +287,30 @@ pub fn output_index(summary: &Summary, output_uri: &str, max_bytes: usize) -> Va
 mod tests {
     use super::*;
     use crate::contract::Timestamp;
+    use crate::jobdir::Modes;
 
-    #[test]
-    fn a_symlink_in_artifacts_is_rejected_not_indexed() {
-        let out = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(out.path().join("artifacts/nested")).unwrap();
-        std::fs::write(out.path().join("artifacts/nested/report.csv"), "a,b\n").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", out.path().join("artifacts/passwd")).unwrap();
-        let (artifacts, rejected) = index_artifacts(out.path()).unwrap();
-        assert_eq!(artifacts.len(), 1);
-        assert_eq!(artifacts[0].path, "artifacts/nested/report.csv");
-        assert_eq!(artifacts[0].mime, "text/csv");
-        assert_eq!(artifacts[0].bytes, 4);
-        assert_eq!(rejected[0].path, "artifacts/passwd");
+    const JOB: &str = "7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f";
+
+    /// A job folder with a manifest and an empty `output/`; the folder's path and its handle.
+    fn job_dir() -> (tempfile::TempDir, std::path::PathBuf, JobDir) {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().canonicalize().unwrap().join(JOB);
+        std::fs::create_dir_all(folder.join("input")).unwrap();
+        std::fs::create_dir_all(folder.join("output")).unwrap();
+        std::fs::write(folder.join("input/manifest.json"), "{}").unwrap();
+        let dir = JobDir::open(
+            folder.parent().unwrap(),
+            JOB.parse().unwrap(),
+            Modes::default(),
+        );
+        (root, folder.join("output"), dir.unwrap())
     }
 
-    #[test]
-    fn a_completed_run_removes_an_error_log_left_by_an_earlier_writer() {
-        let out = tempfile::tempdir().unwrap();
-        std::fs::write(out.path().join("error.log"), "queue_timeout\n").unwrap();
-        let report = RunReport {
-            job_id: "7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f".parse().unwrap(),
+    fn report(state: JobState) -> RunReport {
+        RunReport {
+            job_id: JOB.parse().unwrap(),
             agent_name: "a".parse().unwrap(),
-            state: JobState::Completed,
+            state,
             error: None,
             timing: Timing {
                 queued_at: Timestamp::now(),
@@ -253,11 +320,74 @@ mod tests {
             },
             measured: Measured::default(),
             stderr_tail: Vec::new(),
-        };
-        let (state, _) = finalize(out.path(), report).unwrap();
-        assert_eq!(state, JobState::Completed);
-        assert!(!out.path().join("error.log").exists());
-        assert!(out.path().join("summary.json").exists());
+        }
+    }
+
+    #[test]
+    fn a_symlink_in_artifacts_is_rejected_not_indexed() {
+        let (_root, out, dir) = job_dir();
+        std::fs::create_dir_all(out.join("artifacts/nested")).unwrap();
+        std::fs::write(out.join("artifacts/nested/report.csv"), "a,b\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", out.join("artifacts/passwd")).unwrap();
+        let (artifacts, rejected) = index_artifacts(&dir).unwrap();
+        assert_eq!(artifacts.len(), 1);
+        assert_eq!(artifacts[0].path, "artifacts/nested/report.csv");
+        assert_eq!(artifacts[0].mime, "text/csv");
+        assert_eq!(artifacts[0].bytes, 4);
+        assert_eq!(rejected[0].path, "artifacts/passwd");
+    }
+
+    #[test]
+    fn a_hard_linked_artifact_is_rejected_not_read() {
+        let (root, out, dir) = job_dir();
+        let outside = root.path().join("secret.txt");
+        std::fs::write(&outside, "secret").unwrap();
+        std::fs::create_dir_all(out.join("artifacts")).unwrap();
+        std::fs::hard_link(&outside, out.join("artifacts/copy.txt")).unwrap();
+        let (artifacts, rejected) = index_artifacts(&dir).unwrap();
+        assert!(artifacts.is_empty());
+        assert_eq!(rejected[0].path, "artifacts/copy.txt");
+        assert!(
+            rejected[0].reason.contains("hard link"),
+            "{}",
+            rejected[0].reason
+        );
+    }
+
+    #[test]
+    fn a_completed_run_removes_an_error_log_left_by_an_earlier_writer() {
+        let (_root, out, dir) = job_dir();
+        std::fs::write(out.join("error.log"), "queue_timeout\n").unwrap();
+        let done = finalize(&dir, report(JobState::Completed)).unwrap();
+        assert_eq!(done.state, JobState::Completed);
+        assert!(!out.join("error.log").exists());
+        assert!(out.join("summary.json").exists());
+    }
+
+    #[test]
+    fn a_summary_symlink_fails_the_run_and_is_replaced_not_followed() {
+        let (root, out, dir) = job_dir();
+        let outside = root.path().join("outside.json");
+        std::fs::write(&outside, r#"{"findings":"stolen"}"#).unwrap();
+        std::os::unix::fs::symlink(&outside, out.join("summary.json")).unwrap();
+        let done = finalize(&dir, report(JobState::Completed)).unwrap();
+        assert_eq!(done.state, JobState::Failed);
+        let error = done.error.unwrap();
+        assert!(
+            error.message.contains("output/summary.json is a symlink"),
+            "{}",
+            error.message
+        );
+        assert_eq!(done.summary.findings, None);
+        assert_eq!(
+            std::fs::read_to_string(&outside).unwrap(),
+            r#"{"findings":"stolen"}"#
+        );
+        assert!(
+            !std::fs::symlink_metadata(out.join("summary.json"))
+                .unwrap()
+                .is_symlink()
+        );
     }
 
     #[test]

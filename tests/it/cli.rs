@@ -125,6 +125,32 @@ fn environment_overrides_are_applied_and_checked() {
 }
 
 #[test]
+fn a_file_mode_that_locks_the_sidecar_out_is_refused_naming_the_key() {
+    let (_dir, path) = write_config("");
+    let check = |key: &str, value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+            .args(["check-config", &path])
+            .env(format!("AGENT_SIDECAR__STORAGE__{key}"), value)
+            .output()
+            .unwrap();
+        (out.status.code(), text_of(&out))
+    };
+    let (code, text) = check("FILE_MODE", "0440");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("storage.file_mode") && text.contains("0600"),
+        "{text}"
+    );
+    let (code, text) = check("DIR_MODE", "0799");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("storage.dir_mode") && text.contains("octal"),
+        "{text}"
+    );
+    assert_eq!(check("FILE_MODE", "0660").0, Some(0));
+}
+
+#[test]
 fn a_short_secret_is_refused_and_never_printed() {
     let (_dir, path) = write_config("");
     let out = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
@@ -254,7 +280,7 @@ fn validate_checks_a_v2_manifests_files_as_the_trigger_does() {
     let out = cli(&["validate", manifest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text_of(&out).contains("/inputs/0/path: input/notes.txt goes through a symlink"),
+        text_of(&out).contains("/inputs/0/path: input/notes.txt is a symlink"),
         "{}",
         text_of(&out)
     );

@@ -187,6 +187,27 @@ async fn an_invalid_folder_trigger_gets_its_problem_in_the_folder_and_runs_nothi
     assert_eq!(sidecar.get(&format!("/jobs/{job_id}")).await.0, 404);
 }
 
+/// Issue 18: the rule of the HTTP trigger (a job folder is named by the lower-case id) holds
+/// for folder triggers too: a folder named in upper case is answered, at `/job_id`, not ignored.
+#[tokio::test]
+async fn a_folder_named_by_an_upper_case_job_id_is_answered_with_the_rule_and_runs_nothing() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(&receiver, &[FOLDER_TRIGGERS, NO_RESCAN]).await;
+    let mut body = trigger(&receiver, "ticker");
+    let lower = body["job_id"].as_str().unwrap().to_owned();
+    let upper = lower.to_ascii_uppercase();
+    body["job_id"] = json!(upper);
+    drop_trigger(&sidecar, &body);
+    let problem = response(&sidecar, &upper).await;
+    assert_eq!(problem["status"], 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/job_id");
+    assert_eq!(
+        problem["errors"][0]["detail"],
+        format!("the job folder must be named by the job id in lower case ({lower}), not {upper}")
+    );
+    assert_eq!(sidecar.get(&format!("/jobs/{lower}")).await.0, 404);
+}
+
 #[tokio::test]
 async fn two_hundred_trigger_files_dropped_at_once_each_run_exactly_once() {
     let receiver = Receiver::start().await;

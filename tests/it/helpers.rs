@@ -250,6 +250,7 @@ fn agents_toml() -> String {
         agent("with_child", t.join("with_child.py"), "1s"),
         agent("chatty", t.join("chatty.py"), "120s"),
         agent("symlinker", t.join("symlinker.py"), "60s"),
+        agent("planter", t.join("planter.py"), "60s"),
         agent("burst", t.join("burst.py"), "60s"),
         agent("overlap", t.join("overlap.py"), "60s") + "max_concurrent = 2\n",
         agent("overlap_wide", t.join("overlap.py"), "60s"),

@@ -11,6 +11,8 @@ mod guardian;
 mod helpers;
 mod idempotency;
 mod lifecycle;
+mod links;
+mod modes;
 mod ops;
 mod pki;
 mod queue;

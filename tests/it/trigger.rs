@@ -112,6 +112,8 @@ async fn params_violating_the_agent_params_schema_are_422() {
 async fn a_missing_manifest_is_422_naming_the_manifest() {
     let (r, sidecar) = setup().await;
     let body = trigger(&r, "summarizer_v2");
+    let job_dir = sidecar.write_job(&body);
+    std::fs::remove_file(job_dir.join("input/manifest.json")).unwrap();
     let (status, answer) = sidecar.post_trigger(&body).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_names(&answer, "manifest", "");
@@ -127,6 +129,39 @@ async fn a_missing_manifest_is_422_naming_the_manifest() {
         detail.contains(&format!("(looked for {})", looked.display())),
         "{answer}"
     );
+}
+
+/// Issue 18: a job id is case-insensitive and its folder is the lower-case id; an upper-case id
+/// whose folder was written as sent is told so, at `/job_id`.
+#[tokio::test]
+async fn an_upper_case_job_id_uses_the_lower_case_folder_and_says_so_when_it_is_missing() {
+    let (r, sidecar) = setup().await;
+    let mut body = trigger(&r, "summarizer_v2");
+    let lower = body["job_id"].as_str().unwrap().to_owned();
+    let upper = lower.to_ascii_uppercase();
+    body["job_id"] = json!(upper);
+    let mut manifest_body = body.clone();
+    manifest_body["job_id"] = json!(upper);
+    // Written as sent: the folder the sidecar looks for is the lower-case one.
+    let written = sidecar.write_job(&manifest_body);
+    assert!(written.ends_with(&upper));
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_names(&answer, "request", "/job_id");
+    let detail = answer["errors"][0]["detail"].as_str().unwrap();
+    let looked = sidecar.shared_root.canonicalize().unwrap().join(&lower);
+    assert_eq!(
+        detail,
+        format!(
+            "no job folder {lower} in shared_root (a job folder is named by the job id in lower case; looked for {})",
+            looked.join("input/manifest.json").display()
+        )
+    );
+    std::fs::rename(&written, sidecar.job_dir(&lower)).unwrap();
+    let (status, answer) = sidecar.post_trigger(&body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["job_id"], lower.as_str());
+    assert_eq!(r.completion(&lower).await.json()["status"], "completed");
 }
 
 #[tokio::test]
