@@ -288,15 +288,48 @@ impl IntoResponse for ApiError {
 }
 
 impl From<crate::store::StoreError> for ApiError {
-    /// A database that cannot be reached is a retryable 503; anything else is our fault.
+    /// A database that cannot be reached or written (PostgreSQL down, a read-only or full
+    /// disk, a lock held too long) is a retryable 503: Rails retries it, where a 500 pages
+    /// someone. Anything else is our fault.
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
-        match e {
-            StoreError::Pool(_) | StoreError::Postgres(_) | StoreError::Closed => {
-                tracing::warn!(error = %e, "store unavailable");
-                Self::unavailable("the job store is unavailable; retry shortly", 5)
-            }
-            other => Self::internal(&other),
+        let unavailable = match &e {
+            StoreError::Pool(_)
+            | StoreError::Postgres(_)
+            | StoreError::Closed
+            // SQLite's writer commits a group of writes; a failed COMMIT is a disk that
+            // refused them, not a bad request.
+            | StoreError::Commit(_) => true,
+            StoreError::Database(db) => sqlite_unavailable(db),
+            StoreError::Migration(_)
+            | StoreError::PgMigration(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Stale { .. } => false,
+        };
+        if unavailable {
+            tracing::warn!(error = %e, "store unavailable");
+            Self::unavailable("the job store is unavailable; retry shortly", 5)
+        } else {
+            Self::internal(&e)
         }
     }
+}
+
+/// Whether SQLite failed because of the file or the disk under it rather than the statement.
+fn sqlite_unavailable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    let rusqlite::Error::SqliteFailure(failure, _) = e else {
+        return false;
+    };
+    matches!(
+        failure.code,
+        ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::ReadOnly
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::PermissionDenied
+            | ErrorCode::OutOfMemory
+    )
 }

@@ -48,8 +48,7 @@ pub(super) async fn list(
         .inner
         .store
         .list_deliveries(filter(query)?)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .await?;
     Ok(Json(DeliveryList { deliveries }))
 }
 
@@ -73,8 +72,7 @@ async fn find(app: &AppState, id: String) -> Result<DeliveryStatus, ApiError> {
     app.inner
         .store
         .delivery(id.clone())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))
 }
 
@@ -144,8 +142,7 @@ async fn redrive(
         .inner
         .store
         .redrive(filter)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .await?;
     if !redriven.is_empty() {
         tracing::info!(count = redriven.len(), "dead deliveries redriven");
         app.inner.deliveries.wake();

@@ -88,8 +88,7 @@ pub(super) async fn accept(
     if let Some(job) = app
         .store
         .job(request.job_id)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
     {
         return replay(&job, &request_sha256, &app.public_url).map(|(s, Json(b))| (s, b));
     }
@@ -111,8 +110,7 @@ pub(super) async fn accept(
     match app
         .store
         .enqueue(job)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
     {
         Enqueued::Created(job) => {
             tracing::info!(job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id, "job {} queued", job.job_id);

@@ -84,8 +84,7 @@ async fn open(app: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     app.inner
         .store
         .job(job_id)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))
 }
 
@@ -99,8 +98,7 @@ async fn nothing_more(app: &AppState, job: &JobRecord, after: u64) -> Result<boo
         .inner
         .store
         .events_after(job.job_id, after, 1)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .await?;
     Ok(rest.is_empty())
 }
 
