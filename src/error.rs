@@ -206,7 +206,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
-    /// The request could not be read (too large, wrong content type...).
+    /// The request could not be read (too large, not a regular file...).
     pub fn unreadable_body(status: StatusCode, detail: impl Into<String>) -> Self {
         let (slug, title) = if status == StatusCode::PAYLOAD_TOO_LARGE {
             ("payload-too-large", "Payload too large")
@@ -214,6 +214,38 @@ impl ApiError {
             ("unreadable-body", "Unreadable body")
         };
         Self::new(status, slug, title, detail)
+    }
+
+    /// The body is over the configured limit; the problem names the setting and its value.
+    pub fn too_large(limit_bytes: usize) -> Self {
+        let detail = format!(
+            "the request body is larger than server.max_body_bytes ({limit_bytes} bytes)"
+        );
+        let mut err = Self::unreadable_body(StatusCode::PAYLOAD_TOO_LARGE, detail);
+        err.errors.push(ProblemField {
+            source: ErrorSource::Request,
+            pointer: String::new(),
+            detail: format!("at most max_body_bytes = {limit_bytes} bytes are read"),
+        });
+        err
+    }
+
+    /// The body is not of the one media type the endpoint takes.
+    pub fn unsupported_media_type(expected: &str, got: Option<&str>) -> Self {
+        let got = got.map_or_else(|| "no Content-Type".to_owned(), |g| format!("{g:?}"));
+        let detail = format!("must be {expected}, got {got}");
+        let mut err = Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("header /Content-Type: {detail}"),
+        );
+        err.errors.push(ProblemField {
+            source: ErrorSource::Header,
+            pointer: "/Content-Type".into(),
+            detail,
+        });
+        err
     }
 
     /// Our fault. The cause is logged here, once, and not shown to the client.
@@ -238,7 +270,8 @@ impl ApiError {
     }
 }
 
-fn source_name(source: ErrorSource) -> &'static str {
+/// How a document is named in a sentence (`request`, `manifest`...).
+pub(crate) fn source_name(source: ErrorSource) -> &'static str {
     match source {
         ErrorSource::Request => "request",
         ErrorSource::Manifest => "manifest",
