@@ -451,6 +451,9 @@ impl Deliveries {
         let mut response = match request.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
+                if let Some(refused) = transport::PrivateAddress::in_chain(&e) {
+                    return PostResult::Refused(refused.to_string());
+                }
                 return PostResult::Failed {
                     timeout: e.is_timeout(),
                     error: transport_error(&e),
