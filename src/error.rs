@@ -65,7 +65,8 @@ pub struct Problem {
     /// Each failing field, when fields failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ProblemField>,
-    /// Extension members: `state` (409), `reason` (401), `checks` (503 from `/ready`).
+    /// Extension members: `state` (409), `reason` (401), `checks` (503 from `/ready`),
+    /// `check: "schema"` (a 422 for a trigger body that breaks the trigger schema itself).
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub extensions: serde_json::Map<String, Value>,
@@ -218,9 +219,8 @@ impl ApiError {
 
     /// The body is over the configured limit; the problem names the setting and its value.
     pub fn too_large(limit_bytes: usize) -> Self {
-        let detail = format!(
-            "the request body is larger than server.max_body_bytes ({limit_bytes} bytes)"
-        );
+        let detail =
+            format!("the request body is larger than server.max_body_bytes ({limit_bytes} bytes)");
         let mut err = Self::unreadable_body(StatusCode::PAYLOAD_TOO_LARGE, detail);
         err.errors.push(ProblemField {
             source: ErrorSource::Request,

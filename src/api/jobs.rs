@@ -98,11 +98,7 @@ pub(super) async fn list(
     let filter = query
         .into_filter()
         .map_err(|errors| ApiError::invalid(ErrorSource::Query, errors))?;
-    let jobs = app
-        .inner
-        .store
-        .list_jobs(filter)
-        .await?;
+    let jobs = app.inner.store.list_jobs(filter).await?;
     Ok(Json(JobList {
         version: PAYLOAD_VERSION,
         jobs: jobs.iter().map(|j| j.summary()).collect(),

@@ -308,8 +308,7 @@ async fn the_completion_goes_out_at_once_after_the_last_progress_even_while_prog
     let receiver = Receiver::start().await;
     receiver.set_progress_status(StatusCode::SERVICE_UNAVAILABLE);
     let sidecar =
-        Sidecar::start_with_env(&receiver, &[("CALLBACKS__PROGRESS_MIN_INTERVAL", "500ms")])
-            .await;
+        Sidecar::start_with_env(&receiver, &[("CALLBACKS__PROGRESS_MIN_INTERVAL", "500ms")]).await;
     let mut body = trigger(&receiver, "ticker");
     body["params"] = serde_json::json!({"count": 3, "interval": 0.05});
     let completion = run_job(&sidecar, &receiver, &body).await;
@@ -318,13 +317,27 @@ async fn the_completion_goes_out_at_once_after_the_last_progress_even_while_prog
     println!("completion arrived {latency_ms} ms after the job's end was committed");
     // 200 ms leaves room for a loaded CI machine and is still less than half the pacing
     // (500 ms) and the first progress retry (400 ms) it used to wait for.
-    assert!(latency_ms < 200, "completion {latency_ms} ms after the end's commit");
+    assert!(
+        latency_ms < 200,
+        "completion {latency_ms} ms after the end's commit"
+    );
     let progress = receiver.hits("/progress");
     let last = progress.last().expect("progress was posted").json();
-    assert_eq!(last["message"].as_str().map(str::trim), Some("tick 2"), "the last progress is flushed");
+    assert_eq!(
+        last["message"].as_str().map(str::trim),
+        Some("tick 2"),
+        "the last progress is flushed"
+    );
     let all = receiver.wait_until("all callbacks", |_| true).await;
-    assert_eq!(all.last().unwrap().path, "/completion", "progress, then completion");
-    let seqs: Vec<u64> = progress.iter().map(|h| h.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        all.last().unwrap().path,
+        "/completion",
+        "progress, then completion"
+    );
+    let seqs: Vec<u64> = progress
+        .iter()
+        .map(|h| h.json()["seq"].as_u64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{seqs:?}");
 }
 

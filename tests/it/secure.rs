@@ -361,7 +361,11 @@ async fn a_hostname_resolving_to_loopback_is_refused_unless_its_network_is_allow
         d["attempts"].as_u64() >= Some(1) && d["state"] != "pending"
     })
     .await;
-    assert_eq!((d["state"].as_str(), d["attempts"].as_u64()), (Some("dead"), Some(1)), "{d}");
+    assert_eq!(
+        (d["state"].as_str(), d["attempts"].as_u64()),
+        (Some("dead"), Some(1)),
+        "{d}"
+    );
     assert!(
         d["last_error"]
             .as_str()

@@ -54,13 +54,16 @@ async fn writes_are_503_with_retry_after_when_the_sqlite_file_refuses_them() {
     assert_unavailable(&sidecar, Method::POST, &cancel, None).await;
 }
 
-#[path = "../support/postgres.rs"]
-mod test_postgres;
+use crate::fleet::test_postgres;
 
 /// Closes every connection to database `url` and refuses new ones: to the sidecar, a stopped
 /// server, without stopping the one the other tests share.
 async fn shut_out(url: &str) {
-    let name = url::Url::parse(url).unwrap().path().trim_start_matches('/').to_owned();
+    let name = url::Url::parse(url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
     let (admin, connection) =
         tokio_postgres::connect(&test_postgres::test_server(), tokio_postgres::NoTls)
             .await

@@ -202,7 +202,11 @@ async fn a_trigger_that_is_not_application_json_is_415_naming_the_content_type()
     let (r, sidecar) = setup().await;
     let body = trigger(&r, "summarizer_v2");
     sidecar.write_job(&body);
-    for content_type in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
         let mut request = client()
             .post(format!("{}/agents/trigger", sidecar.base))
             .body(serde_json::to_vec(&body).unwrap());
@@ -214,7 +218,9 @@ async fn a_trigger_that_is_not_application_json_is_415_naming_the_content_type()
         let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
         assert_names(&answer, "header", "/Content-Type");
     }
-    let (status, job) = sidecar.get(&format!("/jobs/{}", body["job_id"].as_str().unwrap())).await;
+    let (status, job) = sidecar
+        .get(&format!("/jobs/{}", body["job_id"].as_str().unwrap()))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was queued: {job}");
     let response = client()
         .post(format!("{}/agents/trigger", sidecar.base))
@@ -454,10 +460,17 @@ async fn each_refused_trigger_is_logged_once_and_counted_by_reason() {
         assert!(entry["status"].as_u64().is_some(), "{entry}");
     }
     let text = serde_json::to_string(&logged).unwrap();
-    for pointer in ["/job_name", "/params/max_sentences", "/callback_urls/completion"] {
+    for pointer in [
+        "/job_name",
+        "/params/max_sentences",
+        "/callback_urls/completion",
+    ] {
         assert!(text.contains(pointer), "{pointer} not logged: {text}");
     }
-    assert!(text.contains("jobs.allowed_job_names"), "the reason is logged: {text}");
+    assert!(
+        text.contains("jobs.allowed_job_names"),
+        "the reason is logged: {text}"
+    );
     assert!(
         !text.contains(&secret_value.to_string()),
         "params values never reach the log: {text}"
