@@ -102,7 +102,7 @@ async fn bare_http_rate(requests: usize, concurrency: usize) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/agents/trigger", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
+    let client = json_client();
     let body = Bytes::from_static(br#"{"job_id":"x"}"#);
     let rate = fire(requests, concurrency, |_| {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
@@ -248,7 +248,7 @@ async fn probe(
 /// queue; then measures restart-to-ready with the full queue. Returns the figures.
 async fn deep_queue(queued: usize, concurrency: usize) -> Vec<Figure> {
     let mut bench = Bench::start(1).await;
-    let client = reqwest::Client::new();
+    let client = json_client();
     let (_, blocker) = bench.job("blocker", json!({}));
     client
         .post(format!("{}/agents/trigger", bench.base))
@@ -494,7 +494,7 @@ async fn main() {
     let bare = bare_http_rate(jobs.max(2000), concurrency).await;
 
     let bench = Bench::start(cores * 2).await;
-    let client = reqwest::Client::new();
+    let client = json_client();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (cpu0, idle_rss) = bench.usage();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -754,7 +754,7 @@ async fn start_fleet(base: &str, nodes: usize, per_node: usize) -> (String, Vec<
 
 /// Jobs/s completed with 1, 2 and 3 nodes, claim latency across nodes, and statements per job.
 async fn fleet(base: &str, jobs: usize, concurrency: usize, cores: usize) -> Vec<Figure> {
-    let client = reqwest::Client::new();
+    let client = json_client();
     let mut figures = Vec::new();
     let mut single = None;
     for (nodes, name) in [
@@ -840,4 +840,17 @@ async fn claim_latency(client: &reqwest::Client, fleet: &[Bench]) -> Vec<Figure>
             goal: "",
         },
     ]
+}
+
+/// A client whose posts say they are JSON, as the trigger requires (415 otherwise).
+fn json_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/json"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client with default headers builds")
 }

@@ -668,9 +668,9 @@ pub struct CallbacksConfig {
     pub allow_http: bool,
     /// Per-request timeout.
     pub timeout: Duration,
-    /// Least time between two progress posts of one job.
+    /// Least time between two progress posts of one job (while its agent's output is open).
     pub progress_min_interval: Duration,
-    /// Retries of one progress post before it is dropped.
+    /// Retries of one progress post before it is dropped (while its agent's output is open).
     pub progress_retries: u32,
     /// Delays between completion attempts; the last one repeats.
     pub retry_schedule: Vec<Duration>,

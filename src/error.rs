@@ -65,7 +65,8 @@ pub struct Problem {
     /// Each failing field, when fields failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ProblemField>,
-    /// Extension members: `state` (409), `reason` (401), `checks` (503 from `/ready`).
+    /// Extension members: `state` (409), `reason` (401), `checks` (503 from `/ready`),
+    /// `check: "schema"` (a 422 for a trigger body that breaks the trigger schema itself).
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub extensions: serde_json::Map<String, Value>,
@@ -206,7 +207,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
-    /// The request could not be read (too large, wrong content type...).
+    /// The request could not be read (too large, not a regular file...).
     pub fn unreadable_body(status: StatusCode, detail: impl Into<String>) -> Self {
         let (slug, title) = if status == StatusCode::PAYLOAD_TOO_LARGE {
             ("payload-too-large", "Payload too large")
@@ -214,6 +215,37 @@ impl ApiError {
             ("unreadable-body", "Unreadable body")
         };
         Self::new(status, slug, title, detail)
+    }
+
+    /// The body is over the configured limit; the problem names the setting and its value.
+    pub fn too_large(limit_bytes: usize) -> Self {
+        let detail =
+            format!("the request body is larger than server.max_body_bytes ({limit_bytes} bytes)");
+        let mut err = Self::unreadable_body(StatusCode::PAYLOAD_TOO_LARGE, detail);
+        err.errors.push(ProblemField {
+            source: ErrorSource::Request,
+            pointer: String::new(),
+            detail: format!("at most max_body_bytes = {limit_bytes} bytes are read"),
+        });
+        err
+    }
+
+    /// The body is not of the one media type the endpoint takes.
+    pub fn unsupported_media_type(expected: &str, got: Option<&str>) -> Self {
+        let got = got.map_or_else(|| "no Content-Type".to_owned(), |g| format!("{g:?}"));
+        let detail = format!("must be {expected}, got {got}");
+        let mut err = Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("header /Content-Type: {detail}"),
+        );
+        err.errors.push(ProblemField {
+            source: ErrorSource::Header,
+            pointer: "/Content-Type".into(),
+            detail,
+        });
+        err
     }
 
     /// Our fault. The cause is logged here, once, and not shown to the client.
@@ -238,7 +270,8 @@ impl ApiError {
     }
 }
 
-fn source_name(source: ErrorSource) -> &'static str {
+/// How a document is named in a sentence (`request`, `manifest`...).
+pub(crate) fn source_name(source: ErrorSource) -> &'static str {
     match source {
         ErrorSource::Request => "request",
         ErrorSource::Manifest => "manifest",
@@ -288,15 +321,48 @@ impl IntoResponse for ApiError {
 }
 
 impl From<crate::store::StoreError> for ApiError {
-    /// A database that cannot be reached is a retryable 503; anything else is our fault.
+    /// A database that cannot be reached or written (PostgreSQL down, a read-only or full
+    /// disk, a lock held too long) is a retryable 503: Rails retries it, where a 500 pages
+    /// someone. Anything else is our fault.
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
-        match e {
-            StoreError::Pool(_) | StoreError::Postgres(_) | StoreError::Closed => {
-                tracing::warn!(error = %e, "store unavailable");
-                Self::unavailable("the job store is unavailable; retry shortly", 5)
-            }
-            other => Self::internal(&other),
+        let unavailable = match &e {
+            StoreError::Pool(_)
+            | StoreError::Postgres(_)
+            | StoreError::Closed
+            // SQLite's writer commits a group of writes; a failed COMMIT is a disk that
+            // refused them, not a bad request.
+            | StoreError::Commit(_) => true,
+            StoreError::Database(db) => sqlite_unavailable(db),
+            StoreError::Migration(_)
+            | StoreError::PgMigration(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Stale { .. } => false,
+        };
+        if unavailable {
+            tracing::warn!(error = %e, "store unavailable");
+            Self::unavailable("the job store is unavailable; retry shortly", 5)
+        } else {
+            Self::internal(&e)
         }
     }
+}
+
+/// Whether SQLite failed because of the file or the disk under it rather than the statement.
+fn sqlite_unavailable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    let rusqlite::Error::SqliteFailure(failure, _) = e else {
+        return false;
+    };
+    matches!(
+        failure.code,
+        ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::ReadOnly
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::PermissionDenied
+            | ErrorCode::OutOfMemory
+    )
 }

@@ -21,6 +21,7 @@ const QUEUE_WAIT: &str = "agent_sidecar_queue_wait_seconds";
 const CALLBACKS_TOTAL: &str = "agent_sidecar_callbacks_total";
 const CALLBACK_LATENCY: &str = "agent_sidecar_callback_latency_seconds";
 const DEAD_LETTERS: &str = "agent_sidecar_callback_dead_letters";
+const TRIGGERS_REFUSED: &str = "agent_sidecar_triggers_refused_total";
 const SWEEPER_ACTIONS: &str = "agent_sidecar_sweeper_actions_total";
 const HEARTBEAT: &str = "agent_sidecar_worker_heartbeat_timestamp_seconds";
 const BUILD_INFO: &str = "agent_sidecar_build_info";
@@ -130,6 +131,11 @@ pub fn job_ended(agent: &AgentName, state: JobState, ran: Option<Duration>) {
 pub fn callback(kind: CallbackKind, outcome: &'static str, latency: Duration) {
     counter!(CALLBACKS_TOTAL, "kind" => kind.label(), "outcome" => outcome).increment(1);
     histogram!(CALLBACK_LATENCY, "kind" => kind.label()).record(latency.as_secs_f64());
+}
+
+/// A trigger was refused; `reason` is one of a fixed set (see `api::trigger`).
+pub fn trigger_refused(reason: &'static str) {
+    counter!(TRIGGERS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// The sweeper did `action` (`stale`, `timeout`, `abandoned`, `queue_timeout`, `pruned`).

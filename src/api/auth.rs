@@ -275,8 +275,7 @@ pub async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let principal = match (bearer, peer) {
         (Some(token), _) => auth.verify(token),
         (None, Some(peer)) if peer.client_certified => Ok(Principal {
@@ -290,14 +289,27 @@ pub async fn authenticate(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(refusal) => unauthorized(refusal),
+        Err(refusal) => {
+            let problem = ApiError::unauthorized(refusal.sentence())
+                .with_extension("reason", Value::String(refusal.code().to_owned()));
+            // A Rails whose token is wrong is seen like any other refused trigger.
+            if request.uri().path() == "/agents/trigger" {
+                super::trigger::record_refusal(&problem);
+            }
+            unauthorized(problem, refusal)
+        }
     }
 }
 
-fn unauthorized(refusal: Refusal) -> Response {
-    let mut response = ApiError::unauthorized(refusal.sentence())
-        .with_extension("reason", Value::String(refusal.code().to_owned()))
-        .into_response();
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 7235 §2.1), so `bearer` and `BEARER` are the same scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn unauthorized(problem: ApiError, refusal: Refusal) -> Response {
+    let mut response = problem.into_response();
     let challenge = format!(
         "Bearer error=\"invalid_token\", error_description=\"{}\"",
         refusal.code()

@@ -44,12 +44,7 @@ pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let deliveries = app
-        .inner
-        .store
-        .list_deliveries(filter(query)?)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let deliveries = app.inner.store.list_deliveries(filter(query)?).await?;
     Ok(Json(DeliveryList { deliveries }))
 }
 
@@ -73,8 +68,7 @@ async fn find(app: &AppState, id: String) -> Result<DeliveryStatus, ApiError> {
     app.inner
         .store
         .delivery(id.clone())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))
 }
 
@@ -112,7 +106,17 @@ pub(super) async fn redrive_one(
 }
 
 /// Redrives every dead delivery matching the query (`state`, if given, must be `dead`).
-#[utoipa::path(post, path = "/deliveries/redrive", tag = "deliveries", params(DeliveryQuery),
+#[utoipa::path(post, path = "/deliveries/redrive", tag = "deliveries",
+    // DeliveryQuery's filters, but `state` may only be `dead`: the document offers no value
+    // the handler refuses.
+    params(
+        ("state" = Option<String>, Query, description = "Only `dead` (the default): only dead deliveries are redriven", pattern = "^dead$"),
+        ("job_name" = Option<crate::contract::JobName>, Query, description = "Only deliveries of jobs with this handler"),
+        ("destination" = Option<String>, Query, format = Uri, description = "Only deliveries to this origin, e.g. https://rails.internal:443"),
+        ("since" = Option<crate::contract::Timestamp>, Query, description = "Only deliveries written at or after this RFC 3339 time"),
+        ("until" = Option<crate::contract::Timestamp>, Query, description = "Only deliveries written before this RFC 3339 time"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100, at most 1000)"),
+    ),
     responses(
         (status = 202, description = "Every matching dead delivery is back in the outbox", body = RedriveResult),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
@@ -140,12 +144,7 @@ async fn redrive(
     app: &AppState,
     filter: DeliveryFilter,
 ) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
-    let redriven = app
-        .inner
-        .store
-        .redrive(filter)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let redriven = app.inner.store.redrive(filter).await?;
     if !redriven.is_empty() {
         tracing::info!(count = redriven.len(), "dead deliveries redriven");
         app.inner.deliveries.wake();

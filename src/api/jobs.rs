@@ -54,8 +54,7 @@ pub(super) async fn status(
     let view = app
         .store
         .job_view(job_id)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))?;
     let uri = output_uri(
         &app.config.storage.output_uri_prefix,
@@ -99,12 +98,7 @@ pub(super) async fn list(
     let filter = query
         .into_filter()
         .map_err(|errors| ApiError::invalid(ErrorSource::Query, errors))?;
-    let jobs = app
-        .inner
-        .store
-        .list_jobs(filter)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let jobs = app.inner.store.list_jobs(filter).await?;
     Ok(Json(JobList {
         version: PAYLOAD_VERSION,
         jobs: jobs.iter().map(|j| j.summary()).collect(),
@@ -152,7 +146,7 @@ pub(super) fn cancel_error(e: CancelError) -> ApiError {
             format!("job {job_id} has already ended ({state}); nothing to cancel"),
             state,
         ),
-        CancelError::Store(e) => ApiError::internal(&e),
+        CancelError::Store(e) => e.into(),
     }
 }
 

@@ -134,7 +134,7 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     let app = &app.inner;
     let gauges = match app.store.gauges().await {
         Ok(g) => g,
-        Err(e) => return ApiError::internal(&e).into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let text = telemetry::render(app.config.agents.snapshot().keys(), gauges);
     let mut response = (StatusCode::OK, text).into_response();

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -20,10 +20,11 @@ use crate::contract::{
     TriggerRequest, from_value_at, parse_manifest, schema, trace,
 };
 use crate::delivery::Transport;
-use crate::error::{ApiError, ErrorSource};
+use crate::error::{ApiError, ErrorSource, source_name};
 use crate::jobdir::hex;
 use crate::jobdir::{JobDir, JobDirError};
 use crate::store::{Enqueued, JobRecord, NewJob};
+use crate::telemetry;
 
 /// `Retry-After` while draining: about the time a restart takes.
 const DRAINING_RETRY_AFTER_SECS: u32 = 5;
@@ -35,14 +36,15 @@ pub(super) fn router() -> Router<AppState> {
 /// Accepts a job: validates the request and the job folder, stores it, answers 202.
 #[utoipa::path(post, path = "/agents/trigger", tag = "jobs",
     request_body(content = TriggerRequest, content_type = "application/json"),
-    params(("traceparent" = Option<String>, Header, description = "W3C trace context; its trace id becomes the job's")),
+    params(("traceparent" = Option<String>, Header, nullable = false, description = "W3C trace context; its trace id becomes the job's")),
     responses(
         (status = 202, description = "Stored (or already known with the same body)", body = TriggerAccepted),
         (status = 400, description = "Malformed JSON", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 403, description = "Not allowed for this caller", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 409, description = "Conflicts with the current state (`state`)", content_type = "application/problem+json", body = crate::error::Problem),
-        (status = 413, description = "Body too large", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 413, description = "Body larger than `server.max_body_bytes`", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 415, description = "Not `Content-Type: application/json`", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 503, description = "Shutting down, or not ready (`checks`)", content_type = "application/problem+json", body = crate::error::Problem)
     ),
@@ -53,10 +55,29 @@ pub(super) async fn trigger(
     principal: Option<Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
+    let answer = receive(app, headers, principal, body).await;
+    if let Err(e) = &answer {
+        record_refusal(e);
+    }
+    answer
+}
+
+async fn receive(
+    app: AppState,
+    headers: HeaderMap,
+    principal: Option<Extension<Principal>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
     if app.inner.runner.is_draining() {
         return Err(draining());
     }
-    let body = body.map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
+    check_content_type(&headers)?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large(app.inner.config.server.max_body_bytes)
+        }
+        status => ApiError::unreadable_body(status, e.body_text()),
+    })?;
     let (request, request_sha256) = parse_request(&body)?;
     if let Some(Extension(principal)) = &principal {
         check_scope(principal, &request)?;
@@ -65,6 +86,89 @@ pub(super) async fn trigger(
     accept(&app, request, request_sha256, traceparent)
         .await
         .map(|(status, body)| (status, Json(body)))
+}
+
+/// One warn line and one count per refused trigger, so a misconfigured Rails (a wrong origin,
+/// an unknown job_name) shows on the sidecar's side. The line names the status, the reason and
+/// each failing pointer with its reason; never a credential, and never what a `params` value
+/// was (a schema's message quotes the value, so those reasons are left out).
+pub(super) fn record_refusal(e: &ApiError) {
+    let reason = refusal_reason(e);
+    telemetry::trigger_refused(reason);
+    let problem = e.problem();
+    let fields: Vec<String> = problem
+        .errors
+        .iter()
+        .map(|f| {
+            if f.pointer.starts_with("/params") {
+                format!(
+                    "{} {}: invalid (value not logged)",
+                    source_name(f.source),
+                    f.pointer
+                )
+            } else {
+                format!("{} {}: {}", source_name(f.source), f.pointer, f.detail)
+            }
+        })
+        .collect();
+    // Field problems repeat their fields in `detail`; only the others are logged whole.
+    let detail = if fields.is_empty() {
+        problem.detail.as_str()
+    } else {
+        problem.title
+    };
+    tracing::warn!(
+        status = problem.status,
+        reason,
+        errors = ?fields,
+        "trigger refused ({reason}): {detail}"
+    );
+}
+
+/// The `reason` label of a refusal: a small fixed set (a request's fields are the schema's).
+fn refusal_reason(e: &ApiError) -> &'static str {
+    const FIELDS: [&str; 7] = [
+        "job_id",
+        "user_id",
+        "agent_name",
+        "job_name",
+        "callback_urls",
+        "params",
+        "priority",
+    ];
+    let problem = e.problem();
+    match e.status() {
+        StatusCode::BAD_REQUEST => "malformed_json",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::UNPROCESSABLE_ENTITY => match problem.errors.first() {
+            Some(f) if f.source == ErrorSource::Manifest => "manifest",
+            Some(f) => {
+                let top = f.pointer.split('/').nth(1).unwrap_or_default();
+                FIELDS.into_iter().find(|n| *n == top).unwrap_or("request")
+            }
+            None => "request",
+        },
+        s if s.is_server_error() => "internal",
+        _ => "unreadable_body",
+    }
+}
+
+/// Only `application/json` (any parameters, any case) is read as a trigger: a browser may send
+/// `text/plain` or a form cross-origin without a preflight, so those are never taken.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let essence = value.and_then(|v| v.split(';').next()).map(str::trim);
+    match essence {
+        Some(e) if e.eq_ignore_ascii_case("application/json") => Ok(()),
+        _ => Err(ApiError::unsupported_media_type("application/json", value)),
+    }
 }
 
 /// The 503 while the sidecar drains.
@@ -85,12 +189,7 @@ pub(super) async fn accept(
 ) -> Result<(StatusCode, TriggerAccepted), ApiError> {
     let app = &app.inner;
     // A replay is answered from the stored job, before the job folder is read again.
-    if let Some(job) = app
-        .store
-        .job(request.job_id)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-    {
+    if let Some(job) = app.store.job(request.job_id).await? {
         return replay(&job, &request_sha256, &app.public_url).map(|(s, Json(b))| (s, b));
     }
     let offered = offered_elsewhere(app, &request.agent_name).await?;
@@ -112,8 +211,7 @@ pub(super) async fn accept(
     match app
         .store
         .enqueue(job)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
     {
         Enqueued::Created(job) => {
             tracing::info!(job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id, "job {} queued", job.job_id);
@@ -154,13 +252,19 @@ fn check_scope(principal: &Principal, request: &TriggerRequest) -> Result<(), Ap
 /// Parses and schema-checks the body; returns it with the SHA-256 of its canonical JSON.
 pub(super) fn parse_request(body: &[u8]) -> Result<(TriggerRequest, String), ApiError> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| ApiError::malformed_json(&e))?;
-    schema::validate(SchemaKind::TriggerRequest, 1, &doc)
-        .map_err(|e| ApiError::invalid(ErrorSource::Request, e))?;
+    schema::validate(SchemaKind::TriggerRequest, 1, &doc).map_err(schema_refusal)?;
     // serde_json's maps are sorted, so equal documents serialise to equal bytes.
     let canonical = serde_json::to_vec(&doc).map_err(|e| ApiError::internal(&e))?;
-    let request =
-        from_value_at(doc).map_err(|e| ApiError::invalid(ErrorSource::Request, vec![e]))?;
+    let request = from_value_at(doc).map_err(|e| schema_refusal(vec![e]))?;
     Ok((request, hex(&Sha256::digest(&canonical))))
+}
+
+/// A body that breaks `trigger-request.json` itself, told apart (`check: "schema"`) from the
+/// 422s of the registry and the job folder, which depend on configuration and files: a
+/// request the OpenAPI document calls valid never gets this one (`.ci/schemathesis`).
+fn schema_refusal(errors: Vec<FieldError>) -> ApiError {
+    ApiError::invalid(ErrorSource::Request, errors)
+        .with_extension("check", Value::String("schema".into()))
 }
 
 fn replay(

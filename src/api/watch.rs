@@ -55,7 +55,12 @@ fn cursor(
     headers: &HeaderMap,
     query: Result<Query<Cursor>, QueryRejection>,
 ) -> Result<u64, ApiError> {
-    if let Some(value) = headers.get("last-event-id") {
+    // An empty Last-Event-ID is no cursor: what the SSE spec's EventSource holds before it has
+    // seen an id.
+    let last_event_id = headers
+        .get("last-event-id")
+        .filter(|v| !v.as_bytes().trim_ascii().is_empty());
+    if let Some(value) = last_event_id {
         return value
             .to_str()
             .ok()
@@ -84,8 +89,7 @@ async fn open(app: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     app.inner
         .store
         .job(job_id)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))
 }
 
@@ -95,18 +99,13 @@ async fn nothing_more(app: &AppState, job: &JobRecord, after: u64) -> Result<boo
     if !job.state.is_terminal() {
         return Ok(false);
     }
-    let rest = app
-        .inner
-        .store
-        .events_after(job.job_id, after, 1)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let rest = app.inner.store.events_after(job.job_id, after, 1).await?;
     Ok(rest.is_empty())
 }
 
 /// Server-Sent Events: the job's history after the cursor, then live events, closing after
 /// the terminal event (`id:` is the seq, `data:` a job-event document).
-#[utoipa::path(get, path = "/jobs/{job_id}/events", tag = "watch", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq"), Cursor),
+#[utoipa::path(get, path = "/jobs/{job_id}/events", tag = "watch", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID"), ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "Resume after this seq (empty: from the start)", pattern = "^[0-9]{0,19}$"), Cursor),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
         (status = 204, description = "The job has ended and nothing follows the cursor"),
@@ -164,7 +163,11 @@ fn sse_event(event: &JobEvent) -> Event {
 
 /// WebSocket: the same events as JSON messages; `{"signal":"STOP"}` cancels the job.
 #[utoipa::path(get, path = "/jobs/{job_id}/watch", tag = "watch",
-    params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID"), Cursor),
+    params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID"), Cursor,
+        ("Upgrade" = String, Header, description = "`websocket`", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("Connection" = String, Header, description = "`Upgrade`", pattern = "^[Uu][Pp][Gg][Rr][Aa][Dd][Ee]$"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64 (RFC 6455)", pattern = "^[A-Za-z0-9+/]{22}==$"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`", pattern = "^13$")),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade, or malformed", content_type = "application/problem+json", body = crate::error::Problem),

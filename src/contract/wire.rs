@@ -24,8 +24,10 @@ pub struct TriggerRequest {
     pub agent_name: AgentName,
     /// The Rails handler dispatched on completion (`JobName.completed`).
     pub job_name: JobName,
-    /// Free-form parameters handed to the agent as `AGENT_PARAMS`.
+    /// Free-form parameters handed to the agent as `AGENT_PARAMS`; leave it out for none
+    /// (`null` is refused, as `trigger-request.json` says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub params: Option<Map<String, Value>>,
     /// Where progress and completion are posted.
     pub callback_urls: CallbackUrls,

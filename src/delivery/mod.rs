@@ -5,8 +5,9 @@
 //! records every attempt, retrying on [`schedule`] until the age limit, then dead-lettering.
 //! Each origin has a concurrency limit and a circuit breaker. Progress is best effort and
 //! coalesced: one poster per job sends the newest event, at most one post in flight, with a
-//! minimum interval between posts; a completion waits until the job's poster is done. Nothing a
-//! receiver does changes a job's state.
+//! minimum interval between posts; a completion waits until the job's poster is done, which is
+//! at once after the agent's output ends (pacing and retries stop then; the newest event is
+//! posted once). Nothing a receiver does changes a job's state.
 
 pub mod schedule;
 pub mod sign;
@@ -444,6 +445,9 @@ impl Deliveries {
         let mut response = match request.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
+                if let Some(refused) = transport::PrivateAddress::in_chain(&e) {
+                    return PostResult::Refused(refused.to_string());
+                }
                 return PostResult::Failed {
                     timeout: e.is_timeout(),
                     error: transport_error(&e),
@@ -519,30 +523,71 @@ impl Deliveries {
         tx
     }
 
+    /// Posts the job's newest progress event, one post in flight, `progress_min_interval`
+    /// apart, retrying a failed post, while the agent's stdout is open. Once it ends, pacing
+    /// and retries stop: the newest event not yet settled is posted once, at once, and the
+    /// poster finishes. The completion waits for the poster (order), never for its pacing.
     async fn post_progress(
         &self,
         url: Url,
         trace_id: &str,
         mut rx: watch::Receiver<Option<ProgressCallback>>,
     ) {
-        while rx.changed().await.is_ok() {
-            let Some(event) = rx.borrow_and_update().clone() else {
-                continue;
-            };
-            self.post_one_progress(&url, trace_id, &event).await;
-            // Coalescing: events printed meanwhile collapse into the newest one.
-            if !self.cfg.progress_min_interval.is_zero() {
-                tokio::time::sleep(self.cfg.progress_min_interval).await;
+        // Seqs start at 1; events printed meanwhile collapse into the newest (coalescing).
+        let mut settled = 0u64;
+        let mut open = true;
+        loop {
+            let newest = rx.borrow_and_update().clone().filter(|e| e.seq > settled);
+            match newest {
+                Some(event) => {
+                    let retries = if open { self.cfg.progress_retries } else { 0 };
+                    match self
+                        .post_one_progress(&url, trace_id, &event, retries, &mut rx)
+                        .await
+                    {
+                        Posted::Settled => settled = event.seq,
+                        Posted::Abandoned => open = false,
+                    }
+                    if open {
+                        open = self.pace(&mut rx).await;
+                    }
+                }
+                None if open => open = rx.changed().await.is_ok(),
+                None => return,
             }
         }
     }
 
-    async fn post_one_progress(&self, url: &Url, trace_id: &str, event: &ProgressCallback) {
+    /// Waits `progress_min_interval`, cut short when the agent's stdout ends; `false` then.
+    async fn pace(&self, rx: &mut watch::Receiver<Option<ProgressCallback>>) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(self.cfg.progress_min_interval) => true,
+            () = stdout_ended(rx) => false,
+        }
+    }
+
+    /// One progress event, with up to `retries` retries on a retryable failure; abandoned
+    /// (not retried further) as soon as the agent's stdout ends.
+    async fn post_one_progress(
+        &self,
+        url: &Url,
+        trace_id: &str,
+        event: &ProgressCallback,
+        retries: u32,
+        rx: &mut watch::Receiver<Option<ProgressCallback>>,
+    ) -> Posted {
         let body = serde_json::to_vec(event).unwrap_or_default();
         let id = format!("prg_{}_{}", event.job_id.as_uuid().simple(), event.seq);
-        for attempt in 0..=self.cfg.progress_retries {
+        for attempt in 0..=retries {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+                let backoff = Duration::from_millis(200) * 2u32.pow(attempt);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stdout_ended(rx) => {
+                        debug!(seq = event.seq, "the job's output ended; progress retry abandoned");
+                        return Posted::Abandoned;
+                    }
+                }
             }
             let transport = self.transport();
             let token = transport.signer.callback_token(
@@ -566,15 +611,15 @@ impl Deliveries {
                 PostResult::Rejected { status, .. } if !schedule::is_retryable_status(*status) => {
                     "dropped"
                 }
-                _ if attempt == self.cfg.progress_retries => "dropped",
+                _ if attempt == retries => "dropped",
                 _ => "retry",
             };
             telemetry::callback(CallbackKind::Progress, outcome, started.elapsed());
             match result {
-                PostResult::Acknowledged(_) => return,
+                PostResult::Acknowledged(_) => return Posted::Settled,
                 PostResult::Refused(reason) => {
                     warn!(%reason, "progress callback refused");
-                    return;
+                    return Posted::Settled;
                 }
                 PostResult::Rejected { status, .. } if !schedule::is_retryable_status(status) => {
                     debug!(
@@ -582,13 +627,28 @@ impl Deliveries {
                         seq = event.seq,
                         "progress callback rejected; dropped"
                     );
-                    return;
+                    return Posted::Settled;
                 }
                 _ => debug!(seq = event.seq, attempt, "progress callback failed"),
             }
         }
         debug!(seq = event.seq, "progress callback dropped after retries");
+        Posted::Settled
     }
+}
+
+/// How one progress event's posting ended.
+enum Posted {
+    /// Delivered, refused, rejected, or failed through all its retries: not posted again.
+    Settled,
+    /// The agent's stdout ended during a retry's backoff; the final flush posts it once more.
+    Abandoned,
+}
+
+/// Resolves when the job's pump drops its sender: the agent's stdout has ended and no newer
+/// event will come. Newer events arriving meanwhile are left for the caller (by `seq`).
+async fn stdout_ended(rx: &mut watch::Receiver<Option<ProgressCallback>>) {
+    while rx.changed().await.is_ok() {}
 }
 
 fn transport_error(e: &reqwest::Error) -> String {

@@ -140,13 +140,34 @@ impl Resolve for GuardedResolver {
                 .filter(|a| permitted(a.ip(), &allowed))
                 .collect();
             if usable.is_empty() {
-                return Err(format!(
-                    "{host} resolves only to private, loopback or link-local addresses outside callbacks.allowed_networks"
-                )
-                .into());
+                return Err(Box::new(PrivateAddress { host }) as Box<_>);
             }
             Ok(Box::new(usable.into_iter()) as Addrs)
         })
+    }
+}
+
+/// A callback host resolved only to addresses the sidecar may not call. Permanent: no retry
+/// makes the address public, so the delivery is dead-lettered at once with this reason.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{host} resolves only to private, loopback or link-local addresses outside callbacks.allowed_networks"
+)]
+pub struct PrivateAddress {
+    host: String,
+}
+
+impl PrivateAddress {
+    /// The refusal somewhere in `error`'s cause chain (the client wraps the resolver's error).
+    pub fn in_chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(found) = e.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            cause = e.source();
+        }
+        None
     }
 }
 

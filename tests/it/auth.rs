@@ -100,6 +100,50 @@ async fn missing_expired_wrong_audience_and_badly_signed_tokens_get_401_with_the
     }
 }
 
+/// Issue 23: the scheme of `Authorization` is case-insensitive (RFC 7235 §2.1).
+#[tokio::test]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &auth_toml("")).await;
+    let token = hs256(&claims(), INBOUND_SECRET);
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = client()
+            .get(format!("{}/jobs", sidecar.base))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let response = client()
+        .get(format!("{}/jobs", sidecar.base))
+        .header("authorization", format!("Basic {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "another scheme is no bearer token");
+    // A trigger refused for its credentials is counted and logged like any refused trigger.
+    let response = client()
+        .post(format!("{}/agents/trigger", sidecar.base))
+        .header("authorization", format!("Basic {token}"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let refused = metric(
+        &sidecar,
+        "agent_sidecar_triggers_refused_total",
+        &[("reason", "unauthorized")],
+    )
+    .await;
+    assert_eq!(refused, 1.0);
+    let log = sidecar.log();
+    assert!(log.contains("trigger refused (unauthorized)"), "{log}");
+    assert!(!log.contains(&token), "the credential is never logged");
+}
+
 #[tokio::test]
 async fn a_token_scoped_to_some_agents_may_trigger_only_those() {
     let receiver = Receiver::start().await;

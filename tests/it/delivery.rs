@@ -303,3 +303,57 @@ async fn ten_thousand_progress_lines_are_coalesced_into_few_ordered_posts_ending
         "the completion comes after the last progress post"
     );
 }
+
+/// Issue 23: the completion does not wait for the progress poster's pacing or retries. With
+/// progress answered 503 (so its retries back off) and a long minimum interval, the last
+/// progress is still flushed, and the completion arrives right after the end is committed.
+#[tokio::test]
+async fn the_completion_goes_out_at_once_after_the_last_progress_even_while_progress_fails() {
+    let receiver = Receiver::start().await;
+    receiver.set_progress_status(StatusCode::SERVICE_UNAVAILABLE);
+    let sidecar =
+        Sidecar::start_with_env(&receiver, &[("CALLBACKS__PROGRESS_MIN_INTERVAL", "500ms")]).await;
+    let mut body = trigger(&receiver, "ticker");
+    body["params"] = serde_json::json!({"count": 3, "interval": 0.05});
+    let completion = run_job(&sidecar, &receiver, &body).await;
+    let committed = committed_at(&sidecar, body["job_id"].as_str().unwrap());
+    let latency_ms = completion.at_unix_ms - committed.unix_ms();
+    println!("completion arrived {latency_ms} ms after the job's end was committed");
+    // 200 ms leaves room for a loaded CI machine and is still less than half the pacing
+    // (500 ms) and the first progress retry (400 ms) it used to wait for.
+    assert!(
+        latency_ms < 200,
+        "completion {latency_ms} ms after the end's commit"
+    );
+    let progress = receiver.hits("/progress");
+    let last = progress.last().expect("progress was posted").json();
+    assert_eq!(
+        last["message"].as_str().map(str::trim),
+        Some("tick 2"),
+        "the last progress is flushed"
+    );
+    let all = receiver.wait_until("all callbacks", |_| true).await;
+    assert_eq!(
+        all.last().unwrap().path,
+        "/completion",
+        "progress, then completion"
+    );
+    let seqs: Vec<u64> = progress
+        .iter()
+        .map(|h| h.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{seqs:?}");
+}
+
+/// When the sidecar logged that the job's end was committed ("job ended", logged right after
+/// the store's commit returns and before the completion is handed over).
+fn committed_at(sidecar: &Sidecar, job_id: &str) -> agent_sidecar::contract::Timestamp {
+    let log = sidecar.log();
+    let line = log
+        .lines()
+        .filter(|l| l.contains(job_id))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|entry| entry["message"] == "job ended")
+        .unwrap_or_else(|| panic!("no 'job ended' line in {log}"));
+    line["timestamp"].as_str().unwrap().parse().unwrap()
+}

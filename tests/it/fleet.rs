@@ -122,7 +122,7 @@ impl Fleet {
 }
 
 #[path = "../support/postgres.rs"]
-pub mod test_postgres;
+pub(crate) mod test_postgres;
 
 async fn wait_log(node: &Sidecar, what: &str, needle: &str) {
     eventually(what, || async { node.log().contains(needle).then_some(()) }).await;

@@ -32,6 +32,8 @@ pub struct Hit {
     pub authorization: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it arrived, in Unix milliseconds.
+    pub at_unix_ms: i64,
 }
 
 impl Hit {
@@ -44,6 +46,8 @@ struct Recorded {
     hits: Vec<Hit>,
     /// What the receiver answers on `/completion`.
     completion_status: StatusCode,
+    /// What the receiver answers on `/progress`.
+    progress_status: StatusCode,
 }
 
 /// A recording webhook receiver on 127.0.0.1.
@@ -127,6 +131,7 @@ impl Receiver {
         let recorded = Arc::new(Mutex::new(Recorded {
             hits: Vec::new(),
             completion_status,
+            progress_status: StatusCode::OK,
         }));
         let changed = Arc::new(Notify::new());
         let state = (Arc::clone(&recorded), Arc::clone(&changed));
@@ -141,6 +146,11 @@ impl Receiver {
     /// Changes what the receiver answers to completions from now on.
     pub fn set_completion_status(&self, status: StatusCode) {
         self.recorded.lock().unwrap().completion_status = status;
+    }
+
+    /// Changes what the receiver answers to progress callbacks from now on.
+    pub fn set_progress_status(&self, status: StatusCode) {
+        self.recorded.lock().unwrap().progress_status = status;
     }
 
     pub fn hits(&self, path: &str) -> Vec<Hit> {
@@ -201,6 +211,7 @@ async fn record(
             .map(str::to_owned),
         headers,
         body,
+        at_unix_ms: agent_sidecar::contract::Timestamp::now().unix_ms(),
     };
     let status = {
         let mut rec = recorded.lock().unwrap();
@@ -208,7 +219,7 @@ async fn record(
         if uri.path() == "/completion" {
             rec.completion_status
         } else {
-            StatusCode::OK
+            rec.progress_status
         }
     };
     changed.notify_waiters();

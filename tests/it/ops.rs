@@ -47,10 +47,10 @@ async fn health_is_200_and_ready_lists_passing_checks() {
 }
 
 /// Makes `dir` refuse writes, even to root (who ignores permission bits).
-struct ReadOnly<'a>(&'a Path);
+pub(crate) struct ReadOnly<'a>(&'a Path);
 
 impl<'a> ReadOnly<'a> {
-    fn new(dir: &'a Path) -> Self {
+    pub(crate) fn new(dir: &'a Path) -> Self {
         let ok = if nix_is_root() {
             Command::new("chattr")
                 .arg("+i")

@@ -356,10 +356,16 @@ async fn a_hostname_resolving_to_loopback_is_refused_unless_its_network_is_allow
         Sidecar::start_with_env(&receiver, &[("CALLBACKS__ALLOWED_ORIGINS", &origins)]).await;
     guarded.write_job(&body);
     assert_eq!(guarded.post_trigger(&body).await.0, StatusCode::ACCEPTED);
+    // Issue 23: no retry makes a private address public; dead-lettered at the first attempt.
     let d = delivery(&guarded, body["job_id"].as_str().unwrap(), |d| {
-        d["attempts"].as_u64() >= Some(1)
+        d["attempts"].as_u64() >= Some(1) && d["state"] != "pending"
     })
     .await;
+    assert_eq!(
+        (d["state"].as_str(), d["attempts"].as_u64()),
+        (Some("dead"), Some(1)),
+        "{d}"
+    );
     assert!(
         d["last_error"]
             .as_str()

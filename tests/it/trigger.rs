@@ -220,6 +220,56 @@ async fn a_body_over_the_size_limit_is_413() {
     let (status, answer) = sidecar.post_trigger(&body).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answer["status"], 413);
+    // Issue 23: the problem names the setting and its limit, not axum's "Failed to buffer".
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("max_body_bytes") && detail.contains("8192"),
+        "{answer}"
+    );
+    assert_names(&answer, "request", "");
+    assert!(
+        answer["errors"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("max_body_bytes") && d.contains("8192")),
+        "{answer}"
+    );
+}
+
+/// Issue 23: a browser may send `text/plain` cross-origin without a preflight; only JSON is
+/// taken, and the refusal names the header.
+#[tokio::test]
+async fn a_trigger_that_is_not_application_json_is_415_naming_the_content_type() {
+    let (r, sidecar) = setup().await;
+    let body = trigger(&r, "summarizer_v2");
+    sidecar.write_job(&body);
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = client()
+            .post(format!("{}/agents/trigger", sidecar.base))
+            .body(serde_json::to_vec(&body).unwrap());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 415, "{content_type:?}");
+        let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_names(&answer, "header", "/Content-Type");
+    }
+    let (status, job) = sidecar
+        .get(&format!("/jobs/{}", body["job_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was queued: {job}");
+    let response = client()
+        .post(format!("{}/agents/trigger", sidecar.base))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "JSON with parameters is JSON");
 }
 
 #[tokio::test]
@@ -404,4 +454,79 @@ async fn a_v2_input_behind_a_symlinked_folder_is_refused() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_names(&answer, "manifest", "/inputs/0/path");
     assert!(answer.to_string().contains("symlink"), "{answer}");
+}
+
+/// The warn lines the sidecar logged about refused triggers, as JSON.
+fn refusals_logged(sidecar: &Sidecar) -> Vec<Value> {
+    sidecar
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| {
+            entry["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("trigger refused"))
+        })
+        .collect()
+}
+
+/// Issue 23: an operator sees a misconfigured Rails from the sidecar: one warn line per
+/// refused trigger (status, pointers, reasons; never a params value) and a counter per reason.
+#[tokio::test]
+async fn each_refused_trigger_is_logged_once_and_counted_by_reason() {
+    let (r, sidecar) = setup().await;
+    let secret_value = 987_654_321;
+    let mut bad_name = trigger(&r, "summarizer_v2");
+    bad_name["job_name"] = json!("NoSuchJob");
+    let mut bad_params = trigger(&r, "summarizer_v2");
+    bad_params["params"] = json!({"max_sentences": secret_value});
+    let mut bad_origin = trigger(&r, "summarizer_v2");
+    bad_origin["callback_urls"]["completion"] = json!("http://elsewhere.example/c");
+    for body in [&bad_name, &bad_params, &bad_origin] {
+        sidecar.write_job(body);
+        let (status, answer) = sidecar.post_trigger(body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    }
+    let (status, _) = sidecar.post_raw("/agents/trigger", b"{".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let logged = eventually("the refusals to be logged", || async {
+        let logged = refusals_logged(&sidecar);
+        (logged.len() >= 4).then_some(logged)
+    })
+    .await;
+    assert_eq!(logged.len(), 4, "one line per refusal: {logged:#?}");
+    for entry in &logged {
+        assert_eq!(entry["level"], "WARN", "{entry}");
+        assert!(entry["status"].as_u64().is_some(), "{entry}");
+    }
+    let text = serde_json::to_string(&logged).unwrap();
+    for pointer in [
+        "/job_name",
+        "/params/max_sentences",
+        "/callback_urls/completion",
+    ] {
+        assert!(text.contains(pointer), "{pointer} not logged: {text}");
+    }
+    assert!(
+        text.contains("jobs.allowed_job_names"),
+        "the reason is logged: {text}"
+    );
+    assert!(
+        !text.contains(&secret_value.to_string()),
+        "params values never reach the log: {text}"
+    );
+    for (reason, count) in [
+        ("job_name", 1.0),
+        ("params", 1.0),
+        ("callback_urls", 1.0),
+        ("malformed_json", 1.0),
+    ] {
+        let counted = metric(
+            &sidecar,
+            "agent_sidecar_triggers_refused_total",
+            &[("reason", reason)],
+        )
+        .await;
+        assert_eq!(counted, count, "{reason}");
+    }
 }
