@@ -653,7 +653,7 @@ pub struct StoreConfig {
     pub node_id: String,
     /// How long a claimed job stays this node's without a heartbeat; after that, another node
     /// takes it over. Heartbeats come every third of it; the guardian kills the node's agents
-    /// once five sixths of it pass without a renewal (`runner::fence::deadline`).
+    /// once five sixths of it pass without a renewal (`fence::deadline`).
     pub lease: Duration,
     /// Connections to PostgreSQL kept by this node.
     pub pool_size: usize,

@@ -545,6 +545,14 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `output_uri` of a job: `<prefix><job_id>/output/`, or a `file://` URI under `shared_root`.
+pub fn output_uri(prefix: &Option<String>, shared_root: &Path, job_id: JobId) -> String {
+    match prefix {
+        Some(prefix) => format!("{prefix}{job_id}/output/"),
+        None => format!("file://{}/{job_id}/output/", shared_root.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

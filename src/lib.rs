@@ -28,6 +28,7 @@ pub mod contract;
 pub mod delivery;
 pub mod demo;
 pub mod error;
+pub mod fence;
 pub mod jobdir;
 pub mod memory;
 pub mod mirror;
@@ -79,7 +80,7 @@ pub struct Sidecar {
     listener: api::listener::GuardedListener,
     runner: Arc<Runner>,
     mirror: Arc<mirror::Mirror>,
-    fence: Arc<runner::fence::Fence>,
+    fence: Arc<fence::Fence>,
     drain_timeout: std::time::Duration,
     router: axum::Router,
     cancel: CancellationToken,
@@ -118,11 +119,10 @@ impl Sidecar {
             .context("cannot open the store")?;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let lease = guardian.as_ref().map_or_else(
-            runner::fence::Lease::local,
-            runner::guardian::Guardian::lease,
-        );
-        let fence = Arc::new(runner::fence::Fence::new(lease));
+        let lease = guardian
+            .as_ref()
+            .map_or_else(fence::Lease::local, runner::guardian::Guardian::lease);
+        let fence = Arc::new(fence::Fence::new(lease));
         let mirror = mirror::Mirror::new(
             Arc::clone(&store),
             &config,

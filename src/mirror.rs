@@ -27,9 +27,8 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::contract::{DeliveryAttempt, DeliveryId, EventData, JobEvent, JobId, Timestamp};
-use crate::jobdir::{JobDir, JobDirError, Modes};
-use crate::runner::fence::Fence;
-use crate::runner::output_uri;
+use crate::fence::Fence;
+use crate::jobdir::{JobDir, JobDirError, Modes, output_uri};
 use crate::store::{AttemptOutcome, ChangeAsk, Changes, Store, Touched};
 
 /// Events read per job and round; a job with more is marked again for the next round.

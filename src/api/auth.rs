@@ -294,7 +294,7 @@ pub async fn authenticate(
                 .with_extension("reason", Value::String(refusal.code().to_owned()));
             // A Rails whose token is wrong is seen like any other refused trigger.
             if request.uri().path() == "/agents/trigger" {
-                super::trigger::record_refusal(&problem);
+                super::refusal::record(&problem);
             }
             unauthorized(problem, refusal)
         }

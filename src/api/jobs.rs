@@ -14,7 +14,8 @@ use crate::contract::{
     Timestamp,
 };
 use crate::error::{ApiError, ErrorSource};
-use crate::runner::{CancelError, CancelOutcome, output_uri};
+use crate::jobdir::output_uri;
+use crate::runner::{CancelError, CancelOutcome};
 use crate::store::JobQuery;
 
 pub(super) fn router() -> Router<AppState> {

@@ -8,6 +8,7 @@ mod keys;
 pub mod listener;
 pub mod openapi;
 mod ops;
+mod refusal;
 pub mod token;
 mod trigger;
 mod watch;

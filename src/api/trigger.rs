@@ -10,8 +10,8 @@ use axum::routing::post;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::AppState;
 use super::auth::Principal;
+use super::{AppState, refusal};
 use std::collections::BTreeSet;
 
 use crate::config::Config;
@@ -20,11 +20,10 @@ use crate::contract::{
     TriggerRequest, from_value_at, parse_manifest, schema, trace,
 };
 use crate::delivery::Transport;
-use crate::error::{ApiError, ErrorSource, source_name};
+use crate::error::{ApiError, ErrorSource};
 use crate::jobdir::hex;
 use crate::jobdir::{JobDir, JobDirError};
 use crate::store::{Enqueued, JobRecord, NewJob};
-use crate::telemetry;
 
 /// `Retry-After` while draining: about the time a restart takes.
 const DRAINING_RETRY_AFTER_SECS: u32 = 5;
@@ -57,7 +56,7 @@ pub(super) async fn trigger(
 ) -> Result<(StatusCode, Json<TriggerAccepted>), ApiError> {
     let answer = receive(app, headers, principal, body).await;
     if let Err(e) = &answer {
-        record_refusal(e);
+        refusal::record(e);
     }
     answer
 }
@@ -86,76 +85,6 @@ async fn receive(
     accept(&app, request, request_sha256, traceparent)
         .await
         .map(|(status, body)| (status, Json(body)))
-}
-
-/// One warn line and one count per refused trigger, so a misconfigured Rails (a wrong origin,
-/// an unknown job_name) shows on the sidecar's side. The line names the status, the reason and
-/// each failing pointer with its reason; never a credential, and never what a `params` value
-/// was (a schema's message quotes the value, so those reasons are left out).
-pub(super) fn record_refusal(e: &ApiError) {
-    let reason = refusal_reason(e);
-    telemetry::trigger_refused(reason);
-    let problem = e.problem();
-    let fields: Vec<String> = problem
-        .errors
-        .iter()
-        .map(|f| {
-            if f.pointer.starts_with("/params") {
-                format!(
-                    "{} {}: invalid (value not logged)",
-                    source_name(f.source),
-                    f.pointer
-                )
-            } else {
-                format!("{} {}: {}", source_name(f.source), f.pointer, f.detail)
-            }
-        })
-        .collect();
-    // Field problems repeat their fields in `detail`; only the others are logged whole.
-    let detail = if fields.is_empty() {
-        problem.detail.as_str()
-    } else {
-        problem.title
-    };
-    tracing::warn!(
-        status = problem.status,
-        reason,
-        errors = ?fields,
-        "trigger refused ({reason}): {detail}"
-    );
-}
-
-/// The `reason` label of a refusal: a small fixed set (a request's fields are the schema's).
-fn refusal_reason(e: &ApiError) -> &'static str {
-    const FIELDS: [&str; 7] = [
-        "job_id",
-        "user_id",
-        "agent_name",
-        "job_name",
-        "callback_urls",
-        "params",
-        "priority",
-    ];
-    let problem = e.problem();
-    match e.status() {
-        StatusCode::BAD_REQUEST => "malformed_json",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::CONFLICT => "conflict",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        StatusCode::UNPROCESSABLE_ENTITY => match problem.errors.first() {
-            Some(f) if f.source == ErrorSource::Manifest => "manifest",
-            Some(f) => {
-                let top = f.pointer.split('/').nth(1).unwrap_or_default();
-                FIELDS.into_iter().find(|n| *n == top).unwrap_or("request")
-            }
-            None => "request",
-        },
-        s if s.is_server_error() => "internal",
-        _ => "unreadable_body",
-    }
 }
 
 /// Only `application/json` (any parameters, any case) is read as a trigger: a browser may send

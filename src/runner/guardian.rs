@@ -11,7 +11,7 @@
 //! - When the lease deadline in the page it shares with the sidecar passes without a renewal
 //!   (the sidecar is stopped or wedged, or cannot reach the store), it declares the lease lapsed
 //!   and SIGKILLs every group, before another node may take the jobs over (see
-//!   [`super::fence::deadline`] for the arithmetic). An agent registered under a lapsed epoch
+//!   [`crate::fence::deadline`] for the arithmetic). An agent registered under a lapsed epoch
 //!   is killed as soon as it is registered.
 //! - Handoff: the guardian holds an abstract Unix socket named after the node and the store
 //!   until it has killed everything. A new sidecar binds that name before it recovers any job,
@@ -33,12 +33,12 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
-use super::fence::Lease;
 use super::process::{
-    Forked, detach_guardian, fork_single_threaded, group_alive, monotonic_ms, poll_readable,
-    set_nonblocking, signal_group,
+    Forked, detach_guardian, fork_single_threaded, group_alive, poll_readable, set_nonblocking,
+    signal_group,
 };
 use crate::config::{StoreBackend, StoreConfig};
+use crate::fence::{Lease, monotonic_ms};
 
 /// How long a new sidecar waits for the previous one's guardian to finish.
 const HANDOFF_WAIT: Duration = Duration::from_secs(30);

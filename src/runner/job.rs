@@ -2,7 +2,6 @@
 //! `output/`, and end the job in the store together with its completion callback.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -555,23 +554,11 @@ impl Runner {
 
     /// `output_uri` of a job: the configured prefix, or a `file://` URI of its folder.
     pub(crate) fn output_uri(&self, job: &JobRecord) -> String {
-        output_uri(
+        crate::jobdir::output_uri(
             &self.config.storage.output_uri_prefix,
             &self.shared_root,
             job.job_id,
         )
-    }
-}
-
-/// `output_uri` of a job: `<prefix><job_id>/output/`, or a `file://` URI under `shared_root`.
-pub fn output_uri(
-    prefix: &Option<String>,
-    shared_root: &Path,
-    job_id: crate::contract::JobId,
-) -> String {
-    match prefix {
-        Some(prefix) => format!("{prefix}{job_id}/output/"),
-        None => format!("file://{}/{job_id}/output/", shared_root.display()),
     }
 }
 

@@ -7,8 +7,6 @@
 
 mod job;
 
-pub use job::output_uri;
-pub mod fence;
 pub mod guardian;
 pub mod lines;
 pub mod outputs;
@@ -28,10 +26,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::{Config, OnRestart};
 use crate::contract::{AgentName, ErrorReason, JobId, JobState, Timestamp};
 use crate::delivery::Deliveries;
+use crate::fence::{self, Armed, Fence};
 use crate::mirror::Mirror;
 use crate::store::{JobRecord, Store, StoreError, StoreResult};
 use crate::telemetry;
-use fence::{Armed, Fence};
 use guardian::Guardian;
 
 /// How often the queue is looked at when nothing wakes the runner.
@@ -409,7 +407,7 @@ impl Runner {
                 .map(|(id, c)| (*id, c.attempt))
                 .collect()
         };
-        let started = process::monotonic_ms();
+        let started = fence::monotonic_ms();
         let beat = crate::store::Beat {
             agents: self.config.agents.snapshot().keys().cloned().collect(),
             running: running.clone(),
@@ -593,7 +591,7 @@ impl Runner {
                 // A node that could not renew its lease takes no new work until it does.
                 return;
             }
-            let claimed_at = process::monotonic_ms();
+            let claimed_at = fence::monotonic_ms();
             match self.store.claim(slots, free, Timestamp::now()).await {
                 Ok(jobs) if jobs.is_empty() => return,
                 Ok(jobs) => jobs.into_iter().for_each(|job| self.start(job, claimed_at)),

@@ -524,22 +524,6 @@ fn try_reap(pid: i32) -> io::Result<Option<Exit>> {
     }
 }
 
-/// `CLOCK_MONOTONIC` in milliseconds: the clock the sidecar and its guardian share (it runs on
-/// while a process is stopped, unlike the process's own CPU clocks).
-pub fn monotonic_ms() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a live local the call fills; CLOCK_MONOTONIC always exists on Linux.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
-    }
-    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
-    secs * 1000 + millis
-}
-
 /// Two zeroed words in a page shared with every process forked after this call (the guardian
 /// reads the lease deadline the sidecar writes, and they agree on who moved it last).
 /// Never unmapped: both processes use it until they exit.

@@ -254,16 +254,21 @@ impl TlsSetup {
     }
 }
 
-/// The TLS alert the server sent, as the client's error chain names it: a refused handshake,
-/// not any error (a refused connection or a timeout would not say "alert").
-fn tls_alert(error: reqwest::Error) -> String {
+/// The error and every cause under it, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
     let mut chain = Vec::new();
-    let mut cause: Option<&dyn std::error::Error> = Some(&error);
+    let mut cause = Some(error);
     while let Some(e) = cause {
         chain.push(e.to_string());
         cause = e.source();
     }
-    let text = chain.join(": ");
+    chain.join(": ")
+}
+
+/// The TLS alert the server sent, as the client's error chain names it: a refused handshake,
+/// not any error (a refused connection or a timeout would not say "alert").
+fn tls_alert(error: reqwest::Error) -> String {
+    let text = error_chain(&error);
     assert!(
         text.contains("received fatal alert"),
         "not a TLS alert: {text}"
@@ -503,13 +508,8 @@ async fn a_swapped_listener_certificate_is_served_on_new_handshakes() {
     let old = get(&tls.server_ca)
         .await
         .expect_err("the old CA no longer verifies it");
-    let mut chain = Vec::new();
-    let mut cause: Option<&dyn std::error::Error> = Some(&old);
-    while let Some(e) = cause {
-        chain.push(e.to_string());
-        cause = e.source();
-    }
-    assert!(chain.join(": ").contains("UnknownIssuer"), "{chain:?}");
+    let chain = error_chain(&old);
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
 }
 
 #[tokio::test]

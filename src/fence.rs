@@ -6,7 +6,7 @@
 //! successful heartbeat that began at `s` moves it to `s + 5/6 × lease` (see [`deadline`]),
 //! and every write to a folder checks it first. Past the deadline, the runs of that lease are
 //! forfeited: their agents are killed (by the guardian if the sidecar is stopped, see
-//! [`super::guardian`]), nothing more is written for them, and their jobs are left to the
+//! [`crate::runner::guardian`]), nothing more is written for them, and their jobs are left to the
 //! takeover. The deadline lives in a page shared with the guardian, and both sides move it
 //! with compare-and-swap, so exactly one of them declares a lapse and both agree on which runs
 //! it ended (they carry the lease's `epoch`).
@@ -16,7 +16,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::process::monotonic_ms;
 use crate::contract::JobId;
 
 /// The deadline word before the first heartbeat: nothing to enforce yet.
@@ -221,6 +220,15 @@ impl Fence {
     pub fn settle(&self) {
         self.settled.store(true, Ordering::Release);
     }
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds: the clock the sidecar and its guardian share (it runs on
+/// while a process is stopped, unlike the process's own CPU clocks).
+pub fn monotonic_ms() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    secs * 1000 + millis
 }
 
 #[cfg(test)]
