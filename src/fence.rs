@@ -16,6 +16,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use crate::contract::JobId;
 
 /// The deadline word before the first heartbeat: nothing to enforce yet.
@@ -173,6 +175,7 @@ pub struct Fence {
     pub lease: Lease,
     forfeited: Mutex<HashSet<JobId>>,
     settled: AtomicBool,
+    reopened: Notify,
 }
 
 impl Fence {
@@ -182,6 +185,7 @@ impl Fence {
             lease,
             forfeited: Mutex::new(HashSet::new()),
             settled: AtomicBool::new(false),
+            reopened: Notify::new(),
         }
     }
 
@@ -193,6 +197,23 @@ impl Fence {
     /// (the last writes of a shutdown, after the heartbeat stopped).
     pub fn open(&self) -> bool {
         self.settled.load(Ordering::Acquire) || self.lease.valid()
+    }
+
+    /// Moves the lease's deadline to `until` after a heartbeat (see [`Lease::arm`]); the
+    /// folder writer waiting for a lapsed lease ([`Fence::reopened`]) is woken.
+    pub fn renew(&self, until: u64) -> Armed {
+        let was_open = self.lease.valid();
+        let armed = self.lease.arm(until);
+        if !was_open {
+            self.reopened.notify_one();
+        }
+        armed
+    }
+
+    /// Resolves once a renewal reopened the fence after a lapse (or before the first
+    /// heartbeat armed it), for the one writer that waits for it.
+    pub async fn reopened(&self) {
+        self.reopened.notified().await;
     }
 
     /// Whether `job_id`'s folder may be written now.

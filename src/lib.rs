@@ -134,17 +134,11 @@ impl Sidecar {
                 .run(cancel.clone())
                 .instrument(info_span!("mirror")),
         );
-        let deliveries = Deliveries::new(
-            Arc::clone(&store),
-            Arc::clone(&mirror),
-            &config,
-            tracker.clone(),
-            cancel.clone(),
-        )
-        .context("cannot load the callback keys and certificates")?;
+        let deliveries =
+            Deliveries::new(Arc::clone(&store), &config, tracker.clone(), cancel.clone())
+                .context("cannot load the callback keys and certificates")?;
         let runner = Runner::new(
             Arc::clone(&store),
-            Arc::clone(&mirror),
             Arc::clone(&config),
             Arc::clone(&deliveries),
             (

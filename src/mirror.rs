@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::contract::{DeliveryAttempt, DeliveryId, EventData, JobEvent, JobId, Timestamp};
+use crate::contract::{DeliveryId, EventData, JobEvent, JobId, Timestamp};
 use crate::fence::Fence;
 use crate::jobdir::{JobDir, JobDirError, Modes, output_uri};
-use crate::store::{AttemptOutcome, ChangeAsk, Changes, Store, Touched};
+use crate::store::{AttemptRecorded, Change, ChangeAsk, Changes, Store};
 
 /// Events read per job and round; a job with more is marked again for the next round.
 const PAGE: usize = 512;
@@ -138,6 +138,20 @@ enum Note<'a> {
     },
 }
 
+impl<'a> Note<'a> {
+    fn delivery(recorded: &'a AttemptRecorded) -> Self {
+        Self::Delivery {
+            job_id: recorded.job_id,
+            delivery_id: &recorded.delivery_id,
+            attempt: recorded.number,
+            at: recorded.attempt.at,
+            status_code: recorded.attempt.status_code,
+            error: recorded.attempt.error.as_deref(),
+            outcome: recorded.outcome.label(),
+        }
+    }
+}
+
 /// One job's share of a round.
 struct Plan {
     job_id: JobId,
@@ -191,9 +205,9 @@ impl Mirror {
             worker: tokio::sync::Mutex::new(Worker::default()),
         });
         let weak: Weak<Self> = Arc::downgrade(&mirror);
-        store.tap(Arc::new(move |touched| {
+        store.tap(Arc::new(move |change| {
             if let Some(mirror) = weak.upgrade() {
-                mirror.touched(touched);
+                mirror.heard(change);
             }
         }));
         mirror
@@ -203,85 +217,44 @@ impl Mirror {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn touched(&self, touched: Touched) {
-        let marked = {
-            let mut pending = self.pending();
-            match touched {
-                Touched::Job(job_id) if pending.followed.contains(&job_id) => {
-                    pending.dirty(job_id);
-                    true
-                }
-                Touched::Job(_) => false,
-                Touched::All => {
-                    let followed: Vec<JobId> = pending.followed.iter().copied().collect();
-                    for job_id in &followed {
-                        pending.dirty(*job_id);
-                    }
-                    !followed.is_empty()
-                }
-            }
-        };
-        if marked {
-            self.wake.notify_one();
-        }
-    }
-
-    fn mark(&self, job_id: JobId, follow: bool, note: Option<String>) {
+    /// What the store recorded: a job accepted, ended or requeued here gets its files
+    /// rewritten; a job claimed here is followed (every later event of it, from this node or
+    /// another, marks it) until its terminal event is on disk; a completion attempt is
+    /// appended after the job's events.
+    fn heard(&self, change: Change) {
         {
             let mut pending = self.pending();
-            if follow {
-                pending.followed.insert(job_id);
-            }
-            let dirty = pending.dirty(job_id);
-            dirty.status = true;
-            if let Some(note) = note {
-                dirty.notes.push_str(&note);
+            match change {
+                Change::Accepted(job_id) | Change::Moved(job_id) => {
+                    pending.dirty(job_id).status = true
+                }
+                Change::Claimed(job_id) => {
+                    pending.followed.insert(job_id);
+                    pending.dirty(job_id).status = true;
+                }
+                Change::Progress(job_id) | Change::Heard(job_id) => {
+                    if !pending.followed.contains(&job_id) {
+                        return;
+                    }
+                    pending.dirty(job_id);
+                }
+                Change::Attempt(recorded) => {
+                    let dirty = pending.dirty(recorded.job_id);
+                    dirty.status = true;
+                    push_line(&mut dirty.notes, &Note::delivery(&recorded));
+                }
+                Change::All => {
+                    let followed: Vec<JobId> = pending.followed.iter().copied().collect();
+                    if followed.is_empty() {
+                        return;
+                    }
+                    for job_id in followed {
+                        pending.dirty(job_id);
+                    }
+                }
             }
         }
         self.wake.notify_one();
-    }
-
-    /// Writes what waited while the lease had lapsed (it was renewed).
-    pub fn resume(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Brings the job's files up to date soon (accepted, ended without running, requeued).
-    pub fn sync(&self, job_id: JobId) {
-        self.mark(job_id, false, None);
-    }
-
-    /// Follows a job this node starts running until its terminal event is on disk.
-    pub fn follow(&self, job_id: JobId) {
-        self.mark(job_id, true, None);
-    }
-
-    /// Appends a completion attempt (after the job's events) and rewrites `status.json` (its
-    /// delivery state changed).
-    pub fn delivery_attempt(
-        &self,
-        job_id: JobId,
-        id: &DeliveryId,
-        number: u32,
-        attempt: &DeliveryAttempt,
-        outcome: AttemptOutcome,
-    ) {
-        let note = Note::Delivery {
-            job_id,
-            delivery_id: id,
-            attempt: number,
-            at: attempt.at,
-            status_code: attempt.status_code,
-            error: attempt.error.as_deref(),
-            outcome: match outcome {
-                AttemptOutcome::Delivered => "delivered",
-                AttemptOutcome::RetryAt(_) => "retry",
-                AttemptOutcome::Dead => "dead",
-            },
-        };
-        let mut text = String::new();
-        push_line(&mut text, &note);
-        self.mark(job_id, false, Some(text));
     }
 
     /// The worker: a round whenever jobs are marked or deferred progress falls due, until
@@ -297,6 +270,8 @@ impl Mirror {
                     }
                 }
                 () = sleep_until(due) => {}
+                // What was marked while the lease had lapsed.
+                () = self.fence.reopened() => {}
                 () = cancel.cancelled() => return,
             }
             self.round().await;
@@ -320,7 +295,7 @@ impl Mirror {
     /// anything to do.
     async fn round(&self) -> bool {
         if !self.fence.open() {
-            // The marks wait for the lease's renewal (`resume`).
+            // The marks wait for the lease's renewal (`Fence::reopened`).
             return false;
         }
         let mut worker = self.worker.lock().await;

@@ -145,7 +145,6 @@ pub(super) async fn accept(
         Enqueued::Created(job) => {
             tracing::info!(job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id, "job {} queued", job.job_id);
             app.runner.wake();
-            app.runner.mirror_accepted(job.job_id);
             Ok(accepted(&job, &app.public_url))
         }
         Enqueued::Duplicate(job) => Ok(accepted(&job, &app.public_url)),

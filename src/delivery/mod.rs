@@ -26,8 +26,7 @@ use url::Url;
 
 use crate::config::{CallbacksConfig, Config};
 use crate::contract::{DeliveryAttempt, JobId, JobState, ProgressCallback, Timestamp};
-use crate::mirror::Mirror;
-use crate::store::{AttemptOutcome, DueDelivery, Store};
+use crate::store::{AttemptOutcome, AttemptRecorded, DueDelivery, Store};
 use crate::telemetry::{self, CallbackKind};
 use schedule::Failure;
 use sign::{CallbackEvent, TokenFor};
@@ -48,7 +47,6 @@ struct Destination {
 /// The delivery side of the sidecar: the outbox worker and the per-job progress posters.
 pub struct Deliveries {
     store: Arc<dyn Store>,
-    mirror: Arc<Mirror>,
     transport: RwLock<Arc<Transport>>,
     source: Option<PathBuf>,
     cfg: CallbacksConfig,
@@ -91,13 +89,11 @@ impl Deliveries {
     /// [`Deliveries::reload`]); tasks are spawned on `tracker` and stop with `cancel`.
     pub fn new(
         store: Arc<dyn Store>,
-        mirror: Arc<Mirror>,
         config: &Config,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, TransportError> {
         Ok(Arc::new(Self {
-            mirror,
             transport: RwLock::new(Arc::new(Transport::build(&config.callbacks)?)),
             source: config.source.clone(),
             cfg: config.callbacks.clone(),
@@ -283,23 +279,17 @@ impl Deliveries {
         self.count(&origin, result.is_destination_failure());
         let (record, outcome) = self.judge(&d, at, latency_ms, result);
         self.log_outcome(&d, &record, outcome);
-        let label = match outcome {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::RetryAt(_) => "retry",
-            AttemptOutcome::Dead => "dead",
+        telemetry::callback(CallbackKind::Completion, outcome.label(), started.elapsed());
+        let recorded = AttemptRecorded {
+            job_id: d.job_id,
+            delivery_id: d.id.clone(),
+            number: d.attempts + 1,
+            attempt: record,
+            outcome,
         };
-        telemetry::callback(CallbackKind::Completion, label, started.elapsed());
-        match self
-            .store
-            .record_attempt(&d.id, record.clone(), outcome)
-            .await
-        {
+        match self.store.record_attempt(recorded).await {
             // The worker slept until this lease's end; the retry may be due much sooner.
-            Ok(()) => {
-                self.wake();
-                self.mirror
-                    .delivery_attempt(d.job_id, &d.id, d.attempts + 1, &record, outcome);
-            }
+            Ok(()) => self.wake(),
             // The lease expires and the attempt is made again: at-least-once, same delivery id.
             Err(e) => error!(error = %e, "cannot record a delivery attempt"),
         }

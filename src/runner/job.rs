@@ -391,12 +391,8 @@ impl Runner {
             .ok()
             .filter(|dir| dir.create_dir("output").is_ok());
         let ending = failed_as(state, reason, message, Measured::default(), Vec::new());
-        let job_id = job.job_id;
         self.conclude_in(job, output.map(|o| (o, None)), ending)
-            .await?;
-        // A job that never ran here is not followed: bring its files up to date.
-        self.mirror.sync(job_id);
-        Ok(())
+            .await
     }
 
     /// Finalises `output/` (when there is one; fenced by the run that wrote it, if any) and

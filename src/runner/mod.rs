@@ -27,7 +27,6 @@ use crate::config::{Config, OnRestart};
 use crate::contract::{AgentName, ErrorReason, JobId, JobState, Timestamp};
 use crate::delivery::Deliveries;
 use crate::fence::{self, Armed, Fence};
-use crate::mirror::Mirror;
 use crate::store::{JobRecord, Store, StoreError, StoreResult};
 use crate::telemetry;
 use guardian::Guardian;
@@ -151,7 +150,6 @@ pub enum CancelError {
 /// The scheduler and supervisor of agent runs.
 pub struct Runner {
     store: Arc<dyn Store>,
-    mirror: Arc<Mirror>,
     config: Arc<Config>,
     deliveries: Arc<Deliveries>,
     shared_root: PathBuf,
@@ -187,7 +185,6 @@ impl Runner {
     /// A runner over `shared_root` (already canonical).
     pub fn new(
         store: Arc<dyn Store>,
-        mirror: Arc<Mirror>,
         config: Arc<Config>,
         deliveries: Arc<Deliveries>,
         (shared_root, guard): (PathBuf, Guard),
@@ -196,7 +193,6 @@ impl Runner {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            mirror,
             config,
             deliveries,
             shared_root,
@@ -209,11 +205,6 @@ impl Runner {
             tracker,
             cancel,
         })
-    }
-
-    /// Writes a new job's `status.json` and `events.jsonl` (in the background).
-    pub fn mirror_accepted(&self, job_id: JobId) {
-        self.mirror.sync(job_id);
     }
 
     /// Tells the scheduler to look at the queue now.
@@ -260,13 +251,11 @@ impl Runner {
                 max_attempts = max,
                 "the process running the job is gone (stopped, or its lease ran out); requeued"
             );
-            let requeued = ignore_stale(
+            return ignore_stale(
                 self.store
                     .requeue(job.job_id, job.attempt, Timestamp::now())
                     .await,
             );
-            self.mirror.sync(job.job_id);
-            return requeued;
         }
         let message = if requeue {
             format!("the sidecar stopped while the agent ran, and all {max} attempts are used")
@@ -453,7 +442,7 @@ impl Runner {
                 .map(|c| c.until.load(Ordering::Acquire))
                 .fold(until, u64::min)
         };
-        if let Armed::AfterLapse { epoch } = self.fence.lease.arm(earliest) {
+        if let Armed::AfterLapse { epoch } = self.fence.renew(earliest) {
             let lapsed: Vec<(JobId, u32)> = self
                 .lock()
                 .jobs
@@ -474,8 +463,7 @@ impl Runner {
             guardian.wake();
         }
         if !was_open {
-            // What waited for the lease: the folders' marks, and the claims.
-            self.mirror.resume();
+            // The claims waited for the lease (the folders' marks are woken by the fence).
             self.wake();
         }
     }
@@ -651,7 +639,6 @@ impl Runner {
                 control.stop(reason);
             }
         }
-        self.mirror.follow(job.job_id);
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {

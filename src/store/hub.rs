@@ -1,24 +1,66 @@
-//! Wakes a job's watchers when its history grows. Watchers read the events themselves from the
-//! store, so a wake-up carries nothing and a slow watcher holds nothing here.
+//! The store's change feed. Every change a store records is told here: it wakes the job's
+//! watchers (who read the events themselves, so a wake-up carries nothing and a slow watcher
+//! holds nothing here) and the one observer of every job (the job-folder mirror, see
+//! [`crate::mirror`]), which learns from it alone what to write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
-use crate::contract::JobId;
+use super::AttemptOutcome;
+use crate::contract::{DeliveryAttempt, DeliveryId, JobId};
 
-/// What a [`Tap`] is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Touched {
-    /// This job has new events.
-    Job(JobId),
+/// A change the store recorded, or heard of from another node.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// This process accepted a new job.
+    Accepted(JobId),
+    /// This process claimed the job to run it.
+    Claimed(JobId),
+    /// This process recorded progress of a job it runs.
+    Progress(JobId),
+    /// This process ended the job or put it back in the queue.
+    Moved(JobId),
+    /// Another node recorded events of the job (a fleet's notification).
+    Heard(JobId),
+    /// This process recorded an attempt to deliver the job's completion.
+    Attempt(Box<AttemptRecorded>),
     /// Any job may have new events (notifications may have been missed).
     All,
 }
 
-/// Hears of every job's new events, watched or not (the job-folder mirror).
-pub type Tap = Arc<dyn Fn(Touched) + Send + Sync>;
+impl Change {
+    /// The job whose history may have grown, if the change is about one.
+    fn job(&self) -> Option<JobId> {
+        match self {
+            Self::Accepted(id)
+            | Self::Claimed(id)
+            | Self::Progress(id)
+            | Self::Moved(id)
+            | Self::Heard(id) => Some(*id),
+            Self::Attempt(_) | Self::All => None,
+        }
+    }
+}
+
+/// A completion attempt as the store recorded it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecorded {
+    /// The job whose completion it is.
+    pub job_id: JobId,
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// Its number, from 1.
+    pub number: u32,
+    /// What happened.
+    pub attempt: DeliveryAttempt,
+    /// What becomes of the delivery.
+    pub outcome: AttemptOutcome,
+}
+
+/// Hears every change of every job, watched or not (the job-folder mirror).
+pub type Tap = Arc<dyn Fn(Change) + Send + Sync>;
 
 /// One wake-up channel per watched job, and one tap for all of them.
 #[derive(Default)]
@@ -44,31 +86,24 @@ impl Hub {
         let _ = self.tap.set(tap);
     }
 
-    /// Tells every watcher to look again (notifications may have been missed).
-    pub fn touch_all(&self) {
+    /// Tells the job's watchers (every watcher, for [`Change::All`]) and the tap.
+    pub fn tell(&self, change: Change) {
         {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            for tx in jobs.values() {
-                tx.send_replace(());
+            match (&change, change.job()) {
+                (Change::All, _) => jobs.values().for_each(|tx| {
+                    tx.send_replace(());
+                }),
+                (_, Some(job_id)) => {
+                    if let Some(tx) = jobs.get(&job_id) {
+                        tx.send_replace(());
+                    }
+                }
+                (_, None) => {}
             }
         }
-        self.tell(Touched::All);
-    }
-
-    /// Tells `job_id`'s watchers, if any, that it has new events.
-    pub fn touch(&self, job_id: JobId) {
-        {
-            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(tx) = jobs.get(&job_id) {
-                tx.send_replace(());
-            }
-        }
-        self.tell(Touched::Job(job_id));
-    }
-
-    fn tell(&self, touched: Touched) {
         if let Some(tap) = self.tap.get() {
-            tap(touched);
+            tap(change);
         }
     }
 }

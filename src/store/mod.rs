@@ -18,12 +18,12 @@ use url::Url;
 
 use crate::config::{StoreBackend, StoreConfig};
 use crate::contract::{
-    AgentName, DeliveryAttempt, DeliveryId, DeliveryState, DeliveryStatus, FieldError, JobError,
-    JobEvent, JobId, JobName, JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress,
+    AgentName, DeliveryId, DeliveryState, DeliveryStatus, FieldError, JobError, JobEvent, JobId,
+    JobName, JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress,
     ProgressSnapshot, Timestamp, Transition, TriggerRequest,
 };
 
-pub use hub::{Tap, Touched};
+pub use hub::{AttemptRecorded, Change, Tap};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -550,6 +550,15 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// The outcome in a word (metrics, `events.jsonl`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::RetryAt(_) => "retry",
+            Self::Dead => "dead",
+        }
+    }
+
     /// The delivery's `state`, `next_attempt_at` and `delivered_at` after an attempt made at
     /// `at` (milliseconds).
     fn columns(self, at: Timestamp) -> (&'static str, Option<i64>, Option<i64>) {
@@ -760,12 +769,7 @@ pub trait Store: Send + Sync {
     async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>>;
 
     /// Records an attempt and what follows from it.
-    async fn record_attempt(
-        &self,
-        id: &DeliveryId,
-        attempt: DeliveryAttempt,
-        outcome: AttemptOutcome,
-    ) -> StoreResult<()>;
+    async fn record_attempt(&self, recorded: AttemptRecorded) -> StoreResult<()>;
 
     /// Deliveries matching `filter`, newest first, each with its attempts.
     async fn list_deliveries(&self, filter: DeliveryFilter) -> StoreResult<Vec<DeliveryStatus>>;

@@ -21,7 +21,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tracing::{info, warn};
 
-use super::hub::Hub;
+use super::hub::{AttemptRecorded, Change, Hub};
 use super::*;
 use crate::contract::{DeliveryAttempt, DeliveryState, NodeStatus};
 
@@ -210,7 +210,7 @@ async fn listen(
                 if subscribed {
                     if !first {
                         info!("listening to the fleet again");
-                        hub.touch_all();
+                        hub.tell(Change::All);
                         let _ = signals.send(Signal::Queued);
                     }
                     first = false;
@@ -236,7 +236,7 @@ fn dispatch(payload: &str, hub: &Hub, signals: &broadcast::Sender<Signal>, node_
         }
         (Some("e"), Some(job), ..) => {
             if let Ok(job_id) = job.parse() {
-                hub.touch(job_id);
+                hub.tell(Change::Heard(job_id));
             }
         }
         (Some("c"), Some(job), Some(attempt), Some(node)) if node == node_id => {
@@ -856,7 +856,7 @@ impl Store for PgStore {
             .write(async |tx, notes| enqueue_in(tx, notes, job).await)
             .await?;
         if matches!(enqueued, Enqueued::Created(_)) {
-            self.hub.touch(job_id);
+            self.hub.tell(Change::Accepted(job_id));
         }
         Ok(enqueued)
     }
@@ -880,7 +880,7 @@ impl Store for PgStore {
             .write(async |tx, notes| claim_in(tx, notes, node, slots, free, at).await)
             .await?;
         for job in &claimed {
-            self.hub.touch(job.job_id);
+            self.hub.tell(Change::Claimed(job.job_id));
         }
         Ok(claimed)
     }
@@ -1035,7 +1035,7 @@ impl Store for PgStore {
             Ok(())
         })
         .await?;
-        self.hub.touch(job_id);
+        self.hub.tell(Change::Moved(job_id));
         Ok(())
     }
 
@@ -1159,7 +1159,7 @@ impl Store for PgStore {
                 progress_in(tx, notes, job_id, attempt, progress, at, keep).await
             })
             .await?;
-        self.hub.touch(job_id);
+        self.hub.tell(Change::Progress(job_id));
         Ok(snapshot)
     }
 
@@ -1169,7 +1169,7 @@ impl Store for PgStore {
         let due = self
             .write(async |tx, notes| finish_in(tx, notes, node, finish).await)
             .await?;
-        self.hub.touch(job_id);
+        self.hub.tell(Change::Moved(job_id));
         Ok(due)
     }
 
@@ -1236,13 +1236,9 @@ impl Store for PgStore {
             .map(Timestamp::from_unix_ms))
     }
 
-    async fn record_attempt(
-        &self,
-        id: &DeliveryId,
-        attempt: DeliveryAttempt,
-        outcome: AttemptOutcome,
-    ) -> StoreResult<()> {
-        let (state, next, delivered) = outcome.columns(attempt.at);
+    async fn record_attempt(&self, recorded: AttemptRecorded) -> StoreResult<()> {
+        let (id, attempt) = (&recorded.delivery_id, &recorded.attempt);
+        let (state, next, delivered) = recorded.outcome.columns(attempt.at);
         let status = attempt.status_code.map(i32::from);
         execute(
             &self.client().await?,
@@ -1265,6 +1261,7 @@ impl Store for PgStore {
             ],
         )
         .await?;
+        self.hub.tell(Change::Attempt(Box::new(recorded)));
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use rusqlite_migration::{M, Migrations};
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use super::hub::Hub;
+use super::hub::{AttemptRecorded, Change, Hub};
 use super::*;
 use crate::contract::{DeliveryAttempt, DeliveryState};
 
@@ -942,7 +942,7 @@ impl Store for SqliteStore {
         let job_id = job.request.job_id;
         let enqueued = self.write(move |conn| enqueue_in(conn, job)).await?;
         if matches!(enqueued, Enqueued::Created(_)) {
-            self.hub.touch(job_id);
+            self.hub.tell(Change::Accepted(job_id));
         }
         Ok(enqueued)
     }
@@ -966,7 +966,7 @@ impl Store for SqliteStore {
             .write(move |conn| claim_batch_in(conn, slots, free, at, &node))
             .await?;
         for job in &claimed {
-            self.hub.touch(job.job_id);
+            self.hub.tell(Change::Claimed(job.job_id));
         }
         Ok(claimed)
     }
@@ -1050,14 +1050,14 @@ impl Store for SqliteStore {
         let snapshot = self
             .write(move |conn| progress_in(conn, job_id, attempt, progress, at, keep))
             .await?;
-        self.hub.touch(job_id);
+        self.hub.tell(Change::Progress(job_id));
         Ok(snapshot)
     }
 
     async fn finish(&self, finish: Finish) -> StoreResult<DueDelivery> {
         let job_id = finish.job_id;
         let due = self.write(move |conn| finish_in(conn, finish)).await?;
-        self.hub.touch(job_id);
+        self.hub.tell(Change::Moved(job_id));
         Ok(due)
     }
 
@@ -1091,7 +1091,7 @@ impl Store for SqliteStore {
     async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
         self.write(move |conn| requeue_in(conn, job_id, attempt, at))
             .await?;
-        self.hub.touch(job_id);
+        self.hub.tell(Change::Moved(job_id));
         Ok(())
     }
 
@@ -1194,15 +1194,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_attempt(
-        &self,
-        id: &DeliveryId,
-        attempt: DeliveryAttempt,
-        outcome: AttemptOutcome,
-    ) -> StoreResult<()> {
-        let id = id.clone();
+    async fn record_attempt(&self, recorded: AttemptRecorded) -> StoreResult<()> {
+        let (id, attempt, outcome) = (
+            recorded.delivery_id.clone(),
+            recorded.attempt.clone(),
+            recorded.outcome,
+        );
         self.write(move |conn| record_attempt_in(conn, &id, attempt, outcome))
-            .await
+            .await?;
+        self.hub.tell(Change::Attempt(Box::new(recorded)));
+        Ok(())
     }
 
     async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::contract::{CallbackUrls, EventData};
+use crate::contract::{CallbackUrls, DeliveryAttempt, EventData};
 
 const AGING: Duration = Duration::from_secs(60);
 const LEASE: Duration = Duration::from_secs(30);
@@ -365,10 +365,14 @@ async fn pruning_deletes_old_terminal_jobs_but_never_one_whose_completion_is_pen
         error: None,
         latency_ms: 1,
     };
-    store
-        .record_attempt(&done.id, attempt, AttemptOutcome::Delivered)
-        .await
-        .unwrap();
+    let recorded = AttemptRecorded {
+        job_id: done.job_id,
+        delivery_id: done.id.clone(),
+        number: 1,
+        attempt,
+        outcome: AttemptOutcome::Delivered,
+    };
+    store.record_attempt(recorded).await.unwrap();
     let pruned = store
         .prune(Timestamp::from_unix_ms(1_000), 100)
         .await
