@@ -197,6 +197,8 @@ enum DeliveriesCommand {
 
 fn main() -> ExitCode {
     agent_sidecar::memory::limit_arenas();
+    // Fault injection (`FAILPOINTS=name=action`) in the tests' build only; nothing otherwise.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),

@@ -230,6 +230,9 @@ pub enum ErrorReason {
     Stale,
     /// It waited in the queue longer than `max_queue_age`.
     QueueTimeout,
+    /// The sidecar failed while supervising the attempt (a bug, logged with its place); the
+    /// agent was stopped.
+    Internal,
 }
 
 /// The `error` of a completion: null when the job completed.

@@ -214,6 +214,8 @@ impl Runner {
             }
         };
         info!(pid = process.pid(), attempt = job.attempt, "agent started");
+        // The tests make supervision fail here (see `Runner::start`'s panic boundary).
+        fail::fail_point!("agent_started");
         log.line(
             "sidecar",
             &format!(

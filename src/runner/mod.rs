@@ -13,11 +13,13 @@ pub mod outputs;
 pub mod process;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -644,10 +646,39 @@ impl Runner {
             async move {
                 let name = job.agent_name.clone();
                 let job_id = job.job_id;
-                this.supervise(job, control, agent).await;
+                // The attempt's boundary: a panic below ends the attempt instead of leaving
+                // its slot taken and its lease renewed until a restart.
+                let supervised =
+                    AssertUnwindSafe(this.supervise(job.clone(), Arc::clone(&control), agent))
+                        .catch_unwind()
+                        .await;
+                if let Err(panic) = supervised {
+                    let what = panic_message(panic.as_ref()).to_owned();
+                    this.end_after_panic(job, &control, &what).await;
+                }
                 this.release(job_id, &name);
             }
             .instrument(span),
+        );
+    }
+
+    /// Ends an attempt whose supervision panicked (its agent was killed as the supervision
+    /// unwound): `failed` with reason `internal`, unless the run is no longer this node's.
+    async fn end_after_panic(&self, job: JobRecord, control: &Control, what: &str) {
+        error!(attempt = job.attempt, panic = %what, "the attempt's supervision failed; ending it failed (internal)");
+        if !control.may_write() {
+            return;
+        }
+        let message = format!(
+            "the sidecar failed while supervising attempt {}: {what}",
+            job.attempt
+        );
+        ignore_stale(
+            self.conclude_without_run(job, JobState::Failed, ErrorReason::Internal, message)
+                .await,
+        )
+        .unwrap_or_else(
+            |e| error!(error = %e, "cannot record the end of the job; it is recovered on restart"),
         );
     }
 
@@ -666,6 +697,15 @@ impl Runner {
         self.idle.notify_waiters();
         self.wake();
     }
+}
+
+/// A panic's message, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// A write refused because the job moved on is not an error for recovery: someone else ended

@@ -54,6 +54,8 @@ pub struct AgentProcess {
     pub stderr: Option<pipe::Receiver>,
     /// Called once the group is killed, before the leader is reaped (its id is still taken).
     before_reap: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Set once the agent is reaped: a process dropped before that is killed (see `Drop`).
+    reaped: std::sync::atomic::AtomicBool,
 }
 
 /// What to run and how.
@@ -93,6 +95,7 @@ impl AgentProcess {
                 stdout: Some(pipe::Receiver::from_owned_fd(stdout_r)?),
                 stderr: Some(pipe::Receiver::from_owned_fd(stderr_r)?),
                 before_reap: None,
+                reaped: std::sync::atomic::AtomicBool::new(false),
             })
         };
         watched().inspect_err(|_| {
@@ -115,8 +118,7 @@ impl AgentProcess {
     /// Kills the agent's group and reaps the agent now (an agent that must not run: it was
     /// started but cannot be guarded).
     pub fn kill_now(self) {
-        signal_group(self.pid, libc::SIGKILL);
-        reap_now(self.pid);
+        drop(self);
     }
 
     /// Runs `hook` after the agent's group is killed and before the agent is reaped, while its
@@ -137,11 +139,28 @@ impl AgentProcess {
                     hook();
                 }
                 if let Some(exit) = try_reap(self.pid)? {
+                    self.reaped
+                        .store(true, std::sync::atomic::Ordering::Release);
                     return Ok(exit);
                 }
             }
             guard.clear_ready();
         }
+    }
+}
+
+/// An agent whose supervision ended before it was reaped (a panic, a dropped future) must not
+/// run unseen: its group is killed and it is reaped here.
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.reaped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        signal_group(self.pid, libc::SIGKILL);
+        if let Some(hook) = &self.before_reap {
+            hook();
+        }
+        reap_now(self.pid);
     }
 }
 

@@ -486,3 +486,44 @@ async fn queued_jobs_stay_queued_through_a_drain_and_run_after_the_restart() {
         ["received", "queued", "in_progress", "completed"]
     );
 }
+
+#[tokio::test]
+async fn a_panic_in_supervision_ends_the_attempt_internal_kills_the_agent_and_frees_the_slot() {
+    let receiver = Receiver::start().await;
+    // Fires once: the first agent's supervision panics right after its spawn.
+    let sidecar = Sidecar::start_with_process_env(
+        &receiver,
+        &[("FAILPOINTS", "agent_started=1*panic(injected)")],
+    )
+    .await;
+    let first = start_job(&sidecar, &receiver, "lane", json!({})).await;
+    let c = receiver.completion(&first).await.json();
+    assert_eq!(c["status"], "failed", "{c}");
+    assert_eq!(c["error"]["reason"], "internal", "{c}");
+    let message = c["error"]["message"].as_str().unwrap();
+    assert!(message.contains("injected"), "{message}");
+    let status = wait_state(&sidecar, &first, "failed").await;
+    assert_eq!(status["error"]["reason"], "internal", "{status}");
+
+    // The agent (an hour's sleeper) went with the supervision that unwound.
+    let log = sidecar.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("agent started") && l.contains(&first))
+        .unwrap_or_else(|| panic!("no start line for {first} in\n{log}"));
+    let pid = serde_json::from_str::<Value>(line).unwrap()["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in {line}"));
+    let pid = u32::try_from(pid).unwrap();
+    assert!(!alive(pid), "agent {pid} outlived its panicked supervision");
+
+    // `lane` runs one at a time: the next job starts only if the slot was freed.
+    let second = start_job(&sidecar, &receiver, "lane", json!({"seconds": 0})).await;
+    let c = receiver.completion(&second).await.json();
+    assert_eq!(c["status"], "completed", "{c}");
+    assert_eq!(
+        log.matches("the attempt's supervision failed").count(),
+        1,
+        "the panic is logged once: {log}"
+    );
+}
