@@ -6,39 +6,45 @@
 //! with signed progress and completion callbacks.
 //!
 //! Modules, in the order a job meets them:
-//! - [`config`]: the TOML file and its environment overrides, parsed once at start.
+//! - [`config`]: the TOML file and its environment overrides, parsed once at start;
+//!   [`preflight`] checks what it names (shared root, agent commands) for `/ready` and
+//!   `check-config`.
 //! - [`api`]: the HTTP API (`/agents/trigger`, `/jobs/{id}`), errors rendered by [`error`].
 //! - [`contract`]: ids, states, wire types and JSON Schemas (pure).
 //! - [`jobdir`]: job folders under `shared_root`, resolved without following symlinks.
-//! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default).
+//! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default), and its
+//!   change feed.
+//! - [`mirror`]: `status.json` and `events.jsonl` in each job folder, following the change feed.
 //! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs; the guardian
-//!   process that kills agents the sidecar can no longer answer for, and the lease fence on
-//!   job folder writes.
+//!   process that kills agents the sidecar can no longer answer for.
+//! - [`fence`]: the lease deadline every write into a job folder checks first.
 //! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
 //! - [`reload`]: keys and certificates reread on SIGHUP and when their files change.
 //! - [`sweeper`]: ends stuck jobs (stale, over time, too long queued) and prunes old ones.
-//! - [`demo`]: the README's first command, end to end on loopback.
+//!
+//! Beside the path of a job: [`telemetry`] (Prometheus metrics), [`systemd`] (readiness and
+//! watchdog), [`memory`] (the allocator's arenas), and [`tools`] (the demo and the consumer
+//! contract check, which use the core and are used by nothing in it).
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line.
 
 pub mod api;
 pub mod config;
-pub mod consumer_check;
 pub mod contract;
 pub mod delivery;
-pub mod demo;
 pub mod error;
 pub mod fence;
 pub mod jobdir;
 pub mod memory;
 pub mod mirror;
-pub mod notify;
 pub mod preflight;
 pub mod reload;
 pub mod runner;
 pub mod store;
 pub mod sweeper;
+pub mod systemd;
 pub mod telemetry;
+pub mod tools;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -228,7 +234,7 @@ impl Sidecar {
                 .run(cancel.clone())
                 .instrument(info_span!("sweeper")),
         );
-        tracker.spawn(notify::watchdog(Arc::clone(&store), cancel.clone()));
+        tracker.spawn(systemd::watchdog(Arc::clone(&store), cancel.clone()));
 
         let addr = listener.local_addr().context("listener has no address")?;
         let listener = api::listener::GuardedListener::new(
@@ -280,7 +286,7 @@ impl Sidecar {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         info!(addr = %self.local_addr()?, "listening");
-        notify::ready();
+        systemd::ready();
         let stop = self.cancel.clone();
         let runner = Arc::clone(&self.runner);
         let drain_timeout = self.drain_timeout;
@@ -293,7 +299,7 @@ impl Sidecar {
                 () = stop.cancelled() => {}
             }
             info!("shutting down: draining");
-            notify::stopping();
+            systemd::stopping();
             runner.drain(drain_timeout).await;
             stop.cancel();
         });

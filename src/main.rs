@@ -204,7 +204,8 @@ fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::Demo { config } => {
             init_tracing(LogFormat::Text, "warn");
-            runtime().and_then(|rt| rt.block_on(agent_sidecar::demo::run_demo(config.as_deref())))
+            runtime()
+                .and_then(|rt| rt.block_on(agent_sidecar::tools::demo::run_demo(config.as_deref())))
         }
         Command::Validate { manifest } => return validate(&manifest),
         Command::CheckConfig { file, config } => match file.or(config) {
@@ -319,7 +320,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 fn verify_consumer(args: VerifyConsumer) -> ExitCode {
     let run = || -> anyhow::Result<bool> {
-        let target = agent_sidecar::consumer_check::Target {
+        let target = agent_sidecar::tools::consumer_check::Target {
             progress_url: args.progress_url,
             completion_url: args.completion_url,
             job_name: args
@@ -329,10 +330,10 @@ fn verify_consumer(args: VerifyConsumer) -> ExitCode {
         };
         agent_sidecar::install_crypto_provider();
         let checker = match (&args.config, &args.secret) {
-            (Some(path), _) => agent_sidecar::consumer_check::Checker::from_callbacks(
+            (Some(path), _) => agent_sidecar::tools::consumer_check::Checker::from_callbacks(
                 &Config::load(path)?.callbacks,
             )?,
-            (None, Some(secret)) => agent_sidecar::consumer_check::Checker::with_secret(
+            (None, Some(secret)) => agent_sidecar::tools::consumer_check::Checker::with_secret(
                 secret,
                 &args.issuer,
                 &args.audience,
@@ -341,7 +342,10 @@ fn verify_consumer(args: VerifyConsumer) -> ExitCode {
             (None, None) => anyhow::bail!("give --secret or --config"),
         };
         let outcomes = runtime()?.block_on(checker.run(&target));
-        print!("{}", agent_sidecar::consumer_check::report(&outcomes));
+        print!(
+            "{}",
+            agent_sidecar::tools::consumer_check::report(&outcomes)
+        );
         Ok(outcomes.iter().all(|o| o.passed()))
     };
     match run() {

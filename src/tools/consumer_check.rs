@@ -18,9 +18,9 @@ use crate::delivery::sign::{CallbackEvent, KeyError, Signer, TokenFor};
 use crate::delivery::transport::http_client;
 
 const PROGRESS: &str =
-    include_str!("../contract-tests/fixtures/v1/progress-callback/valid/staged.json");
+    include_str!("../../contract-tests/fixtures/v1/progress-callback/valid/staged.json");
 const COMPLETION: &str =
-    include_str!("../contract-tests/fixtures/v1/completion-callback/valid/completed.json");
+    include_str!("../../contract-tests/fixtures/v1/completion-callback/valid/completed.json");
 
 /// The `job_name` sent where the consumer must not know it.
 const UNKNOWN_JOB_NAME: &str = "AgentSidecarContractCheck::NoSuchJob";

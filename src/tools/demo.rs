@@ -42,46 +42,46 @@ struct Receiver {
 const EXAMPLE: &[(&str, &[u8])] = &[
     (
         EXAMPLE_CONFIG,
-        include_bytes!("../agent-sidecar.example.toml"),
+        include_bytes!("../../agent-sidecar.example.toml"),
     ),
     (
         "examples/agents/summarizer.py",
-        include_bytes!("../examples/agents/summarizer.py"),
+        include_bytes!("../../examples/agents/summarizer.py"),
     ),
     (
         "examples/agents/summarizer.params.schema.json",
-        include_bytes!("../examples/agents/summarizer.params.schema.json"),
+        include_bytes!("../../examples/agents/summarizer.params.schema.json"),
     ),
     (
         "examples/agents/failing.py",
-        include_bytes!("../examples/agents/failing.py"),
+        include_bytes!("../../examples/agents/failing.py"),
     ),
     (
         "examples/agents/sleeper.py",
-        include_bytes!("../examples/agents/sleeper.py"),
+        include_bytes!("../../examples/agents/sleeper.py"),
     ),
     (
         "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/manifest.json",
         include_bytes!(
-            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/manifest.json"
+            "../../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/manifest.json"
         ),
     ),
     (
         "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/quarterly-notes.txt",
         include_bytes!(
-            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/quarterly-notes.txt"
+            "../../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/quarterly-notes.txt"
         ),
     ),
     (
         "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/customer-feedback.txt",
         include_bytes!(
-            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/customer-feedback.txt"
+            "../../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/customer-feedback.txt"
         ),
     ),
     (
         "shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/incident-review.txt",
         include_bytes!(
-            "../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/incident-review.txt"
+            "../../shared_root.example/7d3c8f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f/input/incident-review.txt"
         ),
     ),
 ];
