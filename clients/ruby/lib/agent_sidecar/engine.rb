@@ -23,6 +23,8 @@ module AgentSidecar
     class << self
       # Where the app mounted the engine ("/agents" unless it chose otherwise).
       def mount_path
+        return "/agents" unless ::Rails.application
+
         route = ::Rails.application.routes.routes.find { |r| r.app.respond_to?(:app) && r.app.app == self }
         route ? route.path.spec.to_s.chomp("/") : "/agents"
       end
