@@ -46,6 +46,10 @@ class CompletionTest < Minitest::Test
   def test_a_duplicate_enqueues_again_when_the_first_enqueue_never_happened
     AgentSidecar::Job.claim_completion(@job_id, @payload, "dlv_#{@job_id}") # as if the process died here
     assert_equal :duplicate, receive
+    assert_equal 0, enqueued_jobs.size, "too soon: the winner may still be enqueuing"
+    AgentSidecar::Job.where(job_id: @job_id).update_all(completed_at: 1.minute.ago)
+    assert_equal :duplicate, receive
+    assert_equal :duplicate, receive
     assert_equal 1, enqueued_jobs.size
   end
 

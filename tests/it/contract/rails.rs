@@ -119,12 +119,14 @@ impl CableSubscriber {
         )
     }
 
-    /// The next frame matching `wanted`, skipping welcome and pings.
+    /// The next frame matching `wanted` within 60 s, skipping welcome and pings (which come
+    /// every 3 s, so the deadline is for the whole wait, not per frame).
     async fn next_where(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let frame = tokio::time::timeout(Duration::from_secs(60), self.socket.next())
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
-                .expect("an ActionCable frame within 60 s")
+                .expect("the wanted ActionCable frame within 60 s")
                 .expect("the ActionCable socket stays open")
                 .unwrap();
             if let Message::Text(text) = frame {

@@ -9,6 +9,10 @@ module AgentSidecar
   #
   # Handling (`.run_handler`, in the ActiveJob): see AgentSidecar::Handler.
   class Completion
+    # A completion accepted this long ago whose handler was never enqueued (the process died in
+    # between) is enqueued by the next duplicate. Sooner, the winner may still be enqueuing.
+    REDISPATCH_AFTER = 30
+
     def initialize(payload, job_id:, job_name:, delivery_id:)
       @payload = payload
       @job_id = job_id
@@ -26,12 +30,13 @@ module AgentSidecar
         return :handler_unavailable
       end
       if AgentSidecar::Job.claim_completion(@job_id, @payload, @delivery_id)
-        dispatch(handler)
+        # The final message first: if the enqueue below fails (500), the sidecar's retry is a
+        # duplicate, which enqueues again but would not broadcast again.
         ActionCable.server.broadcast(AgentSidecar.stream_for(@job_id), AgentSidecar::Job.find_by!(job_id: @job_id).completed_message)
+        dispatch(handler)
         :handled
       else
-        row = AgentSidecar::Job.find_by!(job_id: @job_id)
-        dispatch(handler) if row.dispatched_at.nil? && row.handled_at.nil?
+        redispatch(handler)
         Rails.logger.info("agent-sidecar: benign duplicate completion for job #{@job_id} (delivery #{@delivery_id})")
         :duplicate
       end
@@ -62,6 +67,17 @@ module AgentSidecar
     rescue NameError => e
       Rails.logger.error("agent-sidecar: handler of #{@job_name} does not load: #{e.message}")
       nil
+    end
+
+    # Takes the re-enqueue with a conditional UPDATE, so of concurrent duplicates one does it.
+    def redispatch(handler)
+      now = Time.current
+      taken = AgentSidecar::Job.where(job_id: @job_id, dispatched_at: nil, handled_at: nil)
+                               .where("completed_at < ?", now - REDISPATCH_AFTER).update_all(dispatched_at: now) == 1
+      return unless taken
+
+      Rails.logger.warn("agent-sidecar: job #{@job_id}'s handler was never enqueued; enqueuing it now")
+      AgentSidecar::Dispatch.enqueue(handler, @job_id)
     end
 
     def dispatch(handler)
