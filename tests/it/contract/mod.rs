@@ -1,15 +1,16 @@
-//! The contract suite (`cargo test --test it contract::`): the Rails reference consumer on real
-//! Rails, the consumer check against it and against a broken consumer, and the provider checked
-//! by an independent validator.
+//! The contract suite (`cargo test --test it contract::`): the Rails consumer (an app generated
+//! with the `agent_sidecar` gem) on real Rails, the consumer check against it and against a
+//! broken consumer, the gem's own tests, and the provider checked by an independent validator.
 
+mod gem;
 mod provider;
 mod rails;
 mod verify_consumer;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -17,7 +18,53 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::helpers::{client, repo};
 
-/// The reference consumer app (`contract-tests/consumer/rails/`) served by puma on loopback.
+/// The gem's checkout, which the generated app loads `agent_sidecar` from (no RubyGems).
+pub fn gem_dir() -> PathBuf {
+    repo().join("clients/ruby")
+}
+
+/// Makes a consumer app in `dir`: the skeleton in `contract-tests/consumer/rails/` (the
+/// example domain only) with the gem's `agent_sidecar:install` and `agent_sidecar:handler`
+/// generators run in it, as a team adopting the gem does.
+pub fn generate_app(dir: &Path) {
+    let out = Command::new("bash")
+        .arg(repo().join("contract-tests/consumer/rails/generate"))
+        .arg(dir)
+        .env("AGENT_SIDECAR_GEM_PATH", gem_dir())
+        .output()
+        .expect("bash runs the generate script");
+    assert!(
+        out.status.success(),
+        "generating the Rails app failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The app generated once per test process, under `CARGO_TARGET_TMPDIR/rails-consumer/<pid>`;
+/// the folders of test processes that have exited are removed first.
+fn generated_app() -> &'static Path {
+    static APP: OnceLock<PathBuf> = OnceLock::new();
+    APP.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rails-consumer");
+        std::fs::create_dir_all(&root).unwrap();
+        for entry in std::fs::read_dir(&root).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let alive = name
+                .parse::<u32>()
+                .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        generate_app(&dir);
+        dir
+    })
+}
+
+/// The generated consumer app served by puma on loopback.
 pub struct Rails {
     pub origin: String,
     child: Child,
@@ -32,7 +79,8 @@ impl Rails {
         let log = dir.path().join("puma.log");
         let child = Command::new("puma")
             .args(["-b", &format!("tcp://{addr}"), "-t", "1:8", "config.ru"])
-            .current_dir(repo().join("contract-tests/consumer/rails"))
+            .current_dir(generated_app())
+            .env("AGENT_SIDECAR_GEM_PATH", gem_dir())
             .env("RAILS_ENV", "production")
             .env("CONSUMER_DATABASE", dir.path().join("consumer.sqlite3"))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

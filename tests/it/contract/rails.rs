@@ -1,7 +1,8 @@
-//! The Rails reference consumer on real Rails (Debian's Rails 6.1 under puma) with a real
-//! sidecar: jobs triggered through its Ruby client run to completion, failure and cancel; each
-//! handler runs exactly once although the sidecar re-delivers; an ActionCable subscriber sees
-//! the progress.
+//! The consumer app generated with the `agent_sidecar` gem, on real Rails (Debian's Rails 6.1
+//! under puma) with a real sidecar that asks Rails for tokens: jobs triggered through
+//! `AgentSidecar.trigger` run to completion, failure and cancel; each handler runs exactly once
+//! through ActiveJob although the sidecar re-delivers; an ActionCable subscriber sees the
+//! progress, and only the job's own user may subscribe.
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use crate::helpers::{Sidecar, eventually};
 use crate::pki;
 
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// `[server.auth] secret` of the sidecar: the gem mints a short-lived token per request.
+const API_SECRET: &str = "rails-to-sidecar-secret-0123456789abcdef";
 
 /// A sidecar signing with an ES256 key (Rails verifies against its JWKS) and Standard Webhooks,
 /// calling Rails through a proxy that loses the first completion answer of every job; and the
@@ -34,7 +37,8 @@ pub async fn rails_behind_lossy_proxy(mode: &str) -> (Sidecar, LossyProxy, Rails
     let key = pki::write(keys.path(), "es256.pem", &pki::signing_key("ES256"));
     let extra = format!(
         "\n[[callbacks.jwt.keys]]\nkid = \"rails-test\"\nalgorithm = \"ES256\"\nprivate_key_file = {:?}\nsigning = true\n\
-         \n[callbacks.standard_webhooks]\nenabled = true\nsecrets = [\"{WEBHOOK_SECRET}\"]\n",
+         \n[callbacks.standard_webhooks]\nenabled = true\nsecrets = [\"{WEBHOOK_SECRET}\"]\n\
+         \n[server.auth]\nissuer = \"rails\"\naudience = \"agent-sidecar\"\nsecret = \"{API_SECRET}\"\n",
         key.display().to_string()
     );
     let sidecar = Sidecar::start_for_origin(&proxy.origin, env, &extra);
@@ -58,6 +62,7 @@ pub async fn rails_behind_lossy_proxy(mode: &str) -> (Sidecar, LossyProxy, Rails
             ),
             ("AGENT_SIDECAR_CALLBACK_BASE_URL", proxy.origin.clone()),
             ("AGENT_SIDECAR_TRIGGER_MODE", mode.to_owned()),
+            ("AGENT_SIDECAR_API_SECRET", API_SECRET.to_owned()),
         ],
     )
     .await;
@@ -72,8 +77,21 @@ struct CableSubscriber {
 }
 
 impl CableSubscriber {
-    async fn subscribe(rails: &Rails, job_id: &str) -> Self {
-        let url = format!("{}/cable", rails.origin.replace("http://", "ws://"));
+    /// Subscribes as `user` (the example app's connection takes `?user_id=`) and panics if
+    /// the subscription is rejected.
+    async fn subscribe(rails: &Rails, job_id: &str, user: &str) -> Self {
+        let (cable, answer) = Self::try_subscribe(rails, job_id, user).await;
+        assert_eq!(answer, "confirm_subscription", "{}", rails.logs());
+        cable
+    }
+
+    /// Subscribes as `user`; returns the socket and the server's answer
+    /// (`confirm_subscription` or `reject_subscription`).
+    async fn try_subscribe(rails: &Rails, job_id: &str, user: &str) -> (Self, String) {
+        let url = format!(
+            "{}/cable?user_id={user}",
+            rails.origin.replace("http://", "ws://")
+        );
         let mut request = url.into_client_request().unwrap();
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
@@ -90,18 +108,25 @@ impl CableSubscriber {
             ))
             .await
             .unwrap();
-        cable
-            .next_where(|m| m["type"] == "confirm_subscription")
+        let answer = cable
+            .next_where(|m| {
+                m["type"] == "confirm_subscription" || m["type"] == "reject_subscription"
+            })
             .await;
-        cable
+        (
+            cable,
+            answer["type"].as_str().unwrap_or_default().to_owned(),
+        )
     }
 
-    /// The next frame matching `wanted`, skipping welcome and pings.
+    /// The next frame matching `wanted` within 60 s, skipping welcome and pings (which come
+    /// every 3 s, so the deadline is for the whole wait, not per frame).
     async fn next_where(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let frame = tokio::time::timeout(Duration::from_secs(60), self.socket.next())
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
-                .expect("an ActionCable frame within 60 s")
+                .expect("the wanted ActionCable frame within 60 s")
                 .expect("the ActionCable socket stays open")
                 .unwrap();
             if let Message::Text(text) = frame {
@@ -113,7 +138,8 @@ impl CableSubscriber {
         }
     }
 
-    /// Broadcast messages until the job's final one (inclusive).
+    /// Messages until the job's final one (inclusive): first the job's snapshot (its newest
+    /// progress), then each broadcast.
     async fn messages_until_completed(&mut self) -> Vec<Value> {
         let mut messages = Vec::new();
         loop {
@@ -151,7 +177,6 @@ async fn rails_dispatches_each_completion_once_despite_redelivery_and_streams_pr
     ];
     for (agent, params, status, reason) in cases {
         let job_id = uuid::Uuid::new_v4().to_string();
-        let mut cable = CableSubscriber::subscribe(&rails, &job_id).await;
         let (code, accepted) = rails
             .post(
                 "/reports",
@@ -159,17 +184,26 @@ async fn rails_dispatches_each_completion_once_despite_redelivery_and_streams_pr
             )
             .await;
         assert_eq!(code, 202, "{accepted}\n{}", rails.logs());
+        // Subscribing after the trigger: the channel sends the newest progress first.
+        let mut cable = CableSubscriber::subscribe(&rails, &job_id, "42").await;
         let messages = cable.messages_until_completed().await;
         let report = settled_report(&rails, &job_id).await;
         assert_eq!(report["status"], status, "{report}");
         assert_eq!(report["handler_calls"], 1, "handler ran once: {report}");
         assert_eq!(report["error_reason"], reason, "{report}");
 
-        let progress: Vec<u64> = messages
+        // As the view helper does: a progress older than the newest seen is dropped (the
+        // snapshot and a live broadcast can cross).
+        let mut progress: Vec<u64> = Vec::new();
+        for seq in messages
             .iter()
             .filter(|m| m["type"] == "progress")
             .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        {
+            if progress.last().is_none_or(|last| seq > *last) {
+                progress.push(seq);
+            }
+        }
         assert!(
             !progress.is_empty(),
             "{agent}: no progress broadcast: {messages:?}"
@@ -206,7 +240,6 @@ async fn rails_dispatches_each_completion_once_despite_redelivery_and_streams_pr
 async fn a_job_canceled_through_the_ruby_client_reaches_its_handler_once_as_canceled() {
     let (_sidecar, _proxy, rails) = rails_behind_lossy_proxy("http").await;
     let job_id = uuid::Uuid::new_v4().to_string();
-    let mut cable = CableSubscriber::subscribe(&rails, &job_id).await;
     let (code, accepted) = rails
         .post(
             "/reports",
@@ -214,6 +247,7 @@ async fn a_job_canceled_through_the_ruby_client_reaches_its_handler_once_as_canc
         )
         .await;
     assert_eq!(code, 202, "{accepted}");
+    let mut cable = CableSubscriber::subscribe(&rails, &job_id, "42").await;
     let (code, answer) = rails
         .post(&format!("/reports/{job_id}/cancel"), json!({}))
         .await;
@@ -268,4 +302,42 @@ async fn the_ruby_client_refuses_a_job_id_or_input_name_that_would_leave_shared_
     let parent = sidecar.shared_root.parent().unwrap();
     assert!(!parent.join("escaped").exists() && !parent.join("escaped.txt").exists());
     assert!(!std::path::Path::new("/tmp/escaped.txt").exists());
+}
+
+#[tokio::test]
+async fn only_the_jobs_own_user_may_watch_it_over_action_cable() {
+    let (_sidecar, _proxy, rails) = rails_behind_lossy_proxy("http").await;
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let (code, accepted) = rails
+        .post(
+            "/reports",
+            json!({"agent_name": "napper", "job_id": job_id, "user_id": "42"}),
+        )
+        .await;
+    assert_eq!(code, 202, "{accepted}\n{}", rails.logs());
+
+    let (_stranger, answer) = CableSubscriber::try_subscribe(&rails, &job_id, "43").await;
+    assert_eq!(
+        answer, "reject_subscription",
+        "user 43 watches user 42's job"
+    );
+    let (_nobody, answer) = CableSubscriber::try_subscribe(&rails, &job_id, "").await;
+    assert_eq!(
+        answer, "reject_subscription",
+        "an anonymous connection watches a job"
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (_guess, answer) = CableSubscriber::try_subscribe(&rails, &unknown, "42").await;
+    assert_eq!(
+        answer, "reject_subscription",
+        "a job nobody triggered is watchable"
+    );
+
+    let mut owner = CableSubscriber::subscribe(&rails, &job_id, "42").await;
+    let (code, answer) = rails
+        .post(&format!("/reports/{job_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(code, 200, "{answer}\n{}", rails.logs());
+    let messages = owner.messages_until_completed().await;
+    assert_eq!(messages.last().unwrap()["status"], "canceled");
 }

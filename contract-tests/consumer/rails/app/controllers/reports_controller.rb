@@ -1,16 +1,16 @@
-# The example domain: POST /reports starts an agent job through AgentSidecar::Client, GET shows it.
+# The example domain: POST /reports starts an agent job through AgentSidecar.trigger, GET shows it.
 class ReportsController < ApplicationController
   # The report exists before the trigger: its completion may arrive before the 202 does.
   def create
     body = JSON.parse(request.raw_post)
     report = Report.create!(job_id: body["job_id"] || SecureRandom.uuid, status: "queued")
-    accepted = AgentSidecar::Client.new.trigger(
-      agent_name: body.fetch("agent_name", "summarizer_v2"), job_name: "ReportCompileJob",
-      user_id: body.fetch("user_id", "42"), params: body.fetch("params", {}), job_id: report.job_id,
+    accepted = AgentSidecar.trigger(
+      agent: body.fetch("agent_name", "summarizer_v2"), job_name: "ReportCompileJob",
+      user: body.fetch("user_id", "42"), params: body.fetch("params", {}), job_id: report.job_id,
       inputs: body.fetch("inputs", { "notes.txt" => "The quarter went well. Revenue grew. Costs fell.\n" })
     )
     render json: accepted, status: :accepted
-  rescue AgentSidecar::Client::Refused => e
+  rescue AgentSidecar::Refused => e
     report.destroy
     render json: e.problem, status: e.status, content_type: "application/problem+json"
   rescue ArgumentError => e
@@ -29,6 +29,6 @@ class ReportsController < ApplicationController
   end
 
   def cancel
-    render json: AgentSidecar::Client.new.cancel(params[:job_id])
+    render json: AgentSidecar.cancel(params[:job_id])
   end
 end
