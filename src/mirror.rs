@@ -11,7 +11,7 @@
 //! `storage.status_min_interval`. Files are replaced by rename (never half-written) but not
 //! fsynced: after a crash the next round rewrites them.
 //!
-//! Writes are fenced like the runner's (see [`crate::runner::fence`]): no round runs while the
+//! Writes are fenced like the runner's (see [`crate::fence`]): no round runs while the
 //! node's lease has lapsed (marks wait for the next renewal), and a job whose run this node
 //! lost is never written again, checked last, right before each job's files.
 

@@ -9,6 +9,7 @@
 //! at once after the agent's output ends (pacing and retries stop then; the newest event is
 //! posted once). Nothing a receiver does changes a job's state.
 
+mod completion;
 pub mod schedule;
 pub mod sign;
 pub mod transport;
@@ -28,6 +29,7 @@ use crate::config::{CallbacksConfig, Config};
 use crate::contract::{DeliveryAttempt, JobId, JobState, ProgressCallback, Timestamp};
 use crate::store::{AttemptOutcome, AttemptRecorded, DueDelivery, Store};
 use crate::telemetry::{self, CallbackKind};
+pub use completion::Outcome;
 use schedule::Failure;
 use sign::{CallbackEvent, TokenFor};
 pub use transport::{Transport, TransportError};

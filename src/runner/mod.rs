@@ -1,11 +1,11 @@
-//! Running agents: the scheduler that claims queued jobs within the concurrency limits, the
-//! supervision of each run (see [`job`]), and the controls that stop a run early (cancel,
-//! sweeper, shutdown).
+//! Running agents: the scheduler ([`Runner`]) that claims queued jobs within the concurrency
+//! limits, the supervisor of each attempt (`attempt.rs`), and the controls that stop a run
+//! early (cancel, sweeper, lapse, shutdown).
 //!
 //! The queue lives in the store; the runner only keeps what it is running. It claims when
 //! woken (a trigger arrived, a job ended) and, as a fallback, on a slow timer.
 
-mod job;
+mod attempt;
 
 pub mod guardian;
 pub mod lines;
@@ -31,6 +31,7 @@ use crate::delivery::Deliveries;
 use crate::fence::{self, Armed, Fence};
 use crate::store::{JobRecord, Store, StoreError, StoreResult};
 use crate::telemetry;
+use attempt::Supervisor;
 use guardian::Guardian;
 
 /// How often the queue is looked at when nothing wakes the runner.
@@ -149,12 +150,13 @@ pub enum CancelError {
     Store(#[from] StoreError),
 }
 
-/// The scheduler and supervisor of agent runs.
+/// The scheduler of agent runs: claims what fits within the limits, hands each claim to the
+/// supervisor (`attempt.rs`), keeps the runs' leases, stops runs (cancel, sweeper, lapse, drain) and
+/// recovers what a previous process left.
 pub struct Runner {
     store: Arc<dyn Store>,
     config: Arc<Config>,
-    deliveries: Arc<Deliveries>,
-    shared_root: PathBuf,
+    supervisor: Arc<Supervisor>,
     fence: Arc<Fence>,
     guardian: Option<Arc<Guardian>>,
     wake: Notify,
@@ -193,11 +195,20 @@ impl Runner {
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
+        let supervisor = Arc::new(Supervisor {
+            store: Arc::clone(&store),
+            config: Arc::clone(&config),
+            deliveries,
+            shared_root,
+            fence: Arc::clone(&guard.fence),
+            guardian: guard.guardian.clone(),
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+        });
         Arc::new(Self {
             store,
             config,
-            deliveries,
-            shared_root,
+            supervisor,
             fence: guard.fence,
             guardian: guard.guardian,
             wake: Notify::new(),
@@ -508,7 +519,8 @@ impl Runner {
         reason: ErrorReason,
         message: &str,
     ) -> StoreResult<()> {
-        self.conclude_without_run(job, state, reason, message.to_owned())
+        self.supervisor
+            .conclude_without_run(job, state, reason, message.to_owned())
             .await
     }
 
@@ -648,10 +660,13 @@ impl Runner {
                 let job_id = job.job_id;
                 // The attempt's boundary: a panic below ends the attempt instead of leaving
                 // its slot taken and its lease renewed until a restart.
-                let supervised =
-                    AssertUnwindSafe(this.supervise(job.clone(), Arc::clone(&control), agent))
-                        .catch_unwind()
-                        .await;
+                let supervised = AssertUnwindSafe(this.supervisor.supervise(
+                    job.clone(),
+                    Arc::clone(&control),
+                    agent,
+                ))
+                .catch_unwind()
+                .await;
                 if let Err(panic) = supervised {
                     let what = panic_message(panic.as_ref()).to_owned();
                     this.end_after_panic(job, &control, &what).await;
@@ -674,7 +689,8 @@ impl Runner {
             job.attempt
         );
         ignore_stale(
-            self.conclude_without_run(job, JobState::Failed, ErrorReason::Internal, message)
+            self.supervisor
+                .conclude_without_run(job, JobState::Failed, ErrorReason::Internal, message)
                 .await,
         )
         .unwrap_or_else(

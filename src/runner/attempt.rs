@@ -1,26 +1,32 @@
-//! One attempt of one job: spawn the agent, stream its output, enforce its timeout, finalise
-//! `output/`, and end the job in the store together with its completion callback.
+//! The supervisor of one attempt of one job: spawn the agent, stream its output, enforce its
+//! timeout, finalise `output/`, and hand the outcome to [`Deliveries::complete`], which ends
+//! the job in the store together with its completion callback.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, watch};
-use tracing::{error, info, warn};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
+use super::guardian::Guardian;
 use super::lines::{LineReader, parse_progress};
 use super::outputs::{self, Measured, RunReport};
 use super::process::{AgentProcess, ExitKind, Spawn};
-use super::{Control, Runner, StopReason};
-use crate::config::AgentConfig;
+use super::{Control, StopReason};
+use crate::config::{AgentConfig, Config};
 use crate::contract::{
-    CompletionCallback, CompletionMeta, DeliveryId, ErrorReason, JobError, JobState,
-    PAYLOAD_VERSION, ProgressCallback, Timestamp, Timing,
+    ErrorReason, JobError, JobState, PAYLOAD_VERSION, ProgressCallback, Timestamp, Timing,
 };
+use crate::delivery::{Deliveries, Outcome};
+use crate::fence::Fence;
 use crate::jobdir::JobDir;
-use crate::store::{Finish, JobRecord, NewDelivery, StoreError};
+use crate::store::{JobRecord, Store, StoreError};
 
 /// stderr lines kept for error.log.
 const STDERR_TAIL: usize = 20;
@@ -107,7 +113,20 @@ enum Waited {
     Stopped(StopReason),
 }
 
-impl Runner {
+/// Runs claimed attempts to their end; what it needs of the sidecar, and nothing of the
+/// scheduler's state.
+pub(super) struct Supervisor {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) config: Arc<Config>,
+    pub(super) deliveries: Arc<Deliveries>,
+    pub(super) shared_root: PathBuf,
+    pub(super) fence: Arc<Fence>,
+    pub(super) guardian: Option<Arc<Guardian>>,
+    pub(super) tracker: TaskTracker,
+    pub(super) cancel: CancellationToken,
+}
+
+impl Supervisor {
     /// Runs one claimed job to its end.
     pub(super) async fn supervise(
         self: &Arc<Self>,
@@ -485,65 +504,16 @@ impl Runner {
                 (state, error, index)
             }
         };
-        let callback = CompletionCallback {
-            version: PAYLOAD_VERSION,
-            job_id: job.job_id,
-            user_id: job.user_id.clone(),
-            job_name: job.job_name.clone(),
-            agent_name: job.agent_name.clone(),
-            status: state,
-            output_uri,
-            output_index: output_index.clone(),
-            error: error.clone(),
-            meta: CompletionMeta {
-                duration_ms: timing.duration_ms,
-                started_at: timing.started_at,
-                finished_at,
-                trace_id: job.trace_id.clone(),
-            },
-            sig: self.deliveries.transport().signer.payload_sig(
-                job.job_id,
-                &job.job_name,
-                state,
-                &job.user_id,
-                jsonwebtoken::get_current_timestamp(),
-            ),
-        };
-        let finish = Finish {
-            job_id: job.job_id,
-            from: job.state,
-            attempt: job.attempt,
+        let outcome = Outcome {
             state,
-            exit_code: ending.measured.exit_code,
             error,
+            exit_code: ending.measured.exit_code,
+            output_uri,
             output_index,
-            at: finished_at,
-            lease_until: self.deliveries.lease_until(finished_at),
-            completion: NewDelivery {
-                id: DeliveryId::generate(),
-                url: job.request.callback_urls.completion.clone(),
-                body: serde_json::to_vec(&callback).unwrap_or_default(),
-            },
+            finished_at,
+            duration_ms: timing.duration_ms,
         };
-        match self.store.finish(finish).await {
-            Ok(completion) => {
-                info!(state = %state, duration_ms = timing.duration_ms, "job ended");
-                let ran = job
-                    .started_at
-                    .map(|_| Duration::from_millis(timing.duration_ms));
-                crate::telemetry::job_ended(&job.agent_name, state, ran);
-                self.deliveries.send_now(completion);
-                Ok(())
-            }
-            Err(e @ StoreError::Stale { .. }) => {
-                warn!(error = %e, "job ended elsewhere; this attempt's result is discarded");
-                Err(e)
-            }
-            Err(e) => {
-                error!(error = %e, "cannot record the end of the job; it is recovered on restart");
-                Err(e)
-            }
-        }
+        self.deliveries.complete(&job, outcome).await
     }
 
     fn modes(&self) -> crate::jobdir::Modes {
