@@ -481,7 +481,7 @@ pub struct DeliveryQuery {
     #[arg(long)]
     #[param(value_type = Option<JobName>)]
     pub job_name: Option<String>,
-    /// Only deliveries to this origin, e.g. https://rails.internal:443.
+    /// Only deliveries to this origin, e.g. `https://rails.internal:443`.
     #[arg(long)]
     #[param(format = Uri)]
     pub destination: Option<String>,
