@@ -6,6 +6,7 @@
 
 mod hub;
 mod postgres;
+mod row;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -359,6 +360,24 @@ pub struct Finish {
 }
 
 impl Finish {
+    /// The refusal of a writer whose view of the job is stale.
+    fn stale(&self) -> StoreError {
+        StoreError::Stale {
+            job_id: self.job_id,
+            expected: self.from,
+            attempt: self.attempt,
+        }
+    }
+
+    /// Refuses an end the lifecycle does not allow from the state the writer expects.
+    fn allowed(&self) -> StoreResult<()> {
+        if self.from.can_become(self.state) {
+            Ok(())
+        } else {
+            Err(self.stale())
+        }
+    }
+
     /// The completion this end wrote, leased to its writer for the first attempt; `job` is the
     /// job's row after the end.
     fn into_due(self, job: JobRecord) -> DueDelivery {
@@ -549,6 +568,35 @@ pub enum AttemptOutcome {
     Dead,
 }
 
+/// The progress event an agent's report becomes at `at` (its seq is drawn when it is stored).
+fn snapshot(progress: Progress, at: Timestamp) -> ProgressSnapshot {
+    ProgressSnapshot {
+        seq: 0,
+        stage: progress.stage,
+        message: progress.message,
+        percent: progress.percent,
+        timestamp: at,
+    }
+}
+
+/// Bounded history: after event `seq`, progress events up to the returned seq go, so the
+/// newest `keep` events stay (state changes always stay).
+fn oldest_kept(seq: u64, keep: usize) -> Option<i64> {
+    let oldest = i64::try_from(seq).unwrap_or(i64::MAX) - keep as i64;
+    (oldest > 0).then_some(oldest)
+}
+
+impl DeliveryFilter {
+    /// At most one delivery: `id`, or any (narrowed by job where it is used).
+    fn one(id: Option<DeliveryId>) -> Self {
+        Self {
+            id,
+            limit: 1,
+            ..Self::default()
+        }
+    }
+}
+
 impl AttemptOutcome {
     /// The outcome in a word (metrics, `events.jsonl`).
     pub fn label(self) -> &'static str {
@@ -628,26 +676,6 @@ impl DeliveryFilter {
             )
             .collect()
     }
-}
-
-/// An event's data as both stores keep it: `kind` (`state` | `progress`) and its JSON text.
-fn stored_event_data(
-    kind: &str,
-    text: &str,
-) -> Result<crate::contract::EventData, serde_json::Error> {
-    use crate::contract::EventData;
-    Ok(if kind == "state" {
-        EventData::State {
-            state: serde_json::from_str(text)?,
-        }
-    } else {
-        let p: ProgressSnapshot = serde_json::from_str(text)?;
-        EventData::Progress {
-            stage: p.stage,
-            message: p.message,
-            percent: p.percent,
-        }
-    })
 }
 
 /// The persistence interface. Every method is durable when it returns.

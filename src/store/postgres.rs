@@ -8,6 +8,8 @@
 //! `pg_notify` carrying what other nodes must hear (a job queued, events appended, a cancel); a
 //! dedicated connection `LISTEN`s and turns them into local wake-ups.
 
+mod sql;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,22 +17,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tracing::{info, warn};
 
 use super::hub::{AttemptRecorded, Change, Hub};
+use super::row::{self, Cols, to_json};
 use super::*;
-use crate::contract::{DeliveryAttempt, DeliveryState, NodeStatus};
+use crate::contract::{DeliveryState, NodeStatus};
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
 }
 
-/// The `NOTIFY` channel of the fleet.
-const CHANNEL: &str = "agent_sidecar";
 /// Advisory lock keys (arbitrary constants, the same on every node).
 const MIGRATION_LOCK: i64 = 0x6167_656e_7401;
 const LEADER_LOCK: i64 = 0x6167_656e_7402;
@@ -149,16 +149,12 @@ impl PgStore {
     /// returns how many were new.
     pub async fn migrate(url: &str) -> StoreResult<usize> {
         let mut client = connect(&parse_config(url)?).await?;
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
+        client.execute(sql::LOCK, &[&MIGRATION_LOCK]).await?;
         let report = embedded::migrations::runner()
             .set_migration_table_name("agent_sidecar_migrations")
             .run_async(&mut client)
             .await;
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await?;
+        client.execute(sql::UNLOCK, &[&MIGRATION_LOCK]).await?;
         let report = report.map_err(|e| StoreError::PgMigration(e.to_string()))?;
         Ok(report.applied_migrations().len())
     }
@@ -177,10 +173,8 @@ impl PgStore {
         let mut notes = Notes::default();
         let value = op(&tx, &mut notes).await?;
         if !notes.0.is_empty() {
-            let st = tx
-                .prepare_cached("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n")
-                .await?;
-            tx.execute(&st, &[&CHANNEL, &notes.0]).await?;
+            let st = tx.prepare_cached(sql::NOTIFY).await?;
+            tx.execute(&st, &[&sql::CHANNEL, &notes.0]).await?;
         }
         tx.commit().await?;
         Ok(value)
@@ -201,7 +195,7 @@ async fn listen(
             Ok((client, mut connection)) => {
                 let mut messages =
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                let listening = async { client.batch_execute(&format!("LISTEN {CHANNEL}")).await };
+                let listening = async { client.batch_execute(sql::LISTEN).await };
                 // The connection must be polled for the LISTEN to complete.
                 let subscribed = tokio::select! {
                     r = listening => r.is_ok(),
@@ -282,80 +276,44 @@ fn args_ref(args: &Args) -> Vec<Param<'_>> {
 
 // ---- row mapping ----
 
-const JOB_COLUMNS: &str = "job_id, user_id, agent_name, job_name, priority, state, attempt, request, \
-     trace_id, created_at, started_at, finished_at, exit_code, error, output_index, last_progress, request_sha256, \
-     cancel_requested_at, queued_at";
-
-fn corrupt(job_id: &str, reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        job_id: job_id.to_owned(),
-        reason: reason.to_string(),
+impl row::Cols for Row {
+    fn text(&self, col: usize) -> StoreResult<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: usize) -> StoreResult<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: usize) -> StoreResult<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: usize) -> StoreResult<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn count(&self, col: usize) -> StoreResult<u32> {
+        Ok(u32::try_from(self.try_get::<_, i32>(col)?).unwrap_or(0))
+    }
+    fn opt_i32(&self, col: usize) -> StoreResult<Option<i32>> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_status(&self, col: usize) -> StoreResult<Option<u16>> {
+        Ok(self
+            .try_get::<_, Option<i32>>(col)?
+            .and_then(|c| u16::try_from(c).ok()))
+    }
+    fn bytes(&self, col: usize) -> StoreResult<Vec<u8>> {
+        Ok(self.try_get(col)?)
     }
 }
 
-fn parsed<T: FromStr>(row: &Row, col: usize) -> StoreResult<T>
-where
-    T::Err: std::fmt::Display,
-{
-    let text: String = row.try_get(col)?;
-    text.parse().map_err(|e| corrupt(&text, e))
-}
-
-fn json_col<T: DeserializeOwned>(row: &Row, col: usize) -> StoreResult<Option<T>> {
-    row.try_get::<_, Option<String>>(col)?
-        .map(|text| serde_json::from_str(&text).map_err(|e| corrupt("", e)))
-        .transpose()
-}
-
-fn ts(row: &Row, col: usize) -> StoreResult<Option<Timestamp>> {
-    Ok(row
-        .try_get::<_, Option<i64>>(col)?
-        .map(Timestamp::from_unix_ms))
-}
-
-fn count(row: &Row, col: usize) -> StoreResult<u32> {
-    Ok(u32::try_from(row.try_get::<_, i32>(col)?).unwrap_or(0))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Our own types always serialize; a failure here is a programming error caught by tests.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn job_from_row(row: &Row) -> StoreResult<JobRecord> {
-    Ok(JobRecord {
-        job_id: parsed(row, 0)?,
-        user_id: row.try_get(1)?,
-        agent_name: parsed(row, 2)?,
-        job_name: parsed(row, 3)?,
-        priority: Priority::from_rank(row.try_get(4)?),
-        state: parsed(row, 5)?,
-        attempt: count(row, 6)?,
-        request: json_col(row, 7)?.ok_or_else(|| corrupt("", "request is NULL"))?,
-        trace_id: row.try_get(8)?,
-        created_at: Timestamp::from_unix_ms(row.try_get(9)?),
-        started_at: ts(row, 10)?,
-        finished_at: ts(row, 11)?,
-        exit_code: row.try_get(12)?,
-        error: json_col(row, 13)?,
-        output_index: json_col(row, 14)?,
-        last_progress: json_col(row, 15)?,
-        request_sha256: row.try_get(16)?,
-        cancel_requested: row.try_get::<_, Option<i64>>(17)?.is_some(),
-        queued_at: Timestamp::from_unix_ms(row.try_get(18)?),
-    })
-}
-
 fn jobs_from(rows: Vec<Row>) -> StoreResult<Vec<JobRecord>> {
-    rows.iter().map(job_from_row).collect()
+    rows.iter().map(row::job).collect()
 }
 
 async fn load_job<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<Option<JobRecord>> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1");
-    query_opt(c, &sql, &[&job_id.to_string()])
+    query_opt(c, sql::JOB, &[&job_id.to_string()])
         .await?
         .as_ref()
-        .map(job_from_row)
+        .map(row::job)
         .transpose()
 }
 
@@ -377,15 +335,19 @@ async fn append_event(
 ) -> StoreResult<u64> {
     let row = query_opt(
         tx,
-        "WITH j AS (UPDATE jobs SET last_seq = last_seq + 1, updated_at = $2 WHERE job_id = $1 RETURNING last_seq) \
-         INSERT INTO job_events (job_id, seq, at, attempt, kind, data) \
-         SELECT $1, last_seq, $2, $3, $4, $5 FROM j RETURNING seq",
-        &[&job_id.to_string(), &at.unix_ms(), &attempt_param(attempt), &kind, &data],
+        sql::INSERT_EVENT,
+        &[
+            &job_id.to_string(),
+            &at.unix_ms(),
+            &attempt_param(attempt),
+            &kind,
+            &data,
+        ],
     )
     .await?
-    .ok_or_else(|| corrupt(&job_id.to_string(), "job vanished inside its transaction"))?;
+    .ok_or_else(|| row::corrupt(&job_id.to_string(), "job vanished inside its transaction"))?;
     notes.events(job_id);
-    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    Ok(u64::try_from(row.int(0)?).unwrap_or(0))
 }
 
 async fn append_state(
@@ -406,16 +368,9 @@ async fn fenced(
     expected: JobState,
     attempt: u32,
 ) -> StoreResult<Option<String>> {
-    let row = query_opt(
-        tx,
-        "SELECT state, attempt, node_id FROM jobs WHERE job_id = $1 FOR UPDATE",
-        &[&job_id.to_string()],
-    )
-    .await?;
+    let row = query_opt(tx, sql::FENCE, &[&job_id.to_string()]).await?;
     match row {
-        Some(r) if r.try_get::<_, String>(0)? == expected.as_str() && count(&r, 1)? == attempt => {
-            Ok(r.try_get(2)?)
-        }
+        Some(r) if r.text(0)? == expected.as_str() && r.count(1)? == attempt => r.opt_text(2),
         _ => Err(StoreError::Stale {
             job_id,
             expected,
@@ -433,9 +388,7 @@ async fn enqueue_in(
     let job_id = r.job_id;
     let inserted = execute(
         tx,
-        "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-         trace_id, created_at, queued_at, updated_at, schedule_key) \
-         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $9, $9, $10) ON CONFLICT (job_id) DO NOTHING",
+        sql::INSERT_JOB,
         &[
             &job_id.to_string(),
             &r.user_id,
@@ -450,7 +403,7 @@ async fn enqueue_in(
         ],
     )
     .await?;
-    let missing = || corrupt(&job_id.to_string(), "job vanished inside its transaction");
+    let missing = || row::corrupt(&job_id.to_string(), "job vanished inside its transaction");
     if inserted == 0 {
         let record = load_job(tx, job_id).await?.ok_or_else(missing)?;
         return Ok(if record.request_sha256 == job.request_sha256 {
@@ -487,33 +440,22 @@ async fn claim_in(
         if free == 0 || agents.is_empty() {
             return Ok(claimed);
         }
-        let candidates = query(
-            tx,
-            "SELECT job_id, agent_name FROM jobs WHERE state = 'queued' AND agent_name = ANY($1) \
-             ORDER BY schedule_key, accepted_seq LIMIT $2 FOR UPDATE SKIP LOCKED",
-            &[&agents, &(free as i64)],
-        )
-        .await?;
+        let candidates = query(tx, sql::NEXT_QUEUED, &[&agents, &(free as i64)]).await?;
         if candidates.is_empty() {
             return Ok(claimed);
         }
         let mut picked = Vec::new();
         for row in &candidates {
-            let agent: AgentName = parsed(row, 1)?;
+            let agent: AgentName = row.parsed(1)?;
             if let Some(slot) = slots.iter_mut().find(|(a, n)| *a == agent && *n > 0) {
                 slot.1 -= 1;
                 free -= 1;
-                picked.push(row.try_get::<_, String>(0)?);
+                picked.push(row.text(0)?);
             }
         }
-        let sql = format!(
-            "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = $2, updated_at = $2, \
-             node_id = $3, incarnation = $4, lease_until = $5 WHERE job_id = ANY($1) \
-             RETURNING {JOB_COLUMNS}"
-        );
         let rows = query(
             tx,
-            &sql,
+            sql::CLAIM_JOBS,
             &[
                 &picked,
                 &at.unix_ms(),
@@ -543,32 +485,13 @@ async fn progress_in(
     keep: usize,
 ) -> StoreResult<ProgressSnapshot> {
     fenced(tx, job_id, JobState::InProgress, attempt).await?;
-    let mut snapshot = ProgressSnapshot {
-        seq: 0,
-        stage: progress.stage,
-        message: progress.message,
-        percent: progress.percent,
-        timestamp: at,
-    };
+    let mut snapshot = snapshot(progress, at);
     snapshot.seq = append_event(tx, notes, job_id, attempt, "progress", "null", at).await?;
     let json = to_json(&snapshot);
     let seq = i64::try_from(snapshot.seq).unwrap_or(i64::MAX);
-    execute(
-        tx,
-        "WITH e AS (UPDATE job_events SET data = $3 WHERE job_id = $1 AND seq = $2) \
-         UPDATE jobs SET last_progress = $3 WHERE job_id = $1",
-        &[&job_id.to_string(), &seq, &json],
-    )
-    .await?;
-    // Bounded history: progress older than the newest `keep` events goes; states stay.
-    let oldest_kept = seq - keep as i64;
-    if oldest_kept > 0 {
-        execute(
-            tx,
-            "DELETE FROM job_events WHERE job_id = $1 AND kind = 'progress' AND seq <= $2",
-            &[&job_id.to_string(), &oldest_kept],
-        )
-        .await?;
+    execute(tx, sql::SET_PROGRESS, &[&job_id.to_string(), &seq, &json]).await?;
+    if let Some(oldest_kept) = oldest_kept(snapshot.seq, keep) {
+        execute(tx, sql::TRIM_PROGRESS, &[&job_id.to_string(), &oldest_kept]).await?;
     }
     Ok(snapshot)
 }
@@ -580,18 +503,11 @@ async fn finish_in(
     f: Finish,
 ) -> StoreResult<DueDelivery> {
     fenced(tx, f.job_id, f.from, f.attempt).await?;
-    if !f.from.can_become(f.state) {
-        return Err(StoreError::Stale {
-            job_id: f.job_id,
-            expected: f.from,
-            attempt: f.attempt,
-        });
-    }
+    f.allowed()?;
     let job_id = f.job_id.to_string();
     execute(
         tx,
-        "UPDATE jobs SET state = $2, finished_at = $3, updated_at = $3, exit_code = $4, error = $5, \
-         output_index = $6, lease_until = NULL WHERE job_id = $1",
+        sql::FINISH_JOB,
         &[
             &job_id,
             &f.state.as_str(),
@@ -605,8 +521,7 @@ async fn finish_in(
     append_state(tx, notes, f.job_id, f.attempt, f.state, f.at).await?;
     execute(
         tx,
-        "INSERT INTO deliveries (delivery_id, job_id, kind, url, destination, body, state, created_at, \
-         next_attempt_at, lease_until, leased_by) VALUES ($1, $2, 'completion', $3, $4, $5, 'pending', $6, $6, $7, $8)",
+        sql::INSERT_COMPLETION,
         &[
             &f.completion.id.as_str(),
             &job_id,
@@ -619,11 +534,7 @@ async fn finish_in(
         ],
     )
     .await?;
-    let job = load_job(tx, f.job_id).await?.ok_or(StoreError::Stale {
-        job_id: f.job_id,
-        expected: f.from,
-        attempt: f.attempt,
-    })?;
+    let job = load_job(tx, f.job_id).await?.ok_or_else(|| f.stale())?;
     Ok(f.into_due(job))
 }
 
@@ -635,11 +546,7 @@ async fn heartbeat_in(
     let agents: Vec<&str> = beat.agents.iter().map(AgentName::as_str).collect();
     execute(
         tx,
-        "INSERT INTO nodes (node_id, incarnation, agents, running, max_concurrent, started_at, heartbeat_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (node_id) DO UPDATE SET \
-         started_at = CASE WHEN nodes.incarnation = excluded.incarnation THEN nodes.started_at ELSE excluded.started_at END, \
-         incarnation = excluded.incarnation, agents = excluded.agents, running = excluded.running, \
-         max_concurrent = excluded.max_concurrent, heartbeat_at = excluded.heartbeat_at",
+        sql::UPSERT_NODE,
         &[
             &node.id,
             &node.incarnation,
@@ -658,9 +565,7 @@ async fn heartbeat_in(
         .collect();
     let owned = query(
         tx,
-        "UPDATE jobs j SET lease_until = $3 FROM unnest($1::text[], $2::int[]) AS r(job_id, attempt) \
-         WHERE j.job_id = r.job_id AND j.attempt = r.attempt AND j.state = 'in_progress' AND j.incarnation = $4 \
-         RETURNING j.job_id, j.cancel_requested_at IS NOT NULL",
+        sql::RENEW_LEASES,
         &[
             &ids,
             &attempts,
@@ -690,8 +595,7 @@ async fn events_in<C: GenericClient + Sync>(
 ) -> StoreResult<Vec<JobEvent>> {
     let rows = query(
         c,
-        "SELECT seq, at, attempt, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 \
-         ORDER BY seq LIMIT $3",
+        sql::EVENTS_AFTER,
         &[
             &job_id.to_string(),
             &i64::try_from(after_seq).unwrap_or(i64::MAX),
@@ -699,34 +603,19 @@ async fn events_in<C: GenericClient + Sync>(
         ],
     )
     .await?;
-    rows.iter().map(|r| event_from_row(job_id, r)).collect()
+    rows.iter().map(|r| row::event(job_id, r)).collect()
 }
 
 async fn view_in<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<Option<JobView>> {
     let Some(job) = load_job(c, job_id).await? else {
         return Ok(None);
     };
-    let rows = query(
-        c,
-        "SELECT data, at, attempt FROM job_events WHERE job_id = $1 AND kind = 'state' ORDER BY seq",
-        &[&job_id.to_string()],
-    )
-    .await?;
-    let transitions = rows
+    let transitions = query(c, sql::TRANSITIONS, &[&job_id.to_string()])
+        .await?
         .iter()
-        .map(|r| {
-            Ok(Transition {
-                state: serde_json::from_str(&r.try_get::<_, String>(0)?)
-                    .map_err(|e| corrupt(&job_id.to_string(), e))?,
-                at: Timestamp::from_unix_ms(r.try_get(1)?),
-                attempt: count(r, 2)?,
-            })
-        })
+        .map(|r| row::transition(job_id, r))
         .collect::<StoreResult<Vec<_>>>()?;
-    let filter = DeliveryFilter {
-        limit: 1,
-        ..DeliveryFilter::default()
-    };
+    let filter = DeliveryFilter::one(None);
     let delivery = deliveries_in(c, &filter, Some(job_id))
         .await?
         .into_iter()
@@ -752,6 +641,13 @@ fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>, first: usize) -> (Strin
     (clauses.join(" AND "), args)
 }
 
+/// `template` with its `{filter}` and `{limit}` filled in.
+fn with_filter(template: &str, filter: &str, limit_at: usize) -> String {
+    template
+        .replace("{filter}", filter)
+        .replace("{limit}", &limit_at.to_string())
+}
+
 async fn deliveries_in<C: GenericClient + Sync>(
     c: &C,
     f: &DeliveryFilter,
@@ -760,94 +656,20 @@ async fn deliveries_in<C: GenericClient + Sync>(
     let (filter, mut args) = filter_sql(f, job_id, 1);
     let limit_at = args.len() + 1;
     args.push(Box::new(i64::try_from(f.limit).unwrap_or(i64::MAX)));
-    let sql = format!(
-        "SELECT d.delivery_id, d.job_id, j.job_name, d.destination, d.state, d.attempts, d.created_at, \
-                d.last_status_code, d.last_error, d.next_attempt_at, d.delivered_at \
-         FROM deliveries d JOIN jobs j ON j.job_id = d.job_id WHERE {filter} \
-         ORDER BY d.created_at DESC, d.delivery_id DESC LIMIT ${limit_at}"
-    );
+    let sql = with_filter(sql::DELIVERIES, &filter, limit_at);
     let rows = query(c, &sql, &args_ref(&args)).await?;
     let mut found = Vec::with_capacity(rows.len());
     for r in &rows {
-        let state: DeliveryState = parsed(r, 4)?;
-        let id: DeliveryId = parsed(r, 0)?;
-        let history = history_in(c, &id).await?;
-        found.push(DeliveryStatus {
-            delivery_id: id,
-            job_id: parsed(r, 1)?,
-            job_name: parsed(r, 2)?,
-            destination: r.try_get(3)?,
-            state,
-            attempts: count(r, 5)?,
-            created_at: Timestamp::from_unix_ms(r.try_get(6)?),
-            last_status_code: r
-                .try_get::<_, Option<i32>>(7)?
-                .and_then(|c| u16::try_from(c).ok()),
-            last_error: r.try_get(8)?,
-            next_attempt_at: ts(r, 9)?.filter(|_| state == DeliveryState::Pending),
-            delivered_at: ts(r, 10)?,
-            history,
-        });
+        let mut delivery = row::delivery(r)?;
+        delivery.history = query(c, sql::ATTEMPTS, &[&delivery.delivery_id.as_str()])
+            .await?
+            .iter()
+            .map(row::attempt)
+            .collect::<StoreResult<_>>()?;
+        found.push(delivery);
     }
     Ok(found)
 }
-
-async fn history_in<C: GenericClient + Sync>(
-    c: &C,
-    id: &DeliveryId,
-) -> StoreResult<Vec<DeliveryAttempt>> {
-    query(
-        c,
-        "SELECT at, status_code, error, latency_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
-        &[&id.as_str()],
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(DeliveryAttempt {
-            at: Timestamp::from_unix_ms(r.try_get(0)?),
-            status_code: r
-                .try_get::<_, Option<i32>>(1)?
-                .and_then(|c| u16::try_from(c).ok()),
-            error: r.try_get(2)?,
-            latency_ms: u64::try_from(r.try_get::<_, i64>(3)?).unwrap_or(0),
-        })
-    })
-    .collect()
-}
-
-fn event_from_row(job_id: JobId, row: &Row) -> StoreResult<JobEvent> {
-    let kind: String = row.try_get(3)?;
-    let text: String = row.try_get(4)?;
-    let data = stored_event_data(&kind, &text).map_err(|e| corrupt(&job_id.to_string(), e))?;
-    Ok(JobEvent {
-        version: PAYLOAD_VERSION,
-        job_id,
-        seq: u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0),
-        at: Timestamp::from_unix_ms(row.try_get(1)?),
-        attempt: count(row, 2)?,
-        data,
-    })
-}
-
-fn due_from_row(r: &Row) -> StoreResult<DueDelivery> {
-    Ok(DueDelivery {
-        id: parsed(r, 0)?,
-        job_id: parsed(r, 1)?,
-        url: parsed(r, 2)?,
-        body: r.try_get(3)?,
-        attempts: count(r, 4)?,
-        age_from: Timestamp::from_unix_ms(r.try_get(5)?),
-        last_status_code: r
-            .try_get::<_, Option<i32>>(6)?
-            .and_then(|c| u16::try_from(c).ok()),
-        job_name: parsed(r, 7)?,
-        status: parsed(r, 8)?,
-        trace_id: r.try_get(9)?,
-        agent_name: r.try_get(10)?,
-    })
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued> {
@@ -886,20 +708,13 @@ impl Store for PgStore {
     }
 
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' ORDER BY started_at"
-        );
-        jobs_from(query(&self.client().await?, &sql, &[]).await?)
+        jobs_from(query(&self.client().await?, sql::IN_PROGRESS, &[]).await?)
     }
 
     async fn orphans(&self, now: Timestamp) -> StoreResult<Vec<JobRecord>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' AND (lease_until < $1 \
-             OR (node_id = $2 AND incarnation IS DISTINCT FROM $3)) ORDER BY started_at"
-        );
         let rows = query(
             &self.client().await?,
-            &sql,
+            sql::ORPHANS,
             &[&now.unix_ms(), &self.node.id, &self.node.incarnation],
         )
         .await?;
@@ -913,32 +728,15 @@ impl Store for PgStore {
     }
 
     async fn nodes(&self, since: Timestamp) -> StoreResult<Vec<NodeStatus>> {
-        let rows = query(
-            &self.client().await?,
-            "SELECT node_id, agents, running, max_concurrent, started_at, heartbeat_at \
-             FROM nodes WHERE heartbeat_at >= $1 ORDER BY node_id",
-            &[&since.unix_ms()],
-        )
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(NodeStatus {
-                    node_id: r.try_get(0)?,
-                    agents: json_col(r, 1)?.unwrap_or_default(),
-                    running: count(r, 2)?,
-                    max_concurrent: count(r, 3)?,
-                    started_at: Timestamp::from_unix_ms(r.try_get(4)?),
-                    last_heartbeat: Timestamp::from_unix_ms(r.try_get(5)?),
-                })
-            })
-            .collect()
+        let rows = query(&self.client().await?, sql::NODES, &[&since.unix_ms()]).await?;
+        rows.iter().map(row::node).collect()
     }
 
     async fn lead(&self) -> StoreResult<bool> {
         let mut session = self.leader.lock().await;
         if let Some((client, true)) = session.as_ref() {
             // The lock lives as long as its session: a working session still holds it.
-            if client.simple_query("SELECT 1").await.is_ok() {
+            if client.simple_query(sql::PING).await.is_ok() {
                 return Ok(true);
             }
             warn!("lost the lead of the sweeper and pruning");
@@ -953,7 +751,7 @@ impl Store for PgStore {
             // and with it the lock, after this long, so another node can lead.
             let timeout = self.node.lease.as_millis() * 2;
             client
-                .batch_execute(&format!("SET idle_session_timeout = {timeout}"))
+                .batch_execute(&sql::IDLE_SESSION_TIMEOUT.replace("{ms}", &timeout.to_string()))
                 .await?;
             *session = Some((client, false));
         }
@@ -961,7 +759,7 @@ impl Store for PgStore {
             return Ok(false);
         };
         *held = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .query_one(sql::TRY_LOCK, &[&LEADER_LOCK])
             .await?
             .try_get(0)?;
         if *held {
@@ -975,13 +773,9 @@ impl Store for PgStore {
     }
 
     async fn list_jobs(&self, f: JobFilter) -> StoreResult<Vec<JobRecord>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR state = $1) \
-             AND ($2::text IS NULL OR agent_name = $2) ORDER BY created_at DESC, job_id DESC LIMIT $3"
-        );
         let rows = query(
             &self.client().await?,
-            &sql,
+            sql::LIST_JOBS,
             &[
                 &f.state.map(|s| s.as_str()),
                 &f.agent.as_ref().map(AgentName::as_str),
@@ -993,12 +787,9 @@ impl Store for PgStore {
     }
 
     async fn queued_before(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobRecord>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND queued_at < $1 ORDER BY queued_at LIMIT $2"
-        );
         let rows = query(
             &self.client().await?,
-            &sql,
+            sql::QUEUED_BEFORE,
             &[&before.unix_ms(), &(limit as i64)],
         )
         .await?;
@@ -1010,7 +801,7 @@ impl Store for PgStore {
             let node_id = fenced(tx, job_id, JobState::InProgress, attempt).await?;
             execute(
                 tx,
-                "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, $2) WHERE job_id = $1",
+                sql::REQUEST_CANCEL,
                 &[&job_id.to_string(), &at.unix_ms()],
             )
             .await?;
@@ -1023,13 +814,7 @@ impl Store for PgStore {
     async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
         self.write(async |tx, notes| {
             fenced(tx, job_id, JobState::InProgress, attempt).await?;
-            execute(
-                tx,
-                "UPDATE jobs SET state = 'queued', started_at = NULL, queued_at = $2, updated_at = $2, \
-                 node_id = NULL, incarnation = NULL, lease_until = NULL WHERE job_id = $1",
-                &[&job_id.to_string(), &at.unix_ms()],
-            )
-            .await?;
+            execute(tx, sql::REQUEUE, &[&job_id.to_string(), &at.unix_ms()]).await?;
             append_state(tx, notes, job_id, attempt, JobState::Queued, at).await?;
             notes.queued();
             Ok(())
@@ -1082,27 +867,14 @@ impl Store for PgStore {
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {
         let client = self.client().await?;
-        let queued = query(
-            &client,
-            "SELECT agent_name, count(*) FROM jobs WHERE state = 'queued' GROUP BY agent_name",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                parsed(r, 0)?,
-                u64::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
-            ))
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let dead: i64 = query_opt(
-            &client,
-            "SELECT count(*) FROM deliveries WHERE state = 'dead'",
-            &[],
-        )
-        .await?
-        .map_or(Ok(0), |r| r.try_get(0))?;
+        let queued = query(&client, sql::QUEUED_PER_AGENT, &[])
+            .await?
+            .iter()
+            .map(row::queued)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let dead: i64 = query_opt(&client, sql::DEAD_LETTERS, &[])
+            .await?
+            .map_or(Ok(0), |r| r.int(0))?;
         Ok(crate::telemetry::StoreGauges {
             queued,
             dead_letters: u64::try_from(dead).unwrap_or(0),
@@ -1114,7 +886,7 @@ impl Store for PgStore {
         self.write(async |tx, _| {
             execute(
                 tx,
-                "UPDATE nodes SET heartbeat_at = greatest(heartbeat_at, $2) WHERE node_id = $1",
+                sql::TOUCH_HEARTBEAT,
                 &[&node.id, &Timestamp::now().unix_ms()],
             )
             .await?;
@@ -1126,24 +898,11 @@ impl Store for PgStore {
     async fn prune(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {
         let rows = query(
             &self.client().await?,
-            "DELETE FROM jobs WHERE job_id IN ( \
-                 SELECT j.job_id FROM jobs j WHERE j.finished_at < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id AND d.state = 'pending') \
-                 ORDER BY j.finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING job_id, job_name, agent_name, trace_id",
+            sql::PRUNE,
             &[&before.unix_ms(), &(limit as i64)],
         )
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Pruned {
-                    job_id: parsed(r, 0)?,
-                    job_name: r.try_get(1)?,
-                    agent_name: r.try_get(2)?,
-                    trace_id: r.try_get(3)?,
-                })
-            })
-            .collect()
+        rows.iter().map(row::pruned).collect()
     }
 
     async fn record_progress(
@@ -1181,13 +940,7 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<DueDelivery>> {
         let rows = query(
             &self.client().await?,
-            "UPDATE deliveries d SET lease_until = $2, leased_by = $4 FROM jobs j \
-             WHERE j.job_id = d.job_id AND d.delivery_id IN ( \
-                 SELECT delivery_id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
-                 AND (lease_until IS NULL OR lease_until <= $1) ORDER BY next_attempt_at LIMIT $3 \
-                 FOR UPDATE SKIP LOCKED) \
-             RETURNING d.delivery_id, d.job_id, d.url, d.body, d.attempts, coalesce(d.redriven_at, d.created_at), \
-                       d.last_status_code, j.job_name, j.state, j.trace_id, j.agent_name",
+            sql::CLAIM_DUE_DELIVERIES,
             &[
                 &now.unix_ms(),
                 &lease_until.unix_ms(),
@@ -1196,13 +949,13 @@ impl Store for PgStore {
             ],
         )
         .await?;
-        rows.iter().map(due_from_row).collect()
+        rows.iter().map(|r| row::due(r, r, 7)).collect()
     }
 
     async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()> {
         execute(
             &self.client().await?,
-            "UPDATE deliveries SET next_attempt_at = $2, lease_until = NULL WHERE delivery_id = $1 AND state = 'pending'",
+            sql::DEFER,
             &[&id.as_str(), &until.unix_ms()],
         )
         .await?;
@@ -1212,28 +965,13 @@ impl Store for PgStore {
     async fn release_leases(&self) -> StoreResult<usize> {
         // Called at start, before this process leased anything: leases in this node's name are
         // its previous process's.
-        let n = execute(
-            &self.client().await?,
-            "UPDATE deliveries SET lease_until = NULL, leased_by = NULL \
-             WHERE state = 'pending' AND lease_until IS NOT NULL AND leased_by = $1",
-            &[&self.node.id],
-        )
-        .await?;
+        let n = execute(&self.client().await?, sql::RELEASE_LEASES, &[&self.node.id]).await?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>> {
-        let row = query_opt(
-            &self.client().await?,
-            "SELECT min(greatest(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries WHERE state = 'pending'",
-            &[],
-        )
-        .await?;
-        Ok(row
-            .map(|r| r.try_get::<_, Option<i64>>(0))
-            .transpose()?
-            .flatten()
-            .map(Timestamp::from_unix_ms))
+        let row = query_opt(&self.client().await?, sql::NEXT_DUE, &[]).await?;
+        Ok(row.map(|r| r.opt_ts(0)).transpose()?.flatten())
     }
 
     async fn record_attempt(&self, recorded: AttemptRecorded) -> StoreResult<()> {
@@ -1242,11 +980,7 @@ impl Store for PgStore {
         let status = attempt.status_code.map(i32::from);
         execute(
             &self.client().await?,
-            "WITH d AS (UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL, leased_by = NULL, \
-                 last_status_code = $2, last_error = $3, state = $7, next_attempt_at = $8, delivered_at = $9 \
-                 WHERE delivery_id = $1 RETURNING attempts) \
-             INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, latency_ms) \
-             SELECT $1, attempts, $4, $5, $6, $10 FROM d",
+            sql::RECORD_ATTEMPT,
             &[
                 &id.as_str(),
                 &status,
@@ -1278,23 +1012,13 @@ impl Store for PgStore {
         args.insert(0, Box::new(Timestamp::now().unix_ms()));
         let limit_at = args.len() + 1;
         args.push(Box::new(i64::try_from(f.limit).unwrap_or(i64::MAX)));
-        let sql = format!(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = $1, redriven_at = $1, \
-             lease_until = NULL, leased_by = NULL \
-             WHERE delivery_id IN (SELECT d.delivery_id FROM deliveries d JOIN jobs j ON j.job_id = d.job_id \
-                                   WHERE {filter} ORDER BY d.created_at LIMIT ${limit_at} FOR UPDATE OF d SKIP LOCKED) \
-             RETURNING delivery_id"
-        );
+        let sql = with_filter(sql::REDRIVE, &filter, limit_at);
         let rows = query(&self.client().await?, &sql, &args_ref(&args)).await?;
-        rows.iter().map(|r| parsed(r, 0)).collect()
+        rows.iter().map(|r| r.parsed(0)).collect()
     }
 
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<DeliveryStatus>> {
-        let filter = DeliveryFilter {
-            id: Some(id),
-            limit: 1,
-            ..DeliveryFilter::default()
-        };
+        let filter = DeliveryFilter::one(Some(id));
         Ok(deliveries_in(&self.client().await?, &filter, None)
             .await?
             .into_iter()

@@ -5,8 +5,9 @@
 //! of its COMMIT. Each write runs in its own savepoint, so one failing write does not undo the
 //! others. Reads use a small pool of read-only connections on the blocking pool.
 
+mod sql;
+
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
@@ -14,10 +15,10 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
 };
 use rusqlite_migration::{M, Migrations};
-use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::hub::{AttemptRecorded, Change, Hub};
+use super::row::{self, Cols, to_json};
 use super::*;
 use crate::contract::{DeliveryAttempt, DeliveryState};
 
@@ -254,72 +255,76 @@ fn in_savepoint<T>(
 
 // ---- row mapping ----
 
-const JOB_COLUMNS: &str = "job_id, user_id, agent_name, job_name, priority, state, attempt, request, \
-     trace_id, created_at, started_at, finished_at, exit_code, error, output_index, last_progress, request_sha256, \
-     cancel_requested_at, queued_at";
-
-fn conversion(col: usize, e: impl std::fmt::Display) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        col,
-        rusqlite::types::Type::Text,
-        e.to_string().into(),
-    )
+impl row::Cols for Row<'_> {
+    fn text(&self, col: usize) -> StoreResult<String> {
+        Ok(self.get(col)?)
+    }
+    fn opt_text(&self, col: usize) -> StoreResult<Option<String>> {
+        Ok(self.get(col)?)
+    }
+    fn int(&self, col: usize) -> StoreResult<i64> {
+        Ok(self.get(col)?)
+    }
+    fn opt_int(&self, col: usize) -> StoreResult<Option<i64>> {
+        Ok(self.get(col)?)
+    }
+    fn count(&self, col: usize) -> StoreResult<u32> {
+        Ok(self.get(col)?)
+    }
+    fn opt_i32(&self, col: usize) -> StoreResult<Option<i32>> {
+        Ok(self.get(col)?)
+    }
+    fn opt_status(&self, col: usize) -> StoreResult<Option<u16>> {
+        Ok(self.get(col)?)
+    }
+    fn bytes(&self, col: usize) -> StoreResult<Vec<u8>> {
+        Ok(self.get(col)?)
+    }
 }
 
-fn parsed<T: FromStr>(row: &Row<'_>, col: usize) -> rusqlite::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    row.get::<_, String>(col)?
-        .parse()
-        .map_err(|e| conversion(col, e))
+/// Runs `sql` and maps every row with `f`.
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut f: impl FnMut(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut found = Vec::new();
+    while let Some(r) = rows.next()? {
+        found.push(f(r)?);
+    }
+    Ok(found)
 }
 
-fn json_col<T: DeserializeOwned>(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<T>> {
-    row.get::<_, Option<String>>(col)?
-        .map(|text| serde_json::from_str(&text).map_err(|e| conversion(col, e)))
-        .transpose()
+/// Runs `sql` and maps its first row, if any, with `f`.
+fn first<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(f).transpose()
 }
 
-fn ts(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<Timestamp>> {
-    Ok(row.get::<_, Option<i64>>(col)?.map(Timestamp::from_unix_ms))
+/// Runs `sql`, which must answer one row of one value.
+fn value<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<T> {
+    Ok(conn.prepare_cached(sql)?.query_row(params, |r| r.get(0))?)
 }
 
-fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    Ok(JobRecord {
-        job_id: parsed(row, 0)?,
-        user_id: row.get(1)?,
-        agent_name: parsed(row, 2)?,
-        job_name: parsed(row, 3)?,
-        priority: Priority::from_rank(row.get(4)?),
-        state: parsed(row, 5)?,
-        attempt: row.get(6)?,
-        request: json_col(row, 7)?.ok_or_else(|| conversion(7, "request is NULL"))?,
-        trace_id: row.get(8)?,
-        created_at: Timestamp::from_unix_ms(row.get(9)?),
-        started_at: ts(row, 10)?,
-        finished_at: ts(row, 11)?,
-        exit_code: row.get(12)?,
-        error: json_col(row, 13)?,
-        output_index: json_col(row, 14)?,
-        last_progress: json_col(row, 15)?,
-        request_sha256: row.get(16)?,
-        cancel_requested: row.get::<_, Option<i64>>(17)?.is_some(),
-        queued_at: Timestamp::from_unix_ms(row.get(18)?),
-    })
+fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
 }
 
 fn load_job(conn: &Connection, job_id: JobId) -> StoreResult<Option<JobRecord>> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?1");
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_row([job_id.to_string()], job_from_row)
-        .optional()?)
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // Our own types always serialize; a failure here is a programming error caught by tests.
-    serde_json::to_string(value).unwrap_or_default()
+    first(conn, sql::JOB, [job_id.to_string()], |r| row::job(r))
 }
 
 /// Appends an event to the job's history, returning its seq.
@@ -331,15 +336,16 @@ fn append_event(
     data: &str,
     at: Timestamp,
 ) -> StoreResult<u64> {
-    let seq: i64 = conn
-        .prepare_cached(
-            "UPDATE jobs SET last_seq = last_seq + 1, updated_at = ?2 WHERE job_id = ?1 RETURNING last_seq",
-        )?
-        .query_row(params![job_id.to_string(), at.unix_ms()], |r| r.get(0))?;
-    conn.prepare_cached(
-        "INSERT INTO job_events (job_id, seq, at, attempt, kind, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![job_id.to_string(), seq, at.unix_ms(), attempt, kind, data])?;
+    let seq: i64 = value(
+        conn,
+        sql::NEXT_SEQ,
+        params![job_id.to_string(), at.unix_ms()],
+    )?;
+    execute(
+        conn,
+        sql::INSERT_EVENT,
+        params![job_id.to_string(), seq, at.unix_ms(), attempt, kind, data],
+    )?;
     Ok(u64::try_from(seq).unwrap_or_default())
 }
 
@@ -353,28 +359,24 @@ fn append_state(
     append_event(conn, job_id, attempt, "state", &to_json(&state), at)
 }
 
-/// The next acceptance number: ties of `schedule_key` are broken by it (one index step).
-const NEXT_ACCEPTED: &str = "SELECT coalesce(max(accepted_seq), 0) + 1 FROM jobs";
-
 fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
     let r = &job.request;
-    conn.prepare_cached(&format!(
-        "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-         trace_id, created_at, queued_at, updated_at, schedule_key, accepted_seq) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9, ?10, ({NEXT_ACCEPTED}))"
-    ))?
-    .execute(params![
-        r.job_id.to_string(),
-        r.user_id,
-        r.agent_name.as_str(),
-        r.job_name.as_str(),
-        r.priority.rank(),
-        to_json(r),
-        job.request_sha256,
-        job.trace_id,
-        job.at.unix_ms(),
-        job.sort_at.unix_ms(),
-    ])?;
+    execute(
+        conn,
+        sql::INSERT_JOB,
+        params![
+            r.job_id.to_string(),
+            r.user_id,
+            r.agent_name.as_str(),
+            r.job_name.as_str(),
+            r.priority.rank(),
+            to_json(r),
+            job.request_sha256,
+            job.trace_id,
+            job.at.unix_ms(),
+            job.sort_at.unix_ms(),
+        ],
+    )?;
     append_state(conn, r.job_id, 0, JobState::Received, job.at)?;
     append_state(conn, r.job_id, 0, JobState::Queued, job.at)?;
     Ok(())
@@ -382,14 +384,8 @@ fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
 
 fn enqueue_in(conn: &Connection, job: NewJob) -> StoreResult<Enqueued> {
     let job_id = job.request.job_id;
-    let existing: Option<String> = conn
-        .prepare_cached("SELECT request_sha256 FROM jobs WHERE job_id = ?1")?
-        .query_row([job_id.to_string()], |r| r.get(0))
-        .optional()?;
-    let missing = || StoreError::Corrupt {
-        job_id: job_id.to_string(),
-        reason: "job vanished inside its transaction".into(),
-    };
+    let existing = first(conn, sql::JOB_SHA, [job_id.to_string()], |r| r.text(0))?;
+    let missing = || row::corrupt(&job_id.to_string(), "job vanished inside its transaction");
     match existing {
         Some(sha) => {
             let record = load_job(conn, job_id)?.ok_or_else(missing)?;
@@ -417,50 +413,32 @@ fn claim_in(
     let Some(job_id) = next_queued(conn, agents)? else {
         return Ok(None);
     };
-    let sql = format!(
-        "UPDATE jobs SET state = 'in_progress', attempt = attempt + 1, started_at = ?1, updated_at = ?1, \
-         node_id = ?2, incarnation = ?3, lease_until = ?4 WHERE job_id = ?5 AND state = 'queued' \
-         RETURNING {JOB_COLUMNS}"
-    );
-    let job = conn
-        .prepare_cached(&sql)?
-        .query_row(
-            params![
-                at.unix_ms(),
-                node.id,
-                node.incarnation,
-                at.plus(node.lease).unix_ms(),
-                job_id
-            ],
-            job_from_row,
-        )
-        .optional()?;
+    let job = first(
+        conn,
+        sql::CLAIM_JOB,
+        params![
+            at.unix_ms(),
+            node.id,
+            node.incarnation,
+            at.plus(node.lease).unix_ms(),
+            job_id
+        ],
+        |r| row::job(r),
+    )?;
     if let Some(job) = &job {
         append_state(conn, job.job_id, job.attempt, JobState::InProgress, at)?;
     }
     Ok(job)
 }
 
-/// An agent's next queued job in claim order.
-const NEXT_QUEUED: &str = "SELECT schedule_key, accepted_seq, job_id FROM jobs \
-     WHERE state = 'queued' AND agent_name = ?1 ORDER BY schedule_key, accepted_seq LIMIT 1";
-
-/// Leases the due completions, earliest first; the partial index walks them in that order
-/// (the planner would otherwise sort every pending one).
-const CLAIM_DUE_DELIVERIES: &str = "UPDATE deliveries SET lease_until = ?2 WHERE delivery_id IN ( \
-     SELECT delivery_id FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending' AND next_attempt_at <= ?1 \
-     AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_attempt_at LIMIT ?3) \
-     RETURNING delivery_id, job_id, url, body, attempts, coalesce(redriven_at, created_at), last_status_code";
-
 /// The queued job to claim next among `agents`: each agent's first in claim order (one index
 /// step each), then the earliest of those.
 fn next_queued(conn: &Connection, agents: &[AgentName]) -> StoreResult<Option<String>> {
-    let mut first = conn.prepare_cached(NEXT_QUEUED)?;
     let mut best: Option<(i64, i64, String)> = None;
     for agent in agents {
-        let head: Option<(i64, i64, String)> = first
-            .query_row([agent.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
+        let head = first(conn, sql::NEXT_QUEUED, [agent.as_str()], |r| {
+            Ok((r.int(0)?, r.int(1)?, r.text(2)?))
+        })?;
         best = best.into_iter().chain(head).min();
     }
     Ok(best.map(|(_, _, job_id)| job_id))
@@ -494,10 +472,9 @@ fn claim_batch_in(
 }
 
 fn fenced(conn: &Connection, job_id: JobId, expected: JobState, attempt: u32) -> StoreResult<()> {
-    let current: Option<(String, u32)> = conn
-        .prepare_cached("SELECT state, attempt FROM jobs WHERE job_id = ?1")?
-        .query_row([job_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let current = first(conn, sql::FENCE, [job_id.to_string()], |r| {
+        Ok((r.text(0)?, r.count(1)?))
+    })?;
     match current {
         Some((state, a)) if state == expected.as_str() && a == attempt => Ok(()),
         _ => Err(StoreError::Stale {
@@ -517,70 +494,59 @@ fn progress_in(
     keep: usize,
 ) -> StoreResult<ProgressSnapshot> {
     fenced(conn, job_id, JobState::InProgress, attempt)?;
-    let mut snapshot = ProgressSnapshot {
-        seq: 0,
-        stage: progress.stage,
-        message: progress.message,
-        percent: progress.percent,
-        timestamp: at,
-    };
+    let mut snapshot = snapshot(progress, at);
     snapshot.seq = append_event(conn, job_id, attempt, "progress", "null", at)?;
     let json = to_json(&snapshot);
-    conn.prepare_cached("UPDATE job_events SET data = ?3 WHERE job_id = ?1 AND seq = ?2")?
-        .execute(params![job_id.to_string(), snapshot.seq as i64, json])?;
-    conn.prepare_cached("UPDATE jobs SET last_progress = ?2 WHERE job_id = ?1")?
-        .execute(params![job_id.to_string(), json])?;
-    // Bounded history: progress older than the newest `keep` events goes; states stay.
-    let oldest_kept = i64::try_from(snapshot.seq).unwrap_or(i64::MAX) - keep as i64;
-    if oldest_kept > 0 {
-        conn.prepare_cached(
-            "DELETE FROM job_events WHERE job_id = ?1 AND kind = 'progress' AND seq <= ?2",
-        )?
-        .execute(params![job_id.to_string(), oldest_kept])?;
+    execute(
+        conn,
+        sql::SET_EVENT_DATA,
+        params![job_id.to_string(), snapshot.seq as i64, json],
+    )?;
+    execute(
+        conn,
+        sql::SET_LAST_PROGRESS,
+        params![job_id.to_string(), json],
+    )?;
+    if let Some(oldest_kept) = oldest_kept(snapshot.seq, keep) {
+        execute(
+            conn,
+            sql::TRIM_PROGRESS,
+            params![job_id.to_string(), oldest_kept],
+        )?;
     }
     Ok(snapshot)
 }
 
 fn finish_in(conn: &Connection, f: Finish) -> StoreResult<DueDelivery> {
     fenced(conn, f.job_id, f.from, f.attempt)?;
-    if !f.from.can_become(f.state) {
-        return Err(StoreError::Stale {
-            job_id: f.job_id,
-            expected: f.from,
-            attempt: f.attempt,
-        });
-    }
-    conn.prepare_cached(
-        "UPDATE jobs SET state = ?2, finished_at = ?3, updated_at = ?3, exit_code = ?4, error = ?5, \
-         output_index = ?6 WHERE job_id = ?1",
-    )?
-    .execute(params![
-        f.job_id.to_string(),
-        f.state.as_str(),
-        f.at.unix_ms(),
-        f.exit_code,
-        f.error.as_ref().map(to_json),
-        to_json(&f.output_index),
-    ])?;
+    f.allowed()?;
+    execute(
+        conn,
+        sql::FINISH_JOB,
+        params![
+            f.job_id.to_string(),
+            f.state.as_str(),
+            f.at.unix_ms(),
+            f.exit_code,
+            f.error.as_ref().map(to_json),
+            to_json(&f.output_index),
+        ],
+    )?;
     append_state(conn, f.job_id, f.attempt, f.state, f.at)?;
-    conn.prepare_cached(
-        "INSERT INTO deliveries (delivery_id, job_id, kind, url, destination, body, state, created_at, \
-         next_attempt_at, lease_until) VALUES (?1, ?2, 'completion', ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
-    )?
-    .execute(params![
-        f.completion.id.as_str(),
-        f.job_id.to_string(),
-        f.completion.url.as_str(),
-        f.completion.url.origin().ascii_serialization(),
-        f.completion.body,
-        f.at.unix_ms(),
-        f.lease_until.unix_ms(),
-    ])?;
-    let job = load_job(conn, f.job_id)?.ok_or(StoreError::Stale {
-        job_id: f.job_id,
-        expected: f.from,
-        attempt: f.attempt,
-    })?;
+    execute(
+        conn,
+        sql::INSERT_COMPLETION,
+        params![
+            f.completion.id.as_str(),
+            f.job_id.to_string(),
+            f.completion.url.as_str(),
+            f.completion.url.origin().ascii_serialization(),
+            f.completion.body,
+            f.at.unix_ms(),
+            f.lease_until.unix_ms(),
+        ],
+    )?;
+    let job = load_job(conn, f.job_id)?.ok_or_else(|| f.stale())?;
     Ok(f.into_due(job))
 }
 
@@ -588,21 +554,10 @@ fn view_in(conn: &Connection, job_id: JobId) -> StoreResult<Option<JobView>> {
     let Some(job) = load_job(conn, job_id)? else {
         return Ok(None);
     };
-    let transitions = conn
-        .prepare_cached("SELECT data, at, attempt FROM job_events WHERE job_id = ?1 AND kind = 'state' ORDER BY seq")?
-        .query_map([job_id.to_string()], |r| {
-            let state: JobState = serde_json::from_str(&r.get::<_, String>(0)?).map_err(|e| conversion(0, e))?;
-            Ok(Transition {
-                state,
-                at: Timestamp::from_unix_ms(r.get(1)?),
-                attempt: r.get(2)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let filter = DeliveryFilter {
-        limit: 1,
-        ..DeliveryFilter::default()
-    };
+    let transitions = all(conn, sql::TRANSITIONS, [job_id.to_string()], |r| {
+        row::transition(job_id, r)
+    })?;
+    let filter = DeliveryFilter::one(None);
     let delivery = deliveries_in(conn, &filter, Some(job_id))?
         .into_iter()
         .next();
@@ -619,65 +574,19 @@ fn claim_deliveries_in(
     lease_until: Timestamp,
     limit: usize,
 ) -> StoreResult<Vec<DueDelivery>> {
-    let mut stmt = conn.prepare_cached(CLAIM_DUE_DELIVERIES)?;
-    let rows = stmt
-        .query_map(
-            params![now.unix_ms(), lease_until.unix_ms(), limit as i64],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, u32>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<u16>>(6)?,
-                ))
-            },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(
-            |(id, job_id, url, body, attempts, age_from, last_status_code)| {
-                let corrupt = |reason: String| StoreError::Corrupt {
-                    job_id: job_id.clone(),
-                    reason,
-                };
-                let job: JobId = job_id
-                    .parse()
-                    .map_err(|e: crate::contract::IdError| corrupt(e.to_string()))?;
-                // Only the two JWT claims and the log fields are needed, not the whole row.
-                let (job_name, status, trace_id, agent_name): (String, String, String, String) =
-                    conn.prepare_cached(
-                        "SELECT job_name, state, trace_id, agent_name FROM jobs WHERE job_id = ?1",
-                    )?
-                    .query_row([job.to_string()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })?;
-                Ok(DueDelivery {
-                    id: id
-                        .parse()
-                        .map_err(|e: std::convert::Infallible| corrupt(e.to_string()))?,
-                    job_id: job,
-                    job_name: job_name
-                        .parse()
-                        .map_err(|e: crate::contract::IdError| corrupt(e.to_string()))?,
-                    status: status
-                        .parse()
-                        .map_err(|e: crate::contract::UnknownState| corrupt(e.to_string()))?,
-                    url: url
-                        .parse()
-                        .map_err(|e: url::ParseError| corrupt(e.to_string()))?,
-                    body,
-                    attempts,
-                    last_status_code,
-                    age_from: Timestamp::from_unix_ms(age_from),
-                    trace_id,
-                    agent_name,
-                })
-            },
-        )
-        .collect()
+    // All of the UPDATE happens at its first step; the job is read while its rows are returned.
+    all(
+        conn,
+        sql::CLAIM_DUE_DELIVERIES,
+        params![now.unix_ms(), lease_until.unix_ms(), limit as i64],
+        |d| {
+            let job_id: JobId = d.parsed(1)?;
+            let mut stmt = conn.prepare_cached(sql::DUE_JOB)?;
+            let mut jobs = stmt.query([job_id.to_string()])?;
+            let j = jobs.next()?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            row::due(d, j, 0)
+        },
+    )
 }
 
 fn record_attempt_in(
@@ -686,29 +595,29 @@ fn record_attempt_in(
     attempt: DeliveryAttempt,
     outcome: AttemptOutcome,
 ) -> StoreResult<()> {
-    let n: u32 = conn
-        .prepare_cached(
-            "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL, last_status_code = ?2, last_error = ?3 \
-             WHERE delivery_id = ?1 RETURNING attempts",
-        )?
-        .query_row(params![id.as_str(), attempt.status_code, attempt.error], |r| r.get(0))?;
-    conn.prepare_cached(
-        "INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, latency_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        id.as_str(),
-        n,
-        attempt.at.unix_ms(),
-        attempt.status_code,
-        attempt.error,
-        attempt.latency_ms as i64,
-    ])?;
+    let n: u32 = value(
+        conn,
+        sql::COUNT_ATTEMPT,
+        params![id.as_str(), attempt.status_code, attempt.error],
+    )?;
+    execute(
+        conn,
+        sql::INSERT_ATTEMPT,
+        params![
+            id.as_str(),
+            n,
+            attempt.at.unix_ms(),
+            attempt.status_code,
+            attempt.error,
+            attempt.latency_ms as i64,
+        ],
+    )?;
     let (state, next, delivered) = outcome.columns(attempt.at);
-    conn.prepare_cached(
-        "UPDATE deliveries SET state = ?2, next_attempt_at = ?3, delivered_at = ?4 WHERE delivery_id = ?1",
-    )?
-    .execute(params![id.as_str(), state, next, delivered])?;
+    execute(
+        conn,
+        sql::SETTLE_DELIVERY,
+        params![id.as_str(), state, next, delivered],
+    )?;
     Ok(())
 }
 
@@ -733,52 +642,16 @@ fn deliveries_in(
 ) -> StoreResult<Vec<DeliveryStatus>> {
     let (filter, mut args) = filter_sql(f, job_id);
     args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
-    let sql = format!(
-        "SELECT d.delivery_id, d.job_id, j.job_name, d.destination, d.state, d.attempts, d.created_at, \
-                d.last_status_code, d.last_error, d.next_attempt_at, d.delivered_at \
-         FROM deliveries d JOIN jobs j ON j.job_id = d.job_id WHERE {filter} \
-         ORDER BY d.created_at DESC, d.delivery_id DESC LIMIT ?"
-    );
-    let mut found = conn
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(args), |r| {
-            let state: DeliveryState = parsed(r, 4)?;
-            Ok(DeliveryStatus {
-                delivery_id: parsed(r, 0)?,
-                job_id: parsed(r, 1)?,
-                job_name: parsed(r, 2)?,
-                destination: r.get(3)?,
-                state,
-                attempts: r.get(5)?,
-                created_at: Timestamp::from_unix_ms(r.get(6)?),
-                last_status_code: r.get(7)?,
-                last_error: r.get(8)?,
-                next_attempt_at: ts(r, 9)?.filter(|_| state == DeliveryState::Pending),
-                delivered_at: ts(r, 10)?,
-                history: Vec::new(),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let sql = sql::DELIVERIES.replace("{filter}", &filter);
+    let mut found = all(conn, &sql, rusqlite::params_from_iter(args), |r| {
+        row::delivery(r)
+    })?;
     for delivery in &mut found {
-        delivery.history = history_in(conn, &delivery.delivery_id)?;
+        delivery.history = all(conn, sql::ATTEMPTS, [delivery.delivery_id.as_str()], |r| {
+            row::attempt(r)
+        })?;
     }
     Ok(found)
-}
-
-fn history_in(conn: &Connection, id: &DeliveryId) -> StoreResult<Vec<DeliveryAttempt>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT at, status_code, error, latency_ms FROM delivery_attempts WHERE delivery_id = ?1 ORDER BY attempt",
-        )?
-        .query_map([id.as_str()], |r| {
-            Ok(DeliveryAttempt {
-                at: Timestamp::from_unix_ms(r.get(0)?),
-                status_code: r.get(1)?,
-                error: r.get(2)?,
-                latency_ms: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?)
 }
 
 fn redrive_in(
@@ -793,30 +666,9 @@ fn redrive_in(
     let (filter, mut args) = filter_sql(&dead, None);
     args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
     args.insert(0, now.unix_ms().into());
-    let sql = format!(
-        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, redriven_at = next_attempt_at, lease_until = NULL \
-         WHERE delivery_id IN (SELECT d.delivery_id FROM deliveries d JOIN jobs j ON j.job_id = d.job_id \
-                               WHERE {filter} ORDER BY d.created_at LIMIT ?) \
-         RETURNING delivery_id"
-    );
-    let ids = conn
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(args), |r| parsed(r, 0))?
-        .collect::<Result<Vec<DeliveryId>, _>>()?;
-    Ok(ids)
-}
-
-fn event_from_row(job_id: JobId, row: &Row<'_>) -> rusqlite::Result<JobEvent> {
-    let kind: String = row.get(3)?;
-    let text: String = row.get(4)?;
-    let data = stored_event_data(&kind, &text).map_err(|e| conversion(4, e))?;
-    Ok(JobEvent {
-        version: PAYLOAD_VERSION,
-        job_id,
-        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-        at: Timestamp::from_unix_ms(row.get(1)?),
-        attempt: row.get(2)?,
-        data,
+    let sql = sql::REDRIVE.replace("{filter}", &filter);
+    all(conn, &sql, rusqlite::params_from_iter(args), |r| {
+        r.parsed(0)
     })
 }
 
@@ -826,32 +678,16 @@ fn events_in(
     after: u64,
     limit: usize,
 ) -> StoreResult<Vec<JobEvent>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT seq, at, attempt, kind, data FROM job_events WHERE job_id = ?1 AND seq > ?2 \
-             ORDER BY seq LIMIT ?3",
-        )?
-        .query_map(
-            params![
-                job_id.to_string(),
-                i64::try_from(after).unwrap_or(i64::MAX),
-                limit as i64
-            ],
-            |r| event_from_row(job_id, r),
-        )?
-        .collect::<Result<Vec<_>, _>>()?)
-}
-
-fn jobs_where(
-    conn: &Connection,
-    clause: &str,
-    args: Vec<rusqlite::types::Value>,
-) -> StoreResult<Vec<JobRecord>> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {clause}");
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(args), job_from_row)?
-        .collect::<Result<Vec<_>, _>>()?)
+    all(
+        conn,
+        sql::EVENTS_AFTER,
+        params![
+            job_id.to_string(),
+            i64::try_from(after).unwrap_or(i64::MAX),
+            limit as i64
+        ],
+        |r| row::event(job_id, r),
+    )
 }
 
 fn list_jobs_in(conn: &Connection, f: &JobFilter) -> StoreResult<Vec<JobRecord>> {
@@ -866,44 +702,38 @@ fn list_jobs_in(conn: &Connection, f: &JobFilter) -> StoreResult<Vec<JobRecord>>
         args.push(agent.as_str().to_owned().into());
     }
     args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
-    let clause = format!(
-        "{} ORDER BY created_at DESC, job_id DESC LIMIT ?",
-        clauses.join(" AND ")
-    );
-    jobs_where(conn, &clause, args)
+    let sql = sql::LIST_JOBS.replace("{filter}", &clauses.join(" AND "));
+    all(conn, &sql, rusqlite::params_from_iter(args), |r| {
+        row::job(r)
+    })
 }
 
 fn requeue_in(conn: &Connection, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
     fenced(conn, job_id, JobState::InProgress, attempt)?;
-    conn.prepare_cached(
-        "UPDATE jobs SET state = 'queued', started_at = NULL, queued_at = ?2, updated_at = ?2 WHERE job_id = ?1",
-    )?
-    .execute(params![job_id.to_string(), at.unix_ms()])?;
+    execute(
+        conn,
+        sql::REQUEUE,
+        params![job_id.to_string(), at.unix_ms()],
+    )?;
     append_state(conn, job_id, attempt, JobState::Queued, at)?;
     Ok(())
 }
 
 fn heartbeat_in(conn: &Connection, node: &Node, beat: &Beat) -> StoreResult<BeatAnswer> {
     let agents: Vec<&str> = beat.agents.iter().map(AgentName::as_str).collect();
-    conn.prepare_cached(
-        "INSERT INTO nodes (node_id, incarnation, agents, running, max_concurrent, started_at, heartbeat_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (node_id) DO UPDATE SET \
-         started_at = CASE WHEN incarnation = excluded.incarnation THEN started_at ELSE excluded.started_at END, \
-         incarnation = excluded.incarnation, agents = excluded.agents, running = excluded.running, \
-         max_concurrent = excluded.max_concurrent, heartbeat_at = excluded.heartbeat_at",
-    )?
-    .execute(params![
-        node.id,
-        node.incarnation,
-        to_json(&agents),
-        beat.running.len() as i64,
-        beat.max_concurrent as i64,
-        beat.at.unix_ms(),
-    ])?;
-    let mut renew = conn.prepare_cached(
-        "UPDATE jobs SET lease_until = ?3 WHERE job_id = ?1 AND attempt = ?2 AND state = 'in_progress' \
-         AND incarnation = ?4 RETURNING cancel_requested_at IS NOT NULL",
+    execute(
+        conn,
+        sql::UPSERT_NODE,
+        params![
+            node.id,
+            node.incarnation,
+            to_json(&agents),
+            beat.running.len() as i64,
+            beat.max_concurrent as i64,
+            beat.at.unix_ms(),
+        ],
     )?;
+    let mut renew = conn.prepare_cached(sql::RENEW_LEASE)?;
     let lease_until = beat.at.plus(node.lease).unix_ms();
     BeatAnswer::sort(&beat.running, |job_id, attempt| {
         Ok(renew
@@ -916,26 +746,13 @@ fn heartbeat_in(conn: &Connection, node: &Node, beat: &Beat) -> StoreResult<Beat
 }
 
 fn prune_in(conn: &Connection, before: Timestamp, limit: usize) -> StoreResult<Vec<Pruned>> {
-    let ids = conn
-        .prepare_cached(
-            "DELETE FROM jobs WHERE job_id IN ( \
-                 SELECT j.job_id FROM jobs j WHERE j.finished_at < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id AND d.state = 'pending') \
-                 ORDER BY j.finished_at LIMIT ?2) \
-             RETURNING job_id, job_name, agent_name, trace_id",
-        )?
-        .query_map(params![before.unix_ms(), limit as i64], |r| {
-            Ok(Pruned {
-                job_id: parsed(r, 0)?,
-                job_name: r.get(1)?,
-                agent_name: r.get(2)?,
-                trace_id: r.get(3)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ids)
+    all(
+        conn,
+        sql::PRUNE,
+        params![before.unix_ms(), limit as i64],
+        |r| row::pruned(r),
+    )
 }
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued> {
@@ -972,30 +789,18 @@ impl Store for SqliteStore {
     }
 
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {
-        self.read(|conn| {
-            let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress' ORDER BY started_at"
-            );
-            Ok(conn
-                .prepare_cached(&sql)?
-                .query_map([], job_from_row)?
-                .collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.read(|conn| all(conn, sql::IN_PROGRESS, [], |r| row::job(r)))
+            .await
     }
 
     async fn orphans(&self, now: Timestamp) -> StoreResult<Vec<JobRecord>> {
         let node = Arc::clone(&self.node);
         self.read(move |conn| {
-            jobs_where(
+            all(
                 conn,
-                "state = 'in_progress' AND (lease_until IS NULL OR lease_until < ? \
-                 OR (node_id = ? AND incarnation <> ?)) ORDER BY started_at",
-                vec![
-                    now.unix_ms().into(),
-                    node.id.clone().into(),
-                    node.incarnation.clone().into(),
-                ],
+                sql::ORPHANS,
+                params![now.unix_ms(), node.id, node.incarnation],
+                |r| row::job(r),
             )
         })
         .await
@@ -1008,25 +813,8 @@ impl Store for SqliteStore {
     }
 
     async fn nodes(&self, since: Timestamp) -> StoreResult<Vec<crate::contract::NodeStatus>> {
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT node_id, agents, running, max_concurrent, started_at, heartbeat_at \
-                     FROM nodes WHERE heartbeat_at >= ?1 ORDER BY node_id",
-                )?
-                .query_map([since.unix_ms()], |r| {
-                    Ok(crate::contract::NodeStatus {
-                        node_id: r.get(0)?,
-                        agents: json_col(r, 1)?.unwrap_or_default(),
-                        running: r.get(2)?,
-                        max_concurrent: r.get(3)?,
-                        started_at: Timestamp::from_unix_ms(r.get(4)?),
-                        last_heartbeat: Timestamp::from_unix_ms(r.get(5)?),
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.read(move |conn| all(conn, sql::NODES, [since.unix_ms()], |r| row::node(r)))
+            .await
     }
 
     async fn lead(&self) -> StoreResult<bool> {
@@ -1067,10 +855,11 @@ impl Store for SqliteStore {
 
     async fn queued_before(&self, before: Timestamp, limit: usize) -> StoreResult<Vec<JobRecord>> {
         self.read(move |conn| {
-            jobs_where(
+            all(
                 conn,
-                "state = 'queued' AND queued_at < ? ORDER BY queued_at LIMIT ?",
-                vec![before.unix_ms().into(), (limit as i64).into()],
+                sql::QUEUED_BEFORE,
+                params![before.unix_ms(), limit as i64],
+                |r| row::job(r),
             )
         })
         .await
@@ -1079,10 +868,11 @@ impl Store for SqliteStore {
     async fn request_cancel(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
         self.write(move |conn| {
             fenced(conn, job_id, JobState::InProgress, attempt)?;
-            conn.prepare_cached(
-                "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, ?2) WHERE job_id = ?1",
-            )?
-            .execute(params![job_id.to_string(), at.unix_ms()])?;
+            execute(
+                conn,
+                sql::REQUEST_CANCEL,
+                params![job_id.to_string(), at.unix_ms()],
+            )?;
             Ok(())
         })
         .await
@@ -1138,17 +928,8 @@ impl Store for SqliteStore {
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {
         self.read(|conn| {
-            let queued = conn
-                .prepare_cached(
-                    "SELECT agent_name, count(*) FROM jobs WHERE state = 'queued' GROUP BY agent_name",
-                )?
-                .query_map([], |r| {
-                    Ok((parsed(r, 0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let dead_letters: i64 = conn
-                .prepare_cached("SELECT count(*) FROM deliveries WHERE state = 'dead'")?
-                .query_row([], |r| r.get(0))?;
+            let queued = all(conn, sql::QUEUED_PER_AGENT, [], |r| row::queued(r))?;
+            let dead_letters: i64 = value(conn, sql::DEAD_LETTERS, [])?;
             let dead_letters = u64::try_from(dead_letters).unwrap_or(0);
             Ok(crate::telemetry::StoreGauges {
                 queued,
@@ -1161,10 +942,7 @@ impl Store for SqliteStore {
     async fn check_writable(&self) -> StoreResult<()> {
         let now = Timestamp::now().unix_ms();
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO heartbeat (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-            )?
-            .execute([now])?;
+            execute(conn, sql::TOUCH_HEARTBEAT, [now])?;
             Ok(())
         })
         .await
@@ -1186,9 +964,7 @@ impl Store for SqliteStore {
 
     async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>> {
         self.read(|conn| {
-            let next: Option<i64> = conn
-                .prepare_cached("SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries WHERE state = 'pending'")?
-                .query_row([], |r| r.get(0))?;
+            let next: Option<i64> = value(conn, sql::NEXT_DUE, [])?;
             Ok(next.map(Timestamp::from_unix_ms))
         })
         .await
@@ -1209,10 +985,7 @@ impl Store for SqliteStore {
     async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()> {
         let id = id.clone();
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE deliveries SET next_attempt_at = ?2, lease_until = NULL WHERE delivery_id = ?1 AND state = 'pending'",
-            )?
-            .execute(params![id.as_str(), until.unix_ms()])?;
+            execute(conn, sql::DEFER, params![id.as_str(), until.unix_ms()])?;
             Ok(())
         })
         .await
@@ -1220,12 +993,8 @@ impl Store for SqliteStore {
 
     async fn release_leases(&self) -> StoreResult<usize> {
         // One process owns an SQLite file, so every lease in it belonged to a dead process.
-        self.write(|conn| {
-            Ok(conn
-                .prepare_cached("UPDATE deliveries SET lease_until = NULL WHERE state = 'pending' AND lease_until IS NOT NULL")?
-                .execute([])?)
-        })
-        .await
+        self.write(|conn| execute(conn, sql::RELEASE_LEASES, []))
+            .await
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter) -> StoreResult<Vec<DeliveryStatus>> {
@@ -1239,11 +1008,7 @@ impl Store for SqliteStore {
     }
 
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<DeliveryStatus>> {
-        let filter = DeliveryFilter {
-            id: Some(id),
-            limit: 1,
-            ..DeliveryFilter::default()
-        };
+        let filter = DeliveryFilter::one(Some(id));
         self.read(move |conn| Ok(deliveries_in(conn, &filter, None)?.into_iter().next()))
             .await
     }
@@ -1269,9 +1034,9 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrations().to_latest(&mut conn).unwrap();
         for (sql, index) in [
-            (NEXT_QUEUED, "jobs_agent_queue"),
-            (NEXT_ACCEPTED, "jobs_accepted"),
-            (CLAIM_DUE_DELIVERIES, "deliveries_due"),
+            (sql::NEXT_QUEUED, "jobs_agent_queue"),
+            (sql::NEXT_ACCEPTED, "jobs_accepted"),
+            (sql::CLAIM_DUE_DELIVERIES, "deliveries_due"),
         ] {
             let plan = plan(&conn, sql);
             assert!(plan.contains(index), "{sql}: {plan}");

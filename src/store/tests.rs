@@ -103,6 +103,7 @@ on_both_stores!(
     a_heartbeat_lists_the_node_and_reports_cancels_and_lost_attempts,
     a_claim_takes_only_the_agents_the_node_offers_within_their_slots,
     a_delivery_is_leased_to_one_node_at_a_time,
+    a_finished_job_and_its_delivery_read_back_as_written,
 );
 
 fn new_job(priority: Priority, at_ms: i64) -> NewJob {
@@ -646,4 +647,107 @@ async fn postgres_one_node_leads_and_another_takes_over_when_the_leader_goes() {
         took_over,
         "the lead passes on when its holder's session ends"
     );
+}
+
+/// The row mapping both stores share (`store::row`): every column of a job, its events, its
+/// delivery and the delivery's attempts reads back as written.
+async fn a_finished_job_and_its_delivery_read_back_as_written(backend: Backend) {
+    // Arrange: a job that ran, failed with an exit code, and whose completion failed once.
+    let (_db, store) = backend.open(1000).await;
+    let job_id = enqueue(&store, new_job(Priority::Low, 1)).await;
+    let job = claim_one(&store, 2).await.unwrap();
+    store
+        .record_progress(job_id, 1, progress("half"), Timestamp::from_unix_ms(3))
+        .await
+        .unwrap();
+    let error = JobError {
+        reason: crate::contract::ErrorReason::ExitCode,
+        message: "exited 3".into(),
+        exit_code: Some(3),
+    };
+    let mut end = finish(&job, JobState::Failed, 4);
+    end.exit_code = Some(3);
+    end.error = Some(error.clone());
+    end.output_index = serde_json::json!({"artifacts": []});
+    let due = store.finish(end).await.unwrap();
+    let attempt = DeliveryAttempt {
+        at: Timestamp::from_unix_ms(5),
+        status_code: Some(503),
+        error: Some("unavailable".into()),
+        latency_ms: 7,
+    };
+    let retry_at = Timestamp::from_unix_ms(9);
+    let recorded = AttemptRecorded {
+        job_id,
+        delivery_id: due.id.clone(),
+        number: 1,
+        attempt: attempt.clone(),
+        outcome: AttemptOutcome::RetryAt(retry_at),
+    };
+    store.record_attempt(recorded).await.unwrap();
+
+    // Act
+    let view = store.job_view(job_id).await.unwrap().unwrap();
+    let events = store.events_after(job_id, 0, 100).await.unwrap();
+    let listed = store.list_jobs(JobFilter {
+        state: Some(JobState::Failed),
+        agent: None,
+        limit: 10,
+    });
+    let listed = listed.await.unwrap();
+    let gauges = store.gauges().await.unwrap();
+
+    // Assert
+    let j = &view.job;
+    assert_eq!(
+        (j.job_id, j.state, j.attempt),
+        (job_id, JobState::Failed, 1)
+    );
+    assert_eq!(j.priority, Priority::Low);
+    assert_eq!((j.user_id.as_str(), j.trace_id.as_str()), ("42", "trace"));
+    assert_eq!(j.agent_name.as_str(), "summarizer_v2");
+    assert_eq!(j.job_name.as_str(), "ReportCompileJob");
+    assert_eq!(j.request_sha256, "sha");
+    assert_eq!(j.request.job_id, job_id);
+    assert_eq!(j.created_at, Timestamp::from_unix_ms(1));
+    assert_eq!(j.queued_at, Timestamp::from_unix_ms(1));
+    assert_eq!(j.started_at, Some(Timestamp::from_unix_ms(2)));
+    assert_eq!(j.finished_at, Some(Timestamp::from_unix_ms(4)));
+    assert_eq!((j.exit_code, j.error.as_ref()), (Some(3), Some(&error)));
+    assert_eq!(j.output_index, Some(serde_json::json!({"artifacts": []})));
+    assert_eq!(j.last_progress.as_ref().map(|p| p.seq), Some(4));
+    assert!(!j.cancel_requested);
+    let states: Vec<_> = view
+        .transitions
+        .iter()
+        .map(|t| (t.state, t.attempt))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (JobState::Received, 0),
+            (JobState::Queued, 0),
+            (JobState::InProgress, 1),
+            (JobState::Failed, 1)
+        ]
+    );
+    assert_eq!(view.transitions[3].at, Timestamp::from_unix_ms(4));
+    let d = view.delivery.unwrap();
+    assert_eq!((d.delivery_id.clone(), d.job_id), (due.id.clone(), job_id));
+    assert_eq!(d.destination, "http://127.0.0.1:1");
+    assert_eq!((d.state, d.attempts), (DeliveryState::Pending, 1));
+    assert_eq!(d.created_at, Timestamp::from_unix_ms(4));
+    assert_eq!(d.last_status_code, Some(503));
+    assert_eq!(d.last_error.as_deref(), Some("unavailable"));
+    assert_eq!((d.next_attempt_at, d.delivered_at), (Some(retry_at), None));
+    assert_eq!(d.history, [attempt]);
+    assert_eq!(Some(d), store.delivery(due.id.clone()).await.unwrap());
+    let seqs: Vec<_> = events.iter().map(|e| (e.seq, e.attempt)).collect();
+    assert_eq!(seqs, [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]);
+    assert!(matches!(&events[3].data, EventData::Progress { message: Some(m), .. } if m == "half"));
+    assert_eq!(
+        listed.iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        [job_id]
+    );
+    assert_eq!((gauges.queued.len(), gauges.dead_letters), (0, 0));
 }
