@@ -384,16 +384,29 @@ interval = "100ms"
     }
 
     /// Starts with these variables in the process environment as written (e.g.
-    /// `NOTIFY_SOCKET`).
-    pub async fn start_with_process_env(receiver: &Receiver, env: &[(&str, &str)]) -> Self {
+    /// `NOTIFY_SOCKET`), calling `before_address` with the process's stdout once it runs and
+    /// before its address line is read: to see what the sidecar had announced by the time
+    /// something else happened (a notify message).
+    pub fn start_with_process_env_observing(
+        receiver: &Receiver,
+        env: &[(&str, &str)],
+        before_address: impl FnOnce(&std::process::ChildStdout),
+    ) -> Self {
         let env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Self::start_in_env(&receiver.origin, env, "")
+        let (dir, shared_root, config_path) = Self::scratch(&receiver.origin, "");
+        Self::spawn_observing(dir, shared_root, config_path, env, before_address)
     }
 
     fn start_in_env(origin: &str, env: Vec<(String, String)>, extra: &str) -> Self {
+        let (dir, shared_root, config_path) = Self::scratch(origin, extra);
+        Self::spawn(dir, shared_root, config_path, env)
+    }
+
+    /// A scratch folder with a shared root and a config file calling back to `origin`.
+    fn scratch(origin: &str, extra: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let shared_root = dir.path().join("shared_root");
         std::fs::create_dir_all(&shared_root).unwrap();
@@ -403,7 +416,7 @@ interval = "100ms"
             Self::config_text(&shared_root, &dir.path().join("state.db"), origin) + extra,
         )
         .unwrap();
-        Self::spawn(dir, shared_root, config_path, env)
+        (dir, shared_root, config_path)
     }
 
     /// SIGKILLs the process (a crash) and starts another on the same folder, database and
@@ -448,6 +461,16 @@ interval = "100ms"
         config_path: PathBuf,
         env: Vec<(String, String)>,
     ) -> Self {
+        Self::spawn_observing(dir, shared_root, config_path, env, |_| {})
+    }
+
+    fn spawn_observing(
+        dir: tempfile::TempDir,
+        shared_root: PathBuf,
+        config_path: PathBuf,
+        env: Vec<(String, String)>,
+        before_address: impl FnOnce(&std::process::ChildStdout),
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -463,10 +486,16 @@ interval = "100ms"
             .stderr(log)
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let observed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| before_address(&stdout)));
+        if let Err(panic) = observed {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::panic::resume_unwind(panic);
+        }
         let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
+        BufReader::new(stdout).read_line(&mut first).unwrap();
         let base = first
             .trim()
             .strip_prefix("agent-sidecar listening on ")
