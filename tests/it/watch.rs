@@ -21,17 +21,21 @@ async fn sse(sidecar: &Sidecar, job_id: &str, last_event_id: Option<u64>) -> Vec
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id.to_string());
     }
-    let mut response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(PATIENCE, response.chunk())
+    // One deadline for the whole stream: keep-alive comments never let a stuck one time out
+    // chunk by chunk.
+    let whole = async {
+        let mut response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut text = String::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        text
+    };
+    let text = tokio::time::timeout(PATIENCE, whole)
         .await
-        .expect("the stream ends after the terminal event")
-        .unwrap()
-    {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+        .expect("the stream ends after the terminal event");
     parse_sse(&text)
 }
 
