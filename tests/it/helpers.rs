@@ -64,12 +64,18 @@ impl Receiver {
         Self::answering(StatusCode::OK).await
     }
 
-    /// A receiver answering 200 on `addr` (a port reserved earlier).
-    pub async fn start_on(addr: std::net::SocketAddr) -> Self {
-        Self::serve(
-            tokio::net::TcpListener::bind(addr).await.unwrap(),
-            StatusCode::OK,
-        )
+    /// A port for a receiver that is down until [`Receiver::start_on`]: bound but not
+    /// listening, so connections to it are refused and no other process can take it.
+    pub fn reserve() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        (socket, addr)
+    }
+
+    /// A receiver answering 200 on a port from [`Receiver::reserve`].
+    pub async fn start_on(reserved: tokio::net::TcpSocket) -> Self {
+        Self::serve(reserved.listen(1024).unwrap(), StatusCode::OK)
     }
 
     /// A receiver that answers `status` to every completion.
