@@ -84,10 +84,10 @@ impl CallbackKind {
     }
 }
 
-/// Publishes every family now, zeroed for each of `agents` and each status and outcome: a
-/// dashboard then shows 0 rather than "no data" before the first job, and an alert on
-/// `rate(agent_sidecar_jobs_total{status="failed"}[5m])` can tell zero from broken. Called
-/// at start and for the agents a reload adds.
+/// Publishes every family now, zeroed for each of `agents`, each status and outcome and each
+/// [`RefusedReason`]: a dashboard then shows 0 rather than "no data" before the first job,
+/// and an alert on `rate(agent_sidecar_jobs_total{status="failed"}[5m])` can tell zero from
+/// broken. Called at start and for the agents a reload adds.
 pub fn publish_families<'a>(agents: impl Iterator<Item = &'a AgentName>) {
     for agent in agents {
         let ended = JobState::ALL.into_iter().filter(|s| s.is_terminal());
@@ -105,6 +105,9 @@ pub fn publish_families<'a>(agents: impl Iterator<Item = &'a AgentName>) {
             counter!(CALLBACKS_TOTAL, "kind" => kind.label(), "outcome" => *outcome).increment(0);
         }
         drop(histogram!(CALLBACK_LATENCY, "kind" => kind.label()));
+    }
+    for reason in RefusedReason::ALL {
+        counter!(TRIGGERS_REFUSED, "reason" => reason.as_str()).increment(0);
     }
 }
 
@@ -133,9 +136,91 @@ pub fn callback(kind: CallbackKind, outcome: &'static str, latency: Duration) {
     histogram!(CALLBACK_LATENCY, "kind" => kind.label()).record(latency.as_secs_f64());
 }
 
-/// A trigger was refused; `reason` is one of a fixed set (see `api::trigger`).
-pub fn trigger_refused(reason: &'static str) {
-    counter!(TRIGGERS_REFUSED, "reason" => reason).increment(1);
+/// Declares [`RefusedReason`] and its `ALL` from one list, so the reasons published at start
+/// are exactly the ones a refusal can be counted under.
+macro_rules! refused_reasons {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal,)*) => {
+        /// The `reason` label of `agent_sidecar_triggers_refused_total`: a small fixed set.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RefusedReason {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl RefusedReason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label,)*
+                }
+            }
+        }
+    };
+}
+
+refused_reasons! {
+    /// 400: the body is not JSON.
+    MalformedJson => "malformed_json",
+    /// 401.
+    Unauthorized => "unauthorized",
+    /// 403.
+    Forbidden => "forbidden",
+    /// 409.
+    Conflict => "conflict",
+    /// 413.
+    TooLarge => "too_large",
+    /// 415.
+    UnsupportedMediaType => "unsupported_media_type",
+    /// 503.
+    Unavailable => "unavailable",
+    /// 422 for the job folder's manifest.
+    Manifest => "manifest",
+    /// 422 for `job_id`.
+    JobId => "job_id",
+    /// 422 for `user_id`.
+    UserId => "user_id",
+    /// 422 for `agent_name`.
+    AgentName => "agent_name",
+    /// 422 for `job_name`.
+    JobName => "job_name",
+    /// 422 for `callback_urls`.
+    CallbackUrls => "callback_urls",
+    /// 422 for `params`.
+    Params => "params",
+    /// 422 for `priority`.
+    Priority => "priority",
+    /// 422 for anything else in the request.
+    Request => "request",
+    /// 5xx other than 503.
+    Internal => "internal",
+    /// Any other refusal (the body could not be read).
+    UnreadableBody => "unreadable_body",
+}
+
+impl RefusedReason {
+    /// The reason for a 422 whose first failing field is the request's top-level `field`.
+    pub fn of_field(field: &str) -> Self {
+        const FIELDS: [RefusedReason; 7] = [
+            RefusedReason::JobId,
+            RefusedReason::UserId,
+            RefusedReason::AgentName,
+            RefusedReason::JobName,
+            RefusedReason::CallbackUrls,
+            RefusedReason::Params,
+            RefusedReason::Priority,
+        ];
+        FIELDS
+            .into_iter()
+            .find(|r| r.as_str() == field)
+            .unwrap_or(Self::Request)
+    }
+}
+
+/// A trigger was refused for `reason` (see `api::refusal`).
+pub fn trigger_refused(reason: RefusedReason) {
+    counter!(TRIGGERS_REFUSED, "reason" => reason.as_str()).increment(1);
 }
 
 /// The sweeper did `action` (`stale`, `timeout`, `abandoned`, `queue_timeout`, `pruned`).

@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 
 use crate::error::{ApiError, ErrorSource, source_name};
-use crate::telemetry;
+use crate::telemetry::{self, RefusedReason};
 
 /// One warn line and one count per refused trigger, so a misconfigured Rails (a wrong origin,
 /// an unknown job_name) shows on the sidecar's side. The line names the status, the reason and
@@ -13,6 +13,7 @@ use crate::telemetry;
 pub(super) fn record(e: &ApiError) {
     let reason = refusal_reason(e);
     telemetry::trigger_refused(reason);
+    let reason = reason.as_str();
     let problem = e.problem();
     let fields: Vec<String> = problem
         .errors
@@ -43,35 +44,23 @@ pub(super) fn record(e: &ApiError) {
     );
 }
 
-/// The `reason` label of a refusal: a small fixed set (a request's fields are the schema's).
-fn refusal_reason(e: &ApiError) -> &'static str {
-    const FIELDS: [&str; 7] = [
-        "job_id",
-        "user_id",
-        "agent_name",
-        "job_name",
-        "callback_urls",
-        "params",
-        "priority",
-    ];
+/// The `reason` label of a refusal (a request's fields are the schema's).
+fn refusal_reason(e: &ApiError) -> RefusedReason {
     let problem = e.problem();
     match e.status() {
-        StatusCode::BAD_REQUEST => "malformed_json",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::CONFLICT => "conflict",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::BAD_REQUEST => RefusedReason::MalformedJson,
+        StatusCode::UNAUTHORIZED => RefusedReason::Unauthorized,
+        StatusCode::FORBIDDEN => RefusedReason::Forbidden,
+        StatusCode::CONFLICT => RefusedReason::Conflict,
+        StatusCode::PAYLOAD_TOO_LARGE => RefusedReason::TooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => RefusedReason::UnsupportedMediaType,
+        StatusCode::SERVICE_UNAVAILABLE => RefusedReason::Unavailable,
         StatusCode::UNPROCESSABLE_ENTITY => match problem.errors.first() {
-            Some(f) if f.source == ErrorSource::Manifest => "manifest",
-            Some(f) => {
-                let top = f.pointer.split('/').nth(1).unwrap_or_default();
-                FIELDS.into_iter().find(|n| *n == top).unwrap_or("request")
-            }
-            None => "request",
+            Some(f) if f.source == ErrorSource::Manifest => RefusedReason::Manifest,
+            Some(f) => RefusedReason::of_field(f.pointer.split('/').nth(1).unwrap_or_default()),
+            None => RefusedReason::Request,
         },
-        s if s.is_server_error() => "internal",
-        _ => "unreadable_body",
+        s if s.is_server_error() => RefusedReason::Internal,
+        _ => RefusedReason::UnreadableBody,
     }
 }

@@ -482,4 +482,4 @@ impl Verifier {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

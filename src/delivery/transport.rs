@@ -3,8 +3,11 @@
 //! certificate or key is replacing files and sending SIGHUP.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -73,6 +76,25 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TransportError> {
 /// The HTTP client: no redirects, no proxies, bounded time, mTLS when configured, and a
 /// resolver that refuses private addresses the config did not allow.
 pub fn http_client(cfg: &CallbacksConfig) -> Result<reqwest::Client, TransportError> {
+    client_resolving_with(cfg, Arc::new(system_lookup))
+}
+
+/// The addresses a host name has, as the system resolver answers.
+fn system_lookup(host: String) -> Answer {
+    Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) })
+}
+
+/// What a [`Lookup`] answers.
+type Answer = Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
+
+/// Looks a host name up: the system resolver, or a test's that answers differently each time.
+type Lookup = Arc<dyn Fn(String) -> Answer + Send + Sync>;
+
+/// [`http_client`] with `lookup` behind the guarded resolver.
+fn client_resolving_with(
+    cfg: &CallbacksConfig,
+    lookup: Lookup,
+) -> Result<reqwest::Client, TransportError> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(cfg.timeout)
@@ -81,6 +103,7 @@ pub fn http_client(cfg: &CallbacksConfig) -> Result<reqwest::Client, TransportEr
         .user_agent(concat!("agent-sidecar/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(GuardedResolver {
             allowed: cfg.allowed_networks.clone(),
+            lookup,
         })
         .tls_backend_rustls();
     if let Some(ca) = &cfg.tls.ca_file {
@@ -121,20 +144,22 @@ pub fn http_client(cfg: &CallbacksConfig) -> Result<reqwest::Client, TransportEr
 }
 
 /// Resolves callback hosts, dropping addresses that are private, loopback, link-local or
-/// otherwise special unless `callbacks.allowed_networks` covers them. The connection uses only
-/// the addresses checked here, which defeats DNS rebinding. Origins written as IP literals are
-/// never resolved: the allowlist named them explicitly.
+/// otherwise special unless `callbacks.allowed_networks` covers them. This is the only lookup
+/// of a callback host: the client connects to exactly the addresses checked here, with no
+/// second resolution a rebinding DNS server could answer differently. Origins written as IP
+/// literals are never resolved: the allowlist named them explicitly.
 struct GuardedResolver {
     allowed: Vec<IpNet>,
+    lookup: Lookup,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allowed = self.allowed.clone();
+        let lookup = (self.lookup)(name.as_str().to_owned());
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found = lookup.await?;
             let usable: Vec<SocketAddr> = found
                 .into_iter()
                 .filter(|a| permitted(a.ip(), &allowed))
@@ -204,7 +229,66 @@ fn is_special(ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// Answers `body` to every request, then closes the connection, so the client's next
+    /// request opens (and resolves for) a new one.
+    fn serve(listener: tokio::net::TcpListener, body: &'static str) -> tokio::task::JoinHandle<()> {
+        let app = axum::Router::new()
+            .fallback(move || async move { ([(axum::http::header::CONNECTION, "close")], body) });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+    }
+
+    #[tokio::test]
+    async fn a_host_name_that_resolves_differently_between_check_and_connect_cannot_slip_through() {
+        // Two real servers on one port: the allowed one on 127.0.0.1 and a forbidden one on
+        // 127.0.0.2 (outside `allowed_networks`), where a second resolution would lead.
+        let forbidden = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = forbidden.local_addr().unwrap().port();
+        let allowed = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let servers = [serve(allowed, "checked"), serve(forbidden, "rebound")];
+        // A rebinding DNS server: an allowed address first, the forbidden one ever after.
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let lookup: Lookup = {
+            let lookups = Arc::clone(&lookups);
+            Arc::new(move |_host| {
+                let n = lookups.fetch_add(1, Ordering::SeqCst);
+                let ip = if n == 0 {
+                    [127, 0, 0, 1]
+                } else {
+                    [127, 0, 0, 2]
+                };
+                Box::pin(async move { Ok(vec![SocketAddr::from((ip, 0))]) })
+            })
+        };
+        crate::install_crypto_provider();
+        let mut cfg = crate::delivery::sign::tests::config(&[]);
+        cfg.allowed_networks = vec!["127.0.0.1/32".parse().unwrap()];
+        let client = client_resolving_with(&cfg, lookup).unwrap();
+        let url = format!("http://rebind.invalid:{port}/");
+
+        let first = client.get(&url).send().await.unwrap();
+        assert_eq!(
+            (
+                first.text().await.unwrap().as_str(),
+                lookups.load(Ordering::SeqCst)
+            ),
+            ("checked", 1),
+            "one lookup, and the connection went to the address it checked"
+        );
+        // The next connection resolves again, gets the forbidden address, and is refused
+        // before connecting: the check holds for every answer, not just the first.
+        let second = client.get(&url).send().await.unwrap_err();
+        assert!(PrivateAddress::in_chain(&second).is_some(), "{second:?}");
+        assert_eq!(lookups.load(Ordering::SeqCst), 2);
+        servers.iter().for_each(tokio::task::JoinHandle::abort);
+    }
 
     #[test]
     fn private_loopback_and_link_local_addresses_are_refused_unless_allowed() {

@@ -29,10 +29,8 @@ fn jti(hit: &Hit) -> String {
 #[tokio::test]
 async fn a_receiver_that_is_down_gets_the_completion_once_it_is_up_with_the_same_id_on_a_backoff_schedule()
  {
-    // Reserve a port, then free it: connections are refused until the receiver starts there.
-    let placeholder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = placeholder.local_addr().unwrap();
-    drop(placeholder);
+    // A port bound but not listening: connections are refused until the receiver starts there.
+    let (reserved, addr) = Receiver::reserve();
     let receiver_stub = Receiver::start().await;
     let sidecar = Sidecar::start_with_env(
         &receiver_stub,
@@ -60,7 +58,7 @@ async fn a_receiver_that_is_down_gets_the_completion_once_it_is_up_with_the_same
         (job["delivery"]["attempts"].as_u64() >= Some(3)).then_some(job["delivery"].clone())
     })
     .await;
-    let receiver = Receiver::start_on(addr).await;
+    let receiver = Receiver::start_on(reserved).await;
     let hit = receiver.completion(&job_id).await;
     let delivered = delivery_in_state(&sidecar, &job_id, "delivered").await;
     assert_eq!(

@@ -64,12 +64,18 @@ impl Receiver {
         Self::answering(StatusCode::OK).await
     }
 
-    /// A receiver answering 200 on `addr` (a port reserved earlier).
-    pub async fn start_on(addr: std::net::SocketAddr) -> Self {
-        Self::serve(
-            tokio::net::TcpListener::bind(addr).await.unwrap(),
-            StatusCode::OK,
-        )
+    /// A port for a receiver that is down until [`Receiver::start_on`]: bound but not
+    /// listening, so connections to it are refused and no other process can take it.
+    pub fn reserve() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        (socket, addr)
+    }
+
+    /// A receiver answering 200 on a port from [`Receiver::reserve`].
+    pub async fn start_on(reserved: tokio::net::TcpSocket) -> Self {
+        Self::serve(reserved.listen(1024).unwrap(), StatusCode::OK)
     }
 
     /// A receiver that answers `status` to every completion.
@@ -384,16 +390,29 @@ interval = "100ms"
     }
 
     /// Starts with these variables in the process environment as written (e.g.
-    /// `NOTIFY_SOCKET`).
-    pub async fn start_with_process_env(receiver: &Receiver, env: &[(&str, &str)]) -> Self {
+    /// `NOTIFY_SOCKET`), calling `before_address` with the process's stdout once it runs and
+    /// before its address line is read: to see what the sidecar had announced by the time
+    /// something else happened (a notify message).
+    pub fn start_with_process_env_observing(
+        receiver: &Receiver,
+        env: &[(&str, &str)],
+        before_address: impl FnOnce(&std::process::ChildStdout),
+    ) -> Self {
         let env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Self::start_in_env(&receiver.origin, env, "")
+        let (dir, shared_root, config_path) = Self::scratch(&receiver.origin, "");
+        Self::spawn_observing(dir, shared_root, config_path, env, before_address)
     }
 
     fn start_in_env(origin: &str, env: Vec<(String, String)>, extra: &str) -> Self {
+        let (dir, shared_root, config_path) = Self::scratch(origin, extra);
+        Self::spawn(dir, shared_root, config_path, env)
+    }
+
+    /// A scratch folder with a shared root and a config file calling back to `origin`.
+    fn scratch(origin: &str, extra: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let shared_root = dir.path().join("shared_root");
         std::fs::create_dir_all(&shared_root).unwrap();
@@ -403,7 +422,7 @@ interval = "100ms"
             Self::config_text(&shared_root, &dir.path().join("state.db"), origin) + extra,
         )
         .unwrap();
-        Self::spawn(dir, shared_root, config_path, env)
+        (dir, shared_root, config_path)
     }
 
     /// SIGKILLs the process (a crash) and starts another on the same folder, database and
@@ -448,6 +467,16 @@ interval = "100ms"
         config_path: PathBuf,
         env: Vec<(String, String)>,
     ) -> Self {
+        Self::spawn_observing(dir, shared_root, config_path, env, |_| {})
+    }
+
+    fn spawn_observing(
+        dir: tempfile::TempDir,
+        shared_root: PathBuf,
+        config_path: PathBuf,
+        env: Vec<(String, String)>,
+        before_address: impl FnOnce(&std::process::ChildStdout),
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -463,10 +492,16 @@ interval = "100ms"
             .stderr(log)
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let observed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| before_address(&stdout)));
+        if let Err(panic) = observed {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::panic::resume_unwind(panic);
+        }
         let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
+        BufReader::new(stdout).read_line(&mut first).unwrap();
         let base = first
             .trim()
             .strip_prefix("agent-sidecar listening on ")

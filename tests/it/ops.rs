@@ -443,4 +443,26 @@ async fn every_metric_family_is_published_zeroed_from_the_start() {
         "agent_sidecar_callback_latency_seconds_count",
         &[("kind", "completion")],
     );
+    let reasons = agent_sidecar::telemetry::RefusedReason::ALL;
+    for reason in reasons {
+        zero(
+            "agent_sidecar_triggers_refused_total",
+            &[("reason", reason.as_str())],
+        );
+    }
+    let published = m
+        .iter()
+        .filter(|s| s.name == "agent_sidecar_triggers_refused_total")
+        .count();
+    assert_eq!(
+        published,
+        reasons.len(),
+        "one series per reason, nothing else"
+    );
+    for reason in ["unauthorized", "job_name", "params", "malformed_json"] {
+        zero(
+            "agent_sidecar_triggers_refused_total",
+            &[("reason", reason)],
+        );
+    }
 }

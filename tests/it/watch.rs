@@ -21,17 +21,21 @@ async fn sse(sidecar: &Sidecar, job_id: &str, last_event_id: Option<u64>) -> Vec
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id.to_string());
     }
-    let mut response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(PATIENCE, response.chunk())
+    // One deadline for the whole stream: keep-alive comments never let a stuck one time out
+    // chunk by chunk.
+    let whole = async {
+        let mut response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut text = String::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        text
+    };
+    let text = tokio::time::timeout(PATIENCE, whole)
         .await
-        .expect("the stream ends after the terminal event")
-        .unwrap()
-    {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+        .expect("the stream ends after the terminal event");
     parse_sse(&text)
 }
 
@@ -151,8 +155,113 @@ async fn last_event_id_resumes_exactly_after_that_seq() {
     );
 }
 
+/// Connects a watcher of `job_id`'s SSE stream with a 4 KiB receive window that sends its
+/// request and then reads nothing.
+async fn stalled_watcher(sidecar: &Sidecar, job_id: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = sidecar.base.trim_start_matches("http://").parse().unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /jobs/{job_id}/events HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stalled
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(response: &[u8]) -> Vec<u8> {
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole response head")
+        + 4;
+    let mut rest = &response[head_end..];
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = std::str::from_utf8(&rest[..line_end]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        let data = &rest[line_end + 2..];
+        body.extend_from_slice(&data[..size]);
+        rest = &data[size + 2..];
+    }
+}
+
 #[tokio::test]
-async fn a_watcher_that_never_reads_is_dropped_without_delaying_the_agent_or_other_watchers() {
+async fn a_watcher_that_never_reads_delays_neither_the_agent_nor_other_watchers() {
+    // A write timeout longer than the test's patience: the stalled watcher stays connected,
+    // so a sidecar whose agent waited for it would never finish the job.
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with_env(
+        &receiver,
+        &[
+            ("SERVER__WRITE_TIMEOUT", "600s"),
+            ("SERVER__SEND_BUFFER_BYTES", "4096"),
+        ],
+    )
+    .await;
+    let ticker = start_job(
+        &sidecar,
+        &receiver,
+        "ticker",
+        json!({"count": 1500, "interval": 0.002, "pad": 3000}),
+    )
+    .await;
+    let mut stalled = stalled_watcher(&sidecar, &ticker).await;
+
+    let reader = sse(&sidecar, &ticker, None).await;
+    assert_eq!(
+        reader.last().unwrap().data["state"],
+        "completed",
+        "a reading watcher gets everything while another stalls"
+    );
+    assert_eq!(
+        receiver.completion(&ticker).await.json()["status"],
+        "completed",
+        "the job ended while the stalled watcher had read nothing"
+    );
+
+    // Only now does the stalled watcher read: it was connected all along and gets it all.
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, stalled.read_to_end(&mut got))
+        .await
+        .expect("the stream ends after the terminal event")
+        .unwrap();
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+    let body = dechunk(&got);
+    assert_eq!(
+        parse_sse(std::str::from_utf8(&body).unwrap()),
+        reader,
+        "the stalled watcher was never dropped"
+    );
+    // The stream is larger than all a watcher can hold unread (one page of 256 events,
+    // hyper's ~400 KiB write buffer and two socket buffers): when the job ended, the sidecar
+    // was still blocked writing to the stalled watcher, and the agent and the other watcher
+    // had gone on without it.
+    let per_event = body.len() / reader.len();
+    let unread_at_most = 256 * per_event + 420 * 1024 + 32 * 1024;
+    assert!(
+        body.len() > unread_at_most,
+        "{} bytes in the stream, up to {unread_at_most} held unread",
+        body.len()
+    );
+}
+
+#[tokio::test]
+async fn a_watcher_that_never_reads_is_disconnected_by_the_write_timeout() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start_with_env(
         &receiver,
@@ -169,28 +278,10 @@ async fn a_watcher_that_never_reads_is_dropped_without_delaying_the_agent_or_oth
         json!({"count": 600, "interval": 0.003, "pad": 3000}),
     )
     .await;
-    // The stalled watcher: a tiny receive window, a request, and never a read.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr = sidecar.base.trim_start_matches("http://").parse().unwrap();
-    let mut stalled = socket.connect(addr).await.unwrap();
-    stalled
-        .write_all(
-            format!("GET /jobs/{ticker}/events HTTP/1.1\r\nHost: sidecar\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-
+    let mut stalled = stalled_watcher(&sidecar, &ticker).await;
     let reader = sse(&sidecar, &ticker, None).await;
-    assert_eq!(
-        reader.last().unwrap().data["state"],
-        "completed",
-        "a reading watcher gets everything while another stalls"
-    );
-    assert_eq!(
-        receiver.completion(&ticker).await.json()["status"],
-        "completed"
-    );
+    assert_eq!(reader.last().unwrap().data["state"], "completed");
+    receiver.completion(&ticker).await;
 
     let mut got = Vec::new();
     tokio::time::timeout(PATIENCE, stalled.read_to_end(&mut got))

@@ -3,7 +3,8 @@ use std::time::Duration;
 use super::*;
 use crate::config::{CallbacksConfig, JwtConfig, Secret, StandardWebhooksConfig};
 
-fn config(webhook_secrets: &[&str]) -> CallbacksConfig {
+/// Callback settings for tests: a 1 s timeout, HS256, Standard Webhooks with `webhook_secrets`.
+pub(crate) fn config(webhook_secrets: &[&str]) -> CallbacksConfig {
     CallbacksConfig {
         allowed_origins: Default::default(),
         allow_http: true,

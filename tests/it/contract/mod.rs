@@ -73,18 +73,24 @@ pub struct Rails {
 }
 
 impl Rails {
-    /// Boots puma on `addr` with these `AGENT_SIDECAR_*` settings and waits until it answers.
-    pub async fn start(addr: SocketAddr, env: &[(&str, String)]) -> Self {
+    /// Boots puma on `listener` (bound by the test, handed over as puma's stdin, so no other
+    /// process can take the port meanwhile) with these `AGENT_SIDECAR_*` settings and waits
+    /// until it answers.
+    pub async fn start(listener: std::net::TcpListener, env: &[(&str, String)]) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let bind = format!("tcp://{addr}");
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("puma.log");
         let child = Command::new("puma")
-            .args(["-b", &format!("tcp://{addr}"), "-t", "1:8", "config.ru"])
+            .args(["-b", &bind, "-t", "1:8", "config.ru"])
+            // Puma listens on an inherited descriptor given for the exact bind URL.
+            .env("PUMA_INHERIT_0", format!("0:{bind}"))
             .current_dir(generated_app())
             .env("AGENT_SIDECAR_GEM_PATH", gem_dir())
             .env("RAILS_ENV", "production")
             .env("CONSUMER_DATABASE", dir.path().join("consumer.sqlite3"))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(dir.path().join("puma.err")).unwrap())
             .spawn()
@@ -180,12 +186,12 @@ impl Drop for Rails {
     }
 }
 
-/// A free loopback port, released for the process about to listen on it.
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A listener on a loopback port for [`Rails::start`]: its address is known before Rails
+/// boots, and the port stays taken until puma inherits it.
+pub fn rails_listener() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
 }
 
 /// One request that went through the [`LossyProxy`].

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{LossyProxy, Rails, free_addr};
+use super::{LossyProxy, Rails, rails_listener};
 use crate::helpers::{Sidecar, eventually};
 use crate::pki;
 
@@ -31,7 +31,7 @@ pub async fn rails_behind_lossy_proxy(mode: &str) -> (Sidecar, LossyProxy, Rails
     } else {
         &[]
     };
-    let rails_addr = free_addr();
+    let (rails_listener, rails_addr) = rails_listener();
     let proxy = LossyProxy::start(format!("http://{rails_addr}")).await;
     let keys = tempfile::tempdir().unwrap();
     let key = pki::write(keys.path(), "es256.pem", &pki::signing_key("ES256"));
@@ -43,7 +43,7 @@ pub async fn rails_behind_lossy_proxy(mode: &str) -> (Sidecar, LossyProxy, Rails
     );
     let sidecar = Sidecar::start_for_origin(&proxy.origin, env, &extra);
     let rails = Rails::start(
-        rails_addr,
+        rails_listener,
         &[
             ("AGENT_SIDECAR_ISSUER", crate::helpers::ISSUER.to_owned()),
             (
@@ -290,18 +290,23 @@ async fn a_folder_trigger_the_sidecar_refuses_reaches_rails_as_the_problem() {
 #[tokio::test]
 async fn the_ruby_client_refuses_a_job_id_or_input_name_that_would_leave_shared_root() {
     let (sidecar, _proxy, rails) = rails_behind_lossy_proxy("http").await;
+    // An absolute path outside shared_root, in this test's own folder (shared_root's parent),
+    // so parallel runs cannot see each other's file.
+    let parent = sidecar.shared_root.parent().unwrap();
+    let absolute = parent.join("absolute-escaped.txt");
+    let mut outside = serde_json::Map::new();
+    outside.insert(absolute.display().to_string(), "x".into());
     let escapes = [
         json!({"job_id": "../../escaped"}),
         json!({"job_id": uuid::Uuid::new_v4().to_string(), "inputs": {"../../escaped.txt": "x"}}),
-        json!({"job_id": uuid::Uuid::new_v4().to_string(), "inputs": {"/tmp/escaped.txt": "x"}}),
+        json!({"job_id": uuid::Uuid::new_v4().to_string(), "inputs": outside}),
     ];
     for body in escapes {
         let (code, problem) = rails.post("/reports", body.clone()).await;
         assert_eq!(code, 400, "{body}: {problem}");
     }
-    let parent = sidecar.shared_root.parent().unwrap();
     assert!(!parent.join("escaped").exists() && !parent.join("escaped.txt").exists());
-    assert!(!std::path::Path::new("/tmp/escaped.txt").exists());
+    assert!(!absolute.exists(), "{}", absolute.display());
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 
-use super::{Rails, free_addr};
+use super::{Rails, rails_listener};
 use crate::helpers::{AUDIENCE, ISSUER, Sidecar};
 use crate::pki;
 
@@ -59,7 +59,7 @@ async fn rails_with_secret(extra_env: &[(&str, String)]) -> Rails {
         ("AGENT_SIDECAR_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned()),
     ];
     env.extend(extra_env.iter().cloned());
-    Rails::start(free_addr(), &env).await
+    Rails::start(rails_listener().0, &env).await
 }
 
 #[tokio::test]
@@ -75,7 +75,7 @@ async fn the_rails_reference_consumer_passes_every_case_with_a_shared_secret() {
 async fn the_rails_reference_consumer_passes_every_case_against_the_sidecars_jwks() {
     let keys = tempfile::tempdir().unwrap();
     let key = pki::write(keys.path(), "rs256.pem", &pki::signing_key("RS256"));
-    let rails_addr = free_addr();
+    let (rails_listener, rails_addr) = rails_listener();
     let sidecar = Sidecar::start_for_origin(
         &format!("http://{rails_addr}"),
         &[],
@@ -85,7 +85,7 @@ async fn the_rails_reference_consumer_passes_every_case_against_the_sidecars_jwk
         ),
     );
     let rails = Rails::start(
-        rails_addr,
+        rails_listener,
         &[
             ("AGENT_SIDECAR_ISSUER", ISSUER.to_owned()),
             ("AGENT_SIDECAR_AUDIENCE", AUDIENCE.to_owned()),
