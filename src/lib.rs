@@ -28,22 +28,40 @@
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line.
 
+// `unsafe` is denied crate-wide (Cargo.toml) and forbidden outright in every module but the
+// two that make system calls no safe crate wraps: `memory` (mallopt) and, inside `runner`,
+// `runner::process` (clone, pidfd, wait4, the guardian's fork). Each block says why.
+#[forbid(unsafe_code)]
 pub mod api;
+#[forbid(unsafe_code)]
 pub mod config;
+#[forbid(unsafe_code)]
 pub mod contract;
+#[forbid(unsafe_code)]
 pub mod delivery;
+#[forbid(unsafe_code)]
 pub mod error;
+#[forbid(unsafe_code)]
 pub mod fence;
+#[forbid(unsafe_code)]
 pub mod jobdir;
 pub mod memory;
+#[forbid(unsafe_code)]
 pub mod mirror;
+#[forbid(unsafe_code)]
 pub mod preflight;
+#[forbid(unsafe_code)]
 pub mod reload;
 pub mod runner;
+#[forbid(unsafe_code)]
 pub mod store;
+#[forbid(unsafe_code)]
 pub mod sweeper;
+#[forbid(unsafe_code)]
 pub mod systemd;
+#[forbid(unsafe_code)]
 pub mod telemetry;
+#[forbid(unsafe_code)]
 pub mod tools;
 
 use std::future::Future;

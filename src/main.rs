@@ -1,4 +1,5 @@
 //! The `agent-sidecar` command: parses the command line and calls the library.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -5,10 +5,14 @@
 //! The queue lives in the store; the runner only keeps what it is running. It claims when
 //! woken (a trigger arrived, a job ended) and, as a fallback, on a slow timer.
 
+#[forbid(unsafe_code)]
 mod attempt;
 
+#[forbid(unsafe_code)]
 pub mod guardian;
+#[forbid(unsafe_code)]
 pub mod lines;
+#[forbid(unsafe_code)]
 pub mod outputs;
 pub mod process;
 

@@ -491,11 +491,11 @@ async fn queued_jobs_stay_queued_through_a_drain_and_run_after_the_restart() {
 async fn a_panic_in_supervision_ends_the_attempt_internal_kills_the_agent_and_frees_the_slot() {
     let receiver = Receiver::start().await;
     // Fires once: the first agent's supervision panics right after its spawn.
-    let sidecar = Sidecar::start_with_process_env(
+    let sidecar = Sidecar::start_with_process_env_observing(
         &receiver,
         &[("FAILPOINTS", "agent_started=1*panic(injected)")],
-    )
-    .await;
+        |_| {},
+    );
     let first = start_job(&sidecar, &receiver, "lane", json!({})).await;
     let c = receiver.completion(&first).await.json();
     assert_eq!(c["status"], "failed", "{c}");

@@ -5,6 +5,7 @@ mod cli;
 mod contract;
 mod delivery;
 mod demo;
+mod docs;
 mod fleet;
 mod folder;
 mod guardian;
