@@ -427,6 +427,11 @@ async fn the_cli_takes_its_token_from_the_flag_the_environment_or_a_config() {
         &[],
     );
     assert!(ok, "{out}{err}");
+    // A running job ends canceled once its agent is gone: its completion says so.
+    assert_eq!(
+        receiver.completion(job_id).await.json()["status"],
+        "canceled"
+    );
     let (ok, listed, err) = sidecar_cli(
         &[
             "jobs", "list", "--state", "canceled", "--json", "--url", url, "--config", &config,
