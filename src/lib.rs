@@ -147,6 +147,7 @@ impl Sidecar {
             .as_ref()
             .map_or_else(fence::Lease::local, runner::guardian::Guardian::lease);
         let fence = Arc::new(fence::Fence::new(lease));
+        // The mirror hears of every change through the store's feed: nothing else calls it.
         let mirror = mirror::Mirror::new(
             Arc::clone(&store),
             &config,
@@ -175,84 +176,14 @@ impl Sidecar {
             tracker.clone(),
             cancel.clone(),
         );
-        let recovered = runner
-            .recover()
-            .await
-            .context("cannot recover interrupted jobs")?;
-        if recovered > 0 {
-            info!(
-                count = recovered,
-                "handled jobs interrupted by the previous stop"
-            );
-        }
-        runner
-            .beat()
-            .await
-            .context("cannot record this node in the store")?;
-        let released = store
-            .release_leases()
-            .await
-            .context("cannot recover the outbox")?;
-        if released > 0 {
-            info!(
-                count = released,
-                "resuming callback attempts interrupted by the previous stop"
-            );
-        }
+        recover(&runner, store.as_ref()).await?;
         tracker.spawn(
             Arc::clone(&deliveries)
                 .run()
                 .instrument(info_span!("outbox")),
         );
-        let tls = Arc::new(
-            api::listener::TlsSettings::load(&config)
-                .context("cannot set up the listener's TLS")?,
-        );
-        let gate = Arc::new(api::auth::Gate::new(
-            api::auth::Authenticator::load(&config).context("cannot load the API's auth keys")?,
-        ));
-        let reloadable = Arc::new(reload::Reloadable::new(
-            Arc::clone(&deliveries),
-            Arc::clone(&gate),
-            Arc::clone(&tls),
-            Arc::clone(&config),
-        ));
-        let hup = reload::sighup().context("cannot install the SIGHUP handler")?;
-        tracker.spawn(reload::on_sighup(
-            Arc::clone(&reloadable),
-            hup,
-            cancel.clone(),
-        ));
-        tracker.spawn(
-            reload::on_file_change(reloadable, cancel.clone()).instrument(info_span!("reload")),
-        );
-        tracker.spawn(
-            Arc::clone(&runner)
-                .run()
-                .instrument(info_span!("scheduler")),
-        );
-        tracker.spawn(
-            Arc::clone(&runner)
-                .keep_leases()
-                .instrument(info_span!("heartbeat")),
-        );
-        tracker.spawn(
-            Arc::clone(&runner)
-                .follow_signals()
-                .instrument(info_span!("fleet")),
-        );
-        let sweeper = Sweeper::new(
-            Arc::clone(&store),
-            Arc::clone(&runner),
-            Arc::clone(&config),
-            shared_root.clone(),
-        );
-        tracker.spawn(
-            sweeper
-                .run(cancel.clone())
-                .instrument(info_span!("sweeper")),
-        );
-        tracker.spawn(systemd::watchdog(Arc::clone(&store), cancel.clone()));
+        let (tls, gate) = reloadable(&config, &deliveries, &tracker, &cancel)?;
+        spawn_workers(&tracker, &cancel, &runner, &store, &config, &shared_root);
 
         let addr = listener.local_addr().context("listener has no address")?;
         let listener = api::listener::GuardedListener::new(
@@ -278,14 +209,13 @@ impl Sidecar {
                     .instrument(info_span!("folder_triggers")),
             );
         }
-        let router = api::router(state);
         Ok(Self {
             listener,
             runner,
             mirror,
             fence,
             drain_timeout: config.jobs.drain_timeout,
-            router,
+            router: api::router(state),
             cancel,
             tracker,
         })
@@ -338,4 +268,99 @@ impl Sidecar {
         info!("stopped");
         served
     }
+}
+
+/// Ends or requeues the jobs a previous process left running, records this node, and frees
+/// the callback attempts it left leased: before anything new starts.
+async fn recover(runner: &Arc<Runner>, store: &dyn store::Store) -> anyhow::Result<()> {
+    let recovered = runner
+        .recover()
+        .await
+        .context("cannot recover interrupted jobs")?;
+    if recovered > 0 {
+        info!(
+            count = recovered,
+            "handled jobs interrupted by the previous stop"
+        );
+    }
+    runner
+        .beat()
+        .await
+        .context("cannot record this node in the store")?;
+    let released = store
+        .release_leases()
+        .await
+        .context("cannot recover the outbox")?;
+    if released > 0 {
+        info!(
+            count = released,
+            "resuming callback attempts interrupted by the previous stop"
+        );
+    }
+    Ok(())
+}
+
+/// The listener's TLS settings and the API's auth gate, with the tasks that reload them (and
+/// the callback keys) on SIGHUP and when their files change.
+fn reloadable(
+    config: &Arc<Config>,
+    deliveries: &Arc<Deliveries>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Arc<api::listener::TlsSettings>, Arc<api::auth::Gate>)> {
+    let tls = Arc::new(
+        api::listener::TlsSettings::load(config).context("cannot set up the listener's TLS")?,
+    );
+    let gate = Arc::new(api::auth::Gate::new(
+        api::auth::Authenticator::load(config).context("cannot load the API's auth keys")?,
+    ));
+    let reloadable = Arc::new(reload::Reloadable::new(
+        Arc::clone(deliveries),
+        Arc::clone(&gate),
+        Arc::clone(&tls),
+        Arc::clone(config),
+    ));
+    let hup = reload::sighup().context("cannot install the SIGHUP handler")?;
+    tracker.spawn(reload::on_sighup(
+        Arc::clone(&reloadable),
+        hup,
+        cancel.clone(),
+    ));
+    tracker
+        .spawn(reload::on_file_change(reloadable, cancel.clone()).instrument(info_span!("reload")));
+    Ok((tls, gate))
+}
+
+/// The runner's scheduler, heartbeat and fleet follower, the sweeper and the systemd watchdog.
+fn spawn_workers(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    runner: &Arc<Runner>,
+    store: &Arc<dyn store::Store>,
+    config: &Arc<Config>,
+    shared_root: &std::path::Path,
+) {
+    tracker.spawn(Arc::clone(runner).run().instrument(info_span!("scheduler")));
+    tracker.spawn(
+        Arc::clone(runner)
+            .keep_leases()
+            .instrument(info_span!("heartbeat")),
+    );
+    tracker.spawn(
+        Arc::clone(runner)
+            .follow_signals()
+            .instrument(info_span!("fleet")),
+    );
+    let sweeper = Sweeper::new(
+        Arc::clone(store),
+        Arc::clone(runner),
+        Arc::clone(config),
+        shared_root.to_path_buf(),
+    );
+    tracker.spawn(
+        sweeper
+            .run(cancel.clone())
+            .instrument(info_span!("sweeper")),
+    );
+    tracker.spawn(systemd::watchdog(Arc::clone(store), cancel.clone()));
 }
