@@ -104,6 +104,7 @@ on_both_stores!(
     a_claim_takes_only_the_agents_the_node_offers_within_their_slots,
     a_delivery_is_leased_to_one_node_at_a_time,
     a_finished_job_and_its_delivery_read_back_as_written,
+    a_redriven_delivery_counts_its_age_from_the_redrive,
 );
 
 fn new_job(priority: Priority, at_ms: i64) -> NewJob {
@@ -750,4 +751,61 @@ async fn a_finished_job_and_its_delivery_read_back_as_written(backend: Backend) 
         [job_id]
     );
     assert_eq!((gauges.queued.len(), gauges.dead_letters), (0, 0));
+}
+
+async fn a_redriven_delivery_counts_its_age_from_the_redrive(backend: Backend) {
+    // Arrange: a completion written at 4 ms and dead-lettered at 5 ms.
+    let (_db, store) = backend.open(1000).await;
+    enqueue(&store, new_job(Priority::Normal, 1)).await;
+    let job = claim_one(&store, 2).await.unwrap();
+    let due = store
+        .finish(finish(&job, JobState::Completed, 4))
+        .await
+        .unwrap();
+    let dead = AttemptRecorded {
+        job_id: job.job_id,
+        delivery_id: due.id.clone(),
+        number: 1,
+        attempt: DeliveryAttempt {
+            at: Timestamp::from_unix_ms(5),
+            status_code: Some(400),
+            error: Some("bad request".into()),
+            latency_ms: 1,
+        },
+        outcome: AttemptOutcome::Dead,
+    };
+    store.record_attempt(dead).await.unwrap();
+
+    // Act
+    let before = Timestamp::now();
+    let redriven = store
+        .redrive(DeliveryFilter {
+            id: Some(due.id.clone()),
+            state: Some(DeliveryState::Dead),
+            job_name: None,
+            destination: None,
+            since: None,
+            until: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let later = Timestamp::now().plus(std::time::Duration::from_secs(1));
+    let claimed = store
+        .claim_due_deliveries(later, later.plus(std::time::Duration::from_secs(60)), 10)
+        .await
+        .unwrap();
+
+    // Assert: the age limit starts again at the redrive, not at the delivery's creation.
+    assert_eq!(redriven, vec![due.id.clone()]);
+    let again = claimed
+        .iter()
+        .find(|d| d.id == due.id)
+        .expect("redriven delivery is due");
+    assert!(
+        again.age_from.unix_ms() >= before.unix_ms(),
+        "age counted from {} ms, redriven at {} ms",
+        again.age_from.unix_ms(),
+        before.unix_ms()
+    );
 }

@@ -207,9 +207,10 @@ pub const DELIVERIES: &str = "SELECT d.delivery_id, d.job_id, j.job_name, d.dest
 pub const ATTEMPTS: &str = "SELECT at, status_code, error, latency_ms FROM delivery_attempts \
      WHERE delivery_id = ?1 ORDER BY attempt";
 
-/// Puts the dead deliveries matching `{filter}` back in the outbox, due at the first `?`.
-pub const REDRIVE: &str = "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, \
-     redriven_at = next_attempt_at, lease_until = NULL \
+/// Puts the dead deliveries matching `{filter}` back in the outbox, due (and redriven) at `?1`;
+/// the filter's `?` follow it.
+pub const REDRIVE: &str = "UPDATE deliveries SET state = 'pending', next_attempt_at = ?1, \
+     redriven_at = ?1, lease_until = NULL \
      WHERE delivery_id IN (SELECT d.delivery_id FROM deliveries d JOIN jobs j ON j.job_id = d.job_id \
                            WHERE {filter} ORDER BY d.created_at LIMIT ?) \
      RETURNING delivery_id";
