@@ -789,6 +789,12 @@ pub trait Store: Send + Sync {
     /// destination's circuit breaker is open).
     async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()>;
 
+    /// Brings a pending delivery's next attempt forward to `now` (never later than it was
+    /// due); a lease an attempt in flight holds is left alone, so the outbox claims it again
+    /// only once that attempt is recorded (which sets the next time) or its lease lapses: never
+    /// two attempts at once. `false` when no pending delivery has this id.
+    async fn deliver_now(&self, id: &DeliveryId, now: Timestamp) -> StoreResult<bool>;
+
     /// Releases the delivery leases a previous process of this sidecar held, so its
     /// interrupted attempts are made again at once; returns how many.
     async fn release_leases(&self) -> StoreResult<usize>;

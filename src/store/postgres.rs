@@ -962,6 +962,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn deliver_now(&self, id: &DeliveryId, now: Timestamp) -> StoreResult<bool> {
+        let changed = execute(
+            &self.client().await?,
+            sql::DELIVER_NOW,
+            &[&id.as_str(), &now.unix_ms()],
+        )
+        .await?;
+        Ok(changed > 0)
+    }
+
     async fn release_leases(&self) -> StoreResult<usize> {
         // Called at start, before this process leased anything: leases in this node's name are
         // its previous process's.

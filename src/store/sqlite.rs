@@ -991,6 +991,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn deliver_now(&self, id: &DeliveryId, now: Timestamp) -> StoreResult<bool> {
+        let id = id.clone();
+        self.write(move |conn| {
+            Ok(execute(conn, sql::DELIVER_NOW, params![id.as_str(), now.unix_ms()])? > 0)
+        })
+        .await
+    }
+
     async fn release_leases(&self) -> StoreResult<usize> {
         // One process owns an SQLite file, so every lease in it belonged to a dead process.
         self.write(|conn| execute(conn, sql::RELEASE_LEASES, []))

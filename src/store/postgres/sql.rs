@@ -194,6 +194,10 @@ pub const RECORD_ATTEMPT: &str = "WITH d AS (UPDATE deliveries SET attempts = at
 pub const DEFER: &str = "UPDATE deliveries SET next_attempt_at = $2, lease_until = NULL \
      WHERE delivery_id = $1 AND state = 'pending'";
 
+/// Makes a pending delivery due now (or keeps it earlier); its lease, if any, stays.
+pub const DELIVER_NOW: &str = "UPDATE deliveries SET next_attempt_at = least(next_attempt_at, $2) \
+     WHERE delivery_id = $1 AND state = 'pending'";
+
 /// Releases the leases held in node $1's name (its previous process's, at start).
 pub const RELEASE_LEASES: &str = "UPDATE deliveries SET lease_until = NULL, leased_by = NULL \
      WHERE state = 'pending' AND lease_until IS NOT NULL AND leased_by = $1";

@@ -186,6 +186,10 @@ pub const SETTLE_DELIVERY: &str = "UPDATE deliveries SET state = ?2, next_attemp
 pub const DEFER: &str = "UPDATE deliveries SET next_attempt_at = ?2, lease_until = NULL \
      WHERE delivery_id = ?1 AND state = 'pending'";
 
+/// Makes a pending delivery due now (or keeps it earlier); its lease, if any, stays.
+pub const DELIVER_NOW: &str = "UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?2) \
+     WHERE delivery_id = ?1 AND state = 'pending'";
+
 /// Releases every lease (one process owns the file: they were a dead process's).
 pub const RELEASE_LEASES: &str =
     "UPDATE deliveries SET lease_until = NULL WHERE state = 'pending' AND lease_until IS NOT NULL";
