@@ -1,4 +1,4 @@
-//! The commands that talk to a running sidecar's API (`jobs show|list|cancel`,
+//! The commands that talk to a running sidecar's API (`jobs show|list|cancel|retry`,
 //! `deliveries redrive|deliver`) and mint its
 //! tokens (`token mint`). Where to call and as whom are independent: the address comes from
 //! `--url` (or `AGENT_SIDECAR_URL`), else from `--config`; the token from `--token` (or
@@ -183,6 +183,32 @@ pub async fn call(
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
+    call_with(target, method, path, None).await
+}
+
+/// `jobs retry ID [--force]`: a job that ended re-run as its next attempt.
+pub async fn retry(target: &Target, job_id: &str, force: bool) -> anyhow::Result<()> {
+    let path = format!("/jobs/{}/retry", path_segment(job_id));
+    let body = serde_json::json!({ "force": force });
+    let (_, answer) = call_with(target, reqwest::Method::POST, &path, Some(&body)).await?;
+    let accepted: agent_sidecar::contract::RetryAccepted = serde_json::from_value(answer)?;
+    let aside = accepted.previous_output.map_or_else(String::new, |p| {
+        format!("; the previous outputs are in {p}/")
+    });
+    println!(
+        "job {} queued again as attempt {}{aside}",
+        accepted.job_id, accepted.attempt
+    );
+    Ok(())
+}
+
+/// [`call`] with a JSON body.
+pub async fn call_with(
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
     let config = target.config.as_deref().map(Config::load).transpose()?;
     let base = match (&target.url, &config) {
         (Some(url), _) => url.clone(),
@@ -199,6 +225,11 @@ pub async fn call(
     let mut request = reqwest::Client::new().request(method, &url);
     if let Some(token) = &token {
         request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body)?);
     }
     let response = request
         .send()

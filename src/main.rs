@@ -170,6 +170,17 @@ enum JobsCommand {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Re-run a job that ended failed, timed_out or canceled as its next attempt (its
+    /// output/ moved aside to output.attempt-<n>/).
+    Retry {
+        /// The job's id.
+        job_id: String,
+        /// Re-run a completed job too.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -574,6 +585,11 @@ async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
         JobsCommand::List { query, target } => client::list(&target, &query).await?,
+        JobsCommand::Retry {
+            job_id,
+            force,
+            target,
+        } => client::retry(&target, &job_id, force).await?,
     }
     Ok(())
 }

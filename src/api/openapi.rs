@@ -23,6 +23,7 @@ use super::AppState;
         super::jobs::status_alias,
         super::jobs::cancel,
         super::jobs::nodes,
+        super::jobs::retry,
         super::watch::sse,
         super::watch::websocket,
         super::deliveries::list,

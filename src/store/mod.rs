@@ -735,6 +735,19 @@ pub trait Store: Send + Sync {
     /// the next attempt.
     async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()>;
 
+    /// Re-runs a job that ended `from` at `attempt` as its next attempt (issue 21): back to
+    /// `queued` with its end cleared, scheduled like a job accepted at `at` (`schedule_key`,
+    /// a fresh acceptance number), with a `queued` event of the next attempt. `Stale` when it
+    /// is no longer `from` at `attempt` (a concurrent re-run, or it was pruned).
+    async fn rerun(
+        &self,
+        job_id: JobId,
+        from: JobState,
+        attempt: u32,
+        at: Timestamp,
+        schedule_key: Timestamp,
+    ) -> StoreResult<()>;
+
     /// The job's events after `after_seq`, oldest first, at most `limit`.
     async fn events_after(
         &self,

@@ -824,6 +824,31 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn rerun(
+        &self,
+        job_id: JobId,
+        from: JobState,
+        attempt: u32,
+        at: Timestamp,
+        schedule_key: Timestamp,
+    ) -> StoreResult<()> {
+        self.write(async |tx, notes| {
+            fenced(tx, job_id, from, attempt).await?;
+            execute(
+                tx,
+                sql::RERUN,
+                &[&job_id.to_string(), &at.unix_ms(), &schedule_key.unix_ms()],
+            )
+            .await?;
+            append_state(tx, notes, job_id, attempt + 1, JobState::Queued, at).await?;
+            notes.queued();
+            Ok(())
+        })
+        .await?;
+        self.hub.tell(Change::Moved(job_id));
+        Ok(())
+    }
+
     async fn events_after(
         &self,
         job_id: JobId,

@@ -885,6 +885,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn rerun(
+        &self,
+        job_id: JobId,
+        from: JobState,
+        attempt: u32,
+        at: Timestamp,
+        schedule_key: Timestamp,
+    ) -> StoreResult<()> {
+        self.write(move |conn| {
+            fenced(conn, job_id, from, attempt)?;
+            execute(
+                conn,
+                sql::RERUN,
+                params![job_id.to_string(), at.unix_ms(), schedule_key.unix_ms()],
+            )?;
+            append_state(conn, job_id, attempt + 1, JobState::Queued, at)?;
+            Ok(())
+        })
+        .await?;
+        self.hub.tell(Change::Moved(job_id));
+        Ok(())
+    }
+
     async fn events_after(
         &self,
         job_id: JobId,

@@ -105,6 +105,7 @@ on_both_stores!(
     a_delivery_is_leased_to_one_node_at_a_time,
     a_finished_job_and_its_delivery_read_back_as_written,
     deliver_now_brings_a_retry_forward_but_never_past_a_lease_held_in_flight,
+    a_re_run_queues_an_ended_job_once_as_newly_accepted_and_its_claim_is_the_next_attempt,
 );
 
 fn new_job(priority: Priority, at_ms: i64) -> NewJob {
@@ -831,5 +832,56 @@ async fn deliver_now_brings_a_retry_forward_but_never_past_a_lease_held_in_fligh
         !b.deliver_now(&DeliveryId::generate(), at(30))
             .await
             .unwrap()
+    );
+}
+
+/// Issue 21: a re-run is a compare-and-set from the ended state and attempt to `queued`; the
+/// job goes behind jobs accepted before the re-run, and its next claim is attempt 2.
+async fn a_re_run_queues_an_ended_job_once_as_newly_accepted_and_its_claim_is_the_next_attempt(
+    backend: Backend,
+) {
+    // Arrange: job A failed; job B accepted after A ended.
+    let (_db, store) = backend.open(100).await;
+    let a = enqueue(&store, new_job(Priority::Normal, 1)).await;
+    let job = claim_one(&store, 2).await.unwrap();
+    store
+        .finish(finish(&job, JobState::Failed, 3))
+        .await
+        .unwrap();
+    let b = enqueue(&store, new_job(Priority::Normal, 4)).await;
+    // Keyed as the API keys it: accepted now, at its priority (normal: one aging step).
+    let (at, key) = (
+        Timestamp::from_unix_ms(5),
+        Timestamp::from_unix_ms(5).plus(AGING),
+    );
+
+    // Act
+    store.rerun(a, JobState::Failed, 1, at, key).await.unwrap();
+
+    // Assert: queued, its end cleared; a second re-run of the same end is stale.
+    let queued = store.job(a).await.unwrap().unwrap();
+    assert_eq!(queued.state, JobState::Queued);
+    assert_eq!(queued.finished_at, None);
+    assert_eq!(queued.error, None);
+    let again = store.rerun(a, JobState::Failed, 1, at, key).await;
+    assert!(matches!(again, Err(StoreError::Stale { .. })), "{again:?}");
+    let wrong = store.rerun(b, JobState::Failed, 0, at, key).await;
+    assert!(
+        matches!(wrong, Err(StoreError::Stale { .. })),
+        "a queued job: {wrong:?}"
+    );
+    assert_eq!(
+        claim_one(&store, 6).await.unwrap().job_id,
+        b,
+        "B was accepted first"
+    );
+    let next = claim_one(&store, 7).await.unwrap();
+    assert_eq!((next.job_id, next.attempt), (a, 2), "the next attempt");
+    let view = store.job_view(a).await.unwrap().unwrap();
+    let states: Vec<JobState> = view.transitions.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == JobState::Queued).count(),
+        2,
+        "{states:?}"
     );
 }
