@@ -1,4 +1,5 @@
-//! The commands that talk to a running sidecar's API (`jobs show|list|cancel`) and mint its
+//! The commands that talk to a running sidecar's API (`jobs show|list|cancel|retry`,
+//! `deliveries redrive|deliver`) and mint its
 //! tokens (`token mint`). Where to call and as whom are independent: the address comes from
 //! `--url` (or `AGENT_SIDECAR_URL`), else from `--config`; the token from `--token` (or
 //! `AGENT_SIDECAR_TOKEN`), else minted for the call from `--config`'s `[server.auth] secret`.
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use agent_sidecar::api::token::{self, Mint};
 use agent_sidecar::config::Config;
-use agent_sidecar::contract::{AgentName, JobList};
+use agent_sidecar::contract::{AgentName, DeliveryStatus, JobList, RedriveResult};
+use agent_sidecar::store::DeliveryQuery;
 
 /// How long a token minted for one CLI call lives.
 const CALL_TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -112,6 +114,63 @@ pub async fn list(target: &Target, query: &ListQuery) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `deliveries redrive`: one dead delivery (`id`), or every one `query` selects, back in the
+/// running sidecar's outbox, sent at once.
+pub async fn redrive(
+    target: &Target,
+    id: Option<&str>,
+    query: &DeliveryQuery,
+) -> anyhow::Result<()> {
+    let path = match id {
+        Some(id) => format!("/deliveries/{}/redrive", path_segment(id)),
+        None => {
+            let mut params = Vec::new();
+            params.extend(query.state.as_ref().map(|v| ("state", v.clone())));
+            params.extend(query.job_name.as_ref().map(|v| ("job_name", v.clone())));
+            params.extend(
+                query
+                    .destination
+                    .as_ref()
+                    .map(|v| ("destination", v.clone())),
+            );
+            params.extend(query.since.as_ref().map(|v| ("since", v.clone())));
+            params.extend(query.until.as_ref().map(|v| ("until", v.clone())));
+            params.extend(query.limit.map(|v| ("limit", v.to_string())));
+            match params.is_empty() {
+                true => "/deliveries/redrive".to_owned(),
+                false => format!("/deliveries/redrive?{}", query_string(&params)),
+            }
+        }
+    };
+    let (_, body) = call(target, reqwest::Method::POST, &path).await?;
+    let result: RedriveResult = serde_json::from_value(body)?;
+    for id in &result.redriven {
+        println!("redriven {id}");
+    }
+    println!(
+        "{} delivery(ies) back in the outbox; the sidecar sends them now",
+        result.redriven.len()
+    );
+    Ok(())
+}
+
+/// `deliveries deliver ID`: a pending delivery sent at once by the running sidecar.
+pub async fn deliver(target: &Target, id: &str) -> anyhow::Result<()> {
+    let path = format!("/deliveries/{}/deliver", path_segment(id));
+    let (_, body) = call(target, reqwest::Method::POST, &path).await?;
+    let delivery: DeliveryStatus = serde_json::from_value(body)?;
+    println!(
+        "delivery {} of job {} is due now ({} attempt(s) so far); the sidecar attempts it at once",
+        delivery.delivery_id, delivery.job_id, delivery.attempts
+    );
+    Ok(())
+}
+
+/// `value` as one path segment (an id typed by hand cannot reach another endpoint).
+fn path_segment(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
 fn query_string(params: &[(&str, String)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
@@ -123,6 +182,32 @@ pub async fn call(
     target: &Target,
     method: reqwest::Method,
     path: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    call_with(target, method, path, None).await
+}
+
+/// `jobs retry ID [--force]`: a job that ended re-run as its next attempt.
+pub async fn retry(target: &Target, job_id: &str, force: bool) -> anyhow::Result<()> {
+    let path = format!("/jobs/{}/retry", path_segment(job_id));
+    let body = serde_json::json!({ "force": force });
+    let (_, answer) = call_with(target, reqwest::Method::POST, &path, Some(&body)).await?;
+    let accepted: agent_sidecar::contract::RetryAccepted = serde_json::from_value(answer)?;
+    let aside = accepted.previous_output.map_or_else(String::new, |p| {
+        format!("; the previous outputs are in {p}/")
+    });
+    println!(
+        "job {} queued again as attempt {}{aside}",
+        accepted.job_id, accepted.attempt
+    );
+    Ok(())
+}
+
+/// [`call`] with a JSON body.
+pub async fn call_with(
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     let config = target.config.as_deref().map(Config::load).transpose()?;
     let base = match (&target.url, &config) {
@@ -140,6 +225,11 @@ pub async fn call(
     let mut request = reqwest::Client::new().request(method, &url);
     if let Some(token) = &token {
         request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body)?);
     }
     let response = request
         .send()

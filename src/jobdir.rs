@@ -258,6 +258,28 @@ impl JobDir {
         }
     }
 
+    /// Moves `output/` aside to `output.attempt-<attempt>/` (one `renameat` with
+    /// `RENAME_NOREPLACE` on the folder's descriptor), so a re-run's outputs never mix with
+    /// that attempt's. `false` when there is no `output/`; refused when `output/` is a link or
+    /// not a folder, or when the place aside is taken.
+    pub fn set_aside_output(&self, attempt: u32) -> Result<bool, JobDirError> {
+        match self.open_dir("output") {
+            Ok(_) => {}
+            Err(JobDirError::Missing(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let aside = format!("output.attempt-{attempt}");
+        rustix::fs::renameat_with(
+            &*self.fd,
+            "output",
+            &*self.fd,
+            aside.as_str(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| self.io(&aside, e.into()))?;
+        Ok(true)
+    }
+
     /// Creates `output/` and `output/artifacts/` if missing.
     pub fn prepare_output(&self) -> Result<(), JobDirError> {
         self.create_dir("output")?;

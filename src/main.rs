@@ -68,7 +68,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Inspect and redrive callback deliveries (works with the daemon running or stopped).
+    /// Inspect callback deliveries (`list` reads the store, with the daemon running or
+    /// stopped), redrive them or send one now (`redrive`, `deliver`: through a running
+    /// sidecar's API).
     Deliveries {
         #[command(subcommand)]
         action: DeliveriesCommand,
@@ -168,6 +170,17 @@ enum JobsCommand {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Re-run a job that ended failed, timed_out or canceled as its next attempt (its
+    /// output/ moved aside to output.attempt-<n>/).
+    Retry {
+        /// The job's id.
+        job_id: String,
+        /// Re-run a completed job too.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,16 +196,24 @@ enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put dead deliveries back in the outbox (one by --id, or all matching the filters).
+    /// Put dead deliveries back in a running sidecar's outbox, sent at once (one by --id, or
+    /// all matching the filters; through its API).
     Redrive {
-        /// The TOML config file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// The delivery to redrive.
         #[arg(long)]
         id: Option<String>,
         #[command(flatten)]
         query: DeliveryQuery,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Send a pending delivery now instead of at its next scheduled attempt (through a running
+    /// sidecar's API).
+    Deliver {
+        /// The delivery's id (dlv_...).
+        id: String,
+        #[command(flatten)]
+        target: client::Target,
     },
 }
 
@@ -488,23 +509,12 @@ async fn deliveries(action: DeliveriesCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        DeliveriesCommand::Redrive { config, id, query } => {
-            let mut filter = parse_filter(query)?;
-            filter.id = id.map(|i| i.parse().unwrap_or_else(|never| match never {}));
-            let store = {
-                let config = Config::load(&config)?;
-                store::open(&config.store, config.jobs.events_per_job).await?
-            };
-            let redriven = store.redrive(filter).await?;
-            for id in &redriven {
-                println!("redriven {id}");
-            }
-            println!(
-                "{} delivery(ies) back in the outbox; a running sidecar sends them within a minute",
-                redriven.len()
-            );
-            Ok(())
+        DeliveriesCommand::Redrive { id, query, target } => {
+            // Refused here with the flag's name, before any call.
+            parse_filter(query.clone())?;
+            client::redrive(&target, id.as_deref(), &query).await
         }
+        DeliveriesCommand::Deliver { id, target } => client::deliver(&target, &id).await,
     }
 }
 
@@ -575,6 +585,11 @@ async fn jobs(action: JobsCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
         JobsCommand::List { query, target } => client::list(&target, &query).await?,
+        JobsCommand::Retry {
+            job_id,
+            force,
+            target,
+        } => client::retry(&target, &job_id, force).await?,
     }
     Ok(())
 }

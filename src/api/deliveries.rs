@@ -1,5 +1,7 @@
 //! Dead letters, visible and recoverable: `GET /deliveries`, `GET /deliveries/{id}`,
-//! `POST /deliveries/{id}/redrive` and the bulk `POST /deliveries/redrive`.
+//! `POST /deliveries/{id}/redrive` and the bulk `POST /deliveries/redrive`; and a pending
+//! delivery sent at once instead of at its next scheduled attempt:
+//! `POST /deliveries/{id}/deliver`.
 
 use axum::Json;
 use axum::Router;
@@ -21,6 +23,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/deliveries/redrive", post(redrive_matching))
         .route("/deliveries/{delivery_id}", get(one))
         .route("/deliveries/{delivery_id}/redrive", post(redrive_one))
+        .route("/deliveries/{delivery_id}/deliver", post(deliver_one))
 }
 
 fn filter(query: Result<Query<DeliveryQuery>, QueryRejection>) -> Result<DeliveryFilter, ApiError> {
@@ -103,6 +106,55 @@ pub(super) async fn redrive_one(
         ..DeliveryFilter::default()
     };
     redrive(&app, filter).await
+}
+
+/// Sends a pending delivery at once instead of at its next scheduled attempt.
+///
+/// Its next attempt becomes due now and the outbox worker of the node that answers is woken;
+/// it claims the delivery through the same lease as every attempt, so in a fleet one node
+/// makes it. An attempt already in flight keeps its lease: that attempt is the one made now,
+/// and its outcome sets the next time as usual (never two attempts at once). While the
+/// destination's circuit breaker is open the attempt is held like any other. A dead delivery
+/// is refused (409): redrive it, which also restarts its age limit.
+#[utoipa::path(post, path = "/deliveries/{delivery_id}/deliver", tag = "deliveries", params(("delivery_id" = crate::contract::DeliveryId, Path, description = "The delivery id (dlv_...)")),
+    responses(
+        (status = 202, description = "Due now; the outbox attempts it at once", body = DeliveryStatus),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 409, description = "Conflicts with the current state (`state`: delivered, or dead, which is redriven instead)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn deliver_one(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DeliveryStatus>), ApiError> {
+    let id: DeliveryId = id.parse().unwrap_or_else(|never| match never {});
+    let brought_forward = app
+        .inner
+        .store
+        .deliver_now(&id, crate::contract::Timestamp::now())
+        .await?;
+    let delivery = find(&app, id.to_string()).await?;
+    // Pending yet not brought forward: a redrive made it pending (and due now) meanwhile.
+    if !brought_forward && delivery.state != DeliveryState::Pending {
+        return Err(not_deliverable(&delivery));
+    }
+    tracing::info!(delivery.id = %delivery.delivery_id, job_id = %delivery.job_id, "delivery {} due now", delivery.delivery_id);
+    app.inner.deliveries.wake();
+    Ok((StatusCode::ACCEPTED, Json(delivery)))
+}
+
+/// Why a delivery that is not pending is not sent again.
+fn not_deliverable(delivery: &DeliveryStatus) -> ApiError {
+    let id = &delivery.delivery_id;
+    let state = delivery.state.as_str();
+    let detail = match delivery.state {
+        DeliveryState::Dead => format!(
+            "delivery {id} is dead; redrive it (POST /deliveries/{id}/redrive) to send it again"
+        ),
+        _ => format!("delivery {id} is {state}; only pending deliveries are delivered now"),
+    };
+    ApiError::conflict(detail, state)
 }
 
 /// Redrives every dead delivery matching the query (`state`, if given, must be `dead`).

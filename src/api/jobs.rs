@@ -11,9 +11,10 @@ use axum::routing::{get, post};
 use super::AppState;
 use crate::contract::{
     CancelAccepted, FieldError, JobId, JobList, JobState, JobStatus, NodeList, PAYLOAD_VERSION,
-    Timestamp,
+    RetryAccepted, RetryRequest, Timestamp,
 };
 use crate::error::{ApiError, ErrorSource};
+use crate::jobdir::JobDir;
 use crate::jobdir::output_uri;
 use crate::runner::{CancelError, CancelOutcome};
 use crate::store::JobQuery;
@@ -25,6 +26,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/jobs/{job_id}", get(status))
         .route("/status/{job_id}", get(status_alias))
         .route("/jobs/{job_id}/cancel", post(cancel))
+        .route("/jobs/{job_id}/retry", post(retry))
 }
 
 /// Parses the `{job_id}` path segment.
@@ -137,6 +139,108 @@ pub(super) async fn cancel(
             status_url: format!("{}/jobs/{job_id}", app.public_url),
         }),
     ))
+}
+
+/// Re-runs a job that ended `failed`, `timed_out` or `canceled` (or, with `force`,
+/// `completed`/`partial`) as its next attempt: the same job id and folder, the ended attempt's
+/// `output/` moved aside to `output.attempt-<n>/` first, then the job queued again as if just
+/// accepted; its completion gets a new delivery id.
+#[utoipa::path(post, path = "/jobs/{job_id}/retry", tag = "jobs", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID")),
+    request_body(content = Option<RetryRequest>, description = "Optional; `{\"force\": true}` re-runs a completed job too"),
+    responses(
+        (status = 202, description = "Queued again as its next attempt", body = RetryAccepted),
+        (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 409, description = "Conflicts with the current state (`state`)", content_type = "application/problem+json", body = crate::error::Problem),
+        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn retry(
+    State(app): State<AppState>,
+    Path(job_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<RetryAccepted>), ApiError> {
+    let job_id = parse_job_id(&job_id)?;
+    let request = retry_request(&body)?;
+    let app = &app.inner;
+    let job = app
+        .store
+        .job(job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))?;
+    if !job.state.can_rerun(request.force) {
+        return Err(rerun_refused(job_id, job.state));
+    }
+    // Aside before the job is queued: no attempt of it can be writing `output/` now.
+    let (shared_root, modes, attempt) = (
+        app.shared_root.clone(),
+        app.config.storage.modes,
+        job.attempt,
+    );
+    let moved = tokio::task::spawn_blocking(move || {
+        JobDir::open(&shared_root, job_id, modes)?.set_aside_output(attempt)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| {
+        ApiError::conflict(
+            format!("job {job_id}: cannot move output/ aside ({e}); not re-run"),
+            job.state,
+        )
+    })?;
+    let at = Timestamp::now();
+    let rank = u32::try_from(job.priority.rank()).unwrap_or(0);
+    let key = at.plus(app.config.jobs.priority_aging * rank);
+    match app
+        .store
+        .rerun(job_id, job.state, job.attempt, at, key)
+        .await
+    {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Stale { .. }) => {
+            let now = app.store.job(job_id).await?.map_or(job.state, |j| j.state);
+            return Err(rerun_refused(job_id, now));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(job.id = %job_id, attempt = job.attempt + 1, "job {job_id} queued again as attempt {}", job.attempt + 1);
+    app.runner.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RetryAccepted {
+            version: PAYLOAD_VERSION,
+            job_id,
+            state: JobState::Queued,
+            attempt: job.attempt + 1,
+            previous_output: moved.then(|| format!("output.attempt-{}", job.attempt)),
+            status_url: format!("{}/jobs/{job_id}", app.public_url),
+        }),
+    ))
+}
+
+fn retry_request(body: &[u8]) -> Result<RetryRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RetryRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            ErrorSource::Request,
+            vec![FieldError::new("", e.to_string())],
+        )
+    })
+}
+
+fn rerun_refused(job_id: JobId, state: JobState) -> ApiError {
+    let detail = match state {
+        JobState::Completed | JobState::Partial => {
+            format!("job {job_id} is {state}; re-run it with {{\"force\": true}}")
+        }
+        JobState::Received | JobState::Queued | JobState::InProgress => format!(
+            "job {job_id} is {state}; only a job that ended failed, timed_out or canceled is re-run"
+        ),
+        _ => format!("job {job_id} is {state} now; not re-run"),
+    };
+    ApiError::conflict(detail, state)
 }
 
 /// The answer to a refused cancel (API and WebSocket alike).

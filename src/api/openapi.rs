@@ -23,12 +23,14 @@ use super::AppState;
         super::jobs::status_alias,
         super::jobs::cancel,
         super::jobs::nodes,
+        super::jobs::retry,
         super::watch::sse,
         super::watch::websocket,
         super::deliveries::list,
         super::deliveries::one,
         super::deliveries::redrive_one,
         super::deliveries::redrive_matching,
+        super::deliveries::deliver_one,
         super::keys::jwks,
         super::ops::health,
         super::ops::ready,
@@ -40,7 +42,7 @@ use super::AppState;
     tags(
         (name = "jobs", description = "Trigger, inspect, list and cancel jobs"),
         (name = "watch", description = "Follow a job live, with replay"),
-        (name = "deliveries", description = "Completion callbacks: dead letters and redrive"),
+        (name = "deliveries", description = "Completion callbacks: dead letters, redrive, and deliver now"),
         (name = "keys", description = "Public keys of callback signatures"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
     )

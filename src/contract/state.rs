@@ -65,6 +65,16 @@ impl JobState {
         }
     }
 
+    /// Whether a job that ended in `self` may be re-run as its next attempt (issue 21):
+    /// `failed`, `timed_out` and `canceled` may; `completed` and `partial` only when forced.
+    pub fn can_rerun(self, force: bool) -> bool {
+        match self {
+            Self::Failed | Self::TimedOut | Self::Canceled => true,
+            Self::Completed | Self::Partial => force,
+            Self::Received | Self::Queued | Self::InProgress => false,
+        }
+    }
+
     /// Whether the lifecycle allows moving from `self` to `next`.
     pub fn can_become(self, next: JobState) -> bool {
         match self {
@@ -247,6 +257,14 @@ mod tests {
 
     #[test]
     fn the_lifecycle_moves_forward_only() {
+        for state in JobState::ALL {
+            let ended_badly = matches!(
+                state,
+                JobState::Failed | JobState::TimedOut | JobState::Canceled
+            );
+            assert_eq!(state.can_rerun(false), ended_badly, "{state}");
+            assert_eq!(state.can_rerun(true), state.is_terminal(), "{state} forced");
+        }
         assert!(JobState::Received.can_become(JobState::Queued));
         assert!(JobState::Queued.can_become(JobState::InProgress));
         assert!(JobState::InProgress.can_become(JobState::Completed));

@@ -633,6 +633,34 @@ pub struct CancelAccepted {
     pub status_url: String,
 }
 
+/// The body of `POST /jobs/{job_id}/retry` (optional; an empty body is `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Re-run a job that ended `completed` (or `partial`) too.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What `POST /jobs/{job_id}/retry` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryAccepted {
+    /// Payload version.
+    pub version: u32,
+    /// The job (the same id; its folder is the same folder).
+    pub job_id: JobId,
+    /// `queued`.
+    pub state: JobState,
+    /// The attempt it runs as next (the ended one's plus one).
+    pub attempt: u32,
+    /// Where the ended attempt's `output/` was moved, relative to the job folder
+    /// (`output.attempt-<n>`); absent when it had none.
+    pub previous_output: Option<String>,
+    /// Where to follow it.
+    pub status_url: String,
+}
+
 /// One live node of the fleet in `GET /nodes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

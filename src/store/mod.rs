@@ -735,6 +735,19 @@ pub trait Store: Send + Sync {
     /// the next attempt.
     async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()>;
 
+    /// Re-runs a job that ended `from` at `attempt` as its next attempt (issue 21): back to
+    /// `queued` with its end cleared, scheduled like a job accepted at `at` (`schedule_key`,
+    /// a fresh acceptance number), with a `queued` event of the next attempt. `Stale` when it
+    /// is no longer `from` at `attempt` (a concurrent re-run, or it was pruned).
+    async fn rerun(
+        &self,
+        job_id: JobId,
+        from: JobState,
+        attempt: u32,
+        at: Timestamp,
+        schedule_key: Timestamp,
+    ) -> StoreResult<()>;
+
     /// The job's events after `after_seq`, oldest first, at most `limit`.
     async fn events_after(
         &self,
@@ -788,6 +801,12 @@ pub trait Store: Send + Sync {
     /// Pushes a pending delivery back to `until` without counting an attempt (its
     /// destination's circuit breaker is open).
     async fn defer(&self, id: &DeliveryId, until: Timestamp) -> StoreResult<()>;
+
+    /// Brings a pending delivery's next attempt forward to `now` (never later than it was
+    /// due); a lease an attempt in flight holds is left alone, so the outbox claims it again
+    /// only once that attempt is recorded (which sets the next time) or its lease lapses: never
+    /// two attempts at once. `false` when no pending delivery has this id.
+    async fn deliver_now(&self, id: &DeliveryId, now: Timestamp) -> StoreResult<bool>;
 
     /// Releases the delivery leases a previous process of this sidecar held, so its
     /// interrupted attempts are made again at once; returns how many.

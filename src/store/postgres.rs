@@ -824,6 +824,31 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn rerun(
+        &self,
+        job_id: JobId,
+        from: JobState,
+        attempt: u32,
+        at: Timestamp,
+        schedule_key: Timestamp,
+    ) -> StoreResult<()> {
+        self.write(async |tx, notes| {
+            fenced(tx, job_id, from, attempt).await?;
+            execute(
+                tx,
+                sql::RERUN,
+                &[&job_id.to_string(), &at.unix_ms(), &schedule_key.unix_ms()],
+            )
+            .await?;
+            append_state(tx, notes, job_id, attempt + 1, JobState::Queued, at).await?;
+            notes.queued();
+            Ok(())
+        })
+        .await?;
+        self.hub.tell(Change::Moved(job_id));
+        Ok(())
+    }
+
     async fn events_after(
         &self,
         job_id: JobId,
@@ -960,6 +985,16 @@ impl Store for PgStore {
         )
         .await?;
         Ok(())
+    }
+
+    async fn deliver_now(&self, id: &DeliveryId, now: Timestamp) -> StoreResult<bool> {
+        let changed = execute(
+            &self.client().await?,
+            sql::DELIVER_NOW,
+            &[&id.as_str(), &now.unix_ms()],
+        )
+        .await?;
+        Ok(changed > 0)
     }
 
     async fn release_leases(&self) -> StoreResult<usize> {

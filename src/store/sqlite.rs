@@ -885,6 +885,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn rerun(
+        &self,
+        job_id: JobId,
+        from: JobState,
+        attempt: u32,
+        at: Timestamp,
+        schedule_key: Timestamp,
+    ) -> StoreResult<()> {
+        self.write(move |conn| {
+            fenced(conn, job_id, from, attempt)?;
+            execute(
+                conn,
+                sql::RERUN,
+                params![job_id.to_string(), at.unix_ms(), schedule_key.unix_ms()],
+            )?;
+            append_state(conn, job_id, attempt + 1, JobState::Queued, at)?;
+            Ok(())
+        })
+        .await?;
+        self.hub.tell(Change::Moved(job_id));
+        Ok(())
+    }
+
     async fn events_after(
         &self,
         job_id: JobId,
@@ -987,6 +1010,14 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             execute(conn, sql::DEFER, params![id.as_str(), until.unix_ms()])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn deliver_now(&self, id: &DeliveryId, now: Timestamp) -> StoreResult<bool> {
+        let id = id.clone();
+        self.write(move |conn| {
+            Ok(execute(conn, sql::DELIVER_NOW, params![id.as_str(), now.unix_ms()])? > 0)
         })
         .await
     }

@@ -104,6 +104,8 @@ on_both_stores!(
     a_claim_takes_only_the_agents_the_node_offers_within_their_slots,
     a_delivery_is_leased_to_one_node_at_a_time,
     a_finished_job_and_its_delivery_read_back_as_written,
+    deliver_now_brings_a_retry_forward_but_never_past_a_lease_held_in_flight,
+    a_re_run_queues_an_ended_job_once_as_newly_accepted_and_its_claim_is_the_next_attempt,
     a_redriven_delivery_counts_its_age_from_the_redrive,
 );
 
@@ -751,6 +753,138 @@ async fn a_finished_job_and_its_delivery_read_back_as_written(backend: Backend) 
         [job_id]
     );
     assert_eq!((gauges.queued.len(), gauges.dead_letters), (0, 0));
+}
+
+/// Issue 21: `POST /deliveries/{id}/deliver` moves a pending delivery's next attempt to now,
+/// while an attempt in flight keeps its lease (one attempt at a time), and only pending ones.
+async fn deliver_now_brings_a_retry_forward_but_never_past_a_lease_held_in_flight(
+    backend: Backend,
+) {
+    // Arrange: a completion whose first attempt (leased to its writer until 1000) is in flight.
+    let db = backend.db().await;
+    let (a, b) = (db.node("a", 100).await, db.node("b", 100).await);
+    enqueue(&a, new_job(Priority::Normal, 0)).await;
+    let job = claim_one(&a, 1).await.unwrap();
+    let mut end = finish(&job, JobState::Failed, 2);
+    end.lease_until = Timestamp::from_unix_ms(1_000);
+    let due = a.finish(end).await.unwrap();
+    let at = |ms| Timestamp::from_unix_ms(ms);
+
+    // Act + Assert: asked to deliver now while the attempt is in flight, no one else claims it.
+    assert!(
+        b.deliver_now(&due.id, at(3)).await.unwrap(),
+        "a pending one is brought forward"
+    );
+    assert!(
+        b.claim_due_deliveries(at(4), at(5_000), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the lease of the attempt in flight holds"
+    );
+
+    // The attempt fails and schedules its retry an hour later: nothing is due before then.
+    let recorded = |outcome| AttemptRecorded {
+        job_id: job.job_id,
+        delivery_id: due.id.clone(),
+        number: 1,
+        attempt: DeliveryAttempt {
+            at: at(5),
+            status_code: Some(503),
+            error: None,
+            latency_ms: 1,
+        },
+        outcome,
+    };
+    a.record_attempt(recorded(AttemptOutcome::RetryAt(at(3_600_000))))
+        .await
+        .unwrap();
+    assert!(
+        b.claim_due_deliveries(at(6), at(5_000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(b.deliver_now(&due.id, at(7)).await.unwrap());
+    assert_eq!(b.next_delivery_due().await.unwrap(), Some(at(7)));
+    let claimed = b.claim_due_deliveries(at(7), at(5_000), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "due at once after deliver");
+    assert_eq!(claimed[0].id, due.id, "with its id");
+    assert!(
+        a.claim_due_deliveries(at(8), at(5_000), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "and leased to one node"
+    );
+    // A later deliver never pushes it back.
+    b.record_attempt(recorded(AttemptOutcome::RetryAt(at(9))))
+        .await
+        .unwrap();
+    assert!(b.deliver_now(&due.id, at(20)).await.unwrap());
+    assert_eq!(b.next_delivery_due().await.unwrap(), Some(at(9)));
+
+    // Only pending deliveries: a delivered one and an unknown id are left alone.
+    b.record_attempt(recorded(AttemptOutcome::Delivered))
+        .await
+        .unwrap();
+    assert!(!b.deliver_now(&due.id, at(30)).await.unwrap());
+    assert!(
+        !b.deliver_now(&DeliveryId::generate(), at(30))
+            .await
+            .unwrap()
+    );
+}
+
+/// Issue 21: a re-run is a compare-and-set from the ended state and attempt to `queued`; the
+/// job goes behind jobs accepted before the re-run, and its next claim is attempt 2.
+async fn a_re_run_queues_an_ended_job_once_as_newly_accepted_and_its_claim_is_the_next_attempt(
+    backend: Backend,
+) {
+    // Arrange: job A failed; job B accepted after A ended.
+    let (_db, store) = backend.open(100).await;
+    let a = enqueue(&store, new_job(Priority::Normal, 1)).await;
+    let job = claim_one(&store, 2).await.unwrap();
+    store
+        .finish(finish(&job, JobState::Failed, 3))
+        .await
+        .unwrap();
+    let b = enqueue(&store, new_job(Priority::Normal, 4)).await;
+    // Keyed as the API keys it: accepted now, at its priority (normal: one aging step).
+    let (at, key) = (
+        Timestamp::from_unix_ms(5),
+        Timestamp::from_unix_ms(5).plus(AGING),
+    );
+
+    // Act
+    store.rerun(a, JobState::Failed, 1, at, key).await.unwrap();
+
+    // Assert: queued, its end cleared; a second re-run of the same end is stale.
+    let queued = store.job(a).await.unwrap().unwrap();
+    assert_eq!(queued.state, JobState::Queued);
+    assert_eq!(queued.finished_at, None);
+    assert_eq!(queued.error, None);
+    let again = store.rerun(a, JobState::Failed, 1, at, key).await;
+    assert!(matches!(again, Err(StoreError::Stale { .. })), "{again:?}");
+    let wrong = store.rerun(b, JobState::Failed, 0, at, key).await;
+    assert!(
+        matches!(wrong, Err(StoreError::Stale { .. })),
+        "a queued job: {wrong:?}"
+    );
+    assert_eq!(
+        claim_one(&store, 6).await.unwrap().job_id,
+        b,
+        "B was accepted first"
+    );
+    let next = claim_one(&store, 7).await.unwrap();
+    assert_eq!((next.job_id, next.attempt), (a, 2), "the next attempt");
+    let view = store.job_view(a).await.unwrap().unwrap();
+    let states: Vec<JobState> = view.transitions.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == JobState::Queued).count(),
+        2,
+        "{states:?}"
+    );
 }
 
 async fn a_redriven_delivery_counts_its_age_from_the_redrive(backend: Backend) {

@@ -355,3 +355,166 @@ fn committed_at(sidecar: &Sidecar, job_id: &str) -> agent_sidecar::contract::Tim
         .unwrap_or_else(|| panic!("no 'job ended' line in {log}"));
     line["timestamp"].as_str().unwrap().parse().unwrap()
 }
+
+/// Issue 21: a pending delivery whose retry is an hour away, with the receiver back.
+async fn a_completion_waiting_an_hour_for_its_retry(
+    receiver: &Receiver,
+) -> (Sidecar, String, String) {
+    receiver.set_completion_status(StatusCode::SERVICE_UNAVAILABLE);
+    let sidecar = Sidecar::start_with_env(
+        receiver,
+        &[("CALLBACKS__RETRY_SCHEDULE", "[\"0s\", \"1h\"]")],
+    )
+    .await;
+    let body = trigger(receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    run_job(&sidecar, receiver, &body).await;
+    let waiting = eventually("the first attempt recorded", || async {
+        let job = job_status(&sidecar, &job_id).await;
+        (job["delivery"]["attempts"] == 1).then(|| job["delivery"].clone())
+    })
+    .await;
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+    let next: agent_sidecar::contract::Timestamp = waiting["next_attempt_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = agent_sidecar::contract::Timestamp::now();
+    assert!(
+        next.millis_since(now) > 30 * 60 * 1000,
+        "the retry is far away: {waiting}"
+    );
+    receiver.set_completion_status(StatusCode::OK);
+    let id = waiting["delivery_id"].as_str().unwrap().to_owned();
+    (sidecar, job_id, id)
+}
+
+/// Issue 21: `POST /deliveries/{id}/deliver` attempts a pending delivery at once instead of
+/// at its next scheduled attempt (an hour away), with its id; refusals name the state or id.
+#[tokio::test]
+async fn deliver_sends_a_pending_delivery_at_once_instead_of_at_its_retry_an_hour_away() {
+    // Arrange
+    let receiver = Receiver::start().await;
+    let (sidecar, job_id, id) = a_completion_waiting_an_hour_for_its_retry(&receiver).await;
+
+    // Act
+    let (status, answer) = sidecar
+        .post_raw(&format!("/deliveries/{id}/deliver"), Vec::new())
+        .await;
+
+    // Assert: accepted with the delivery's status, then attempted within moments.
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["delivery_id"], id.as_str());
+    assert_eq!(answer["job_id"], job_id.as_str());
+    let hits = receiver
+        .wait_until("the delivered-now attempt", |hits| {
+            hits.iter().filter(|h| h.path == "/completion").count() >= 2
+        })
+        .await;
+    let last = hits.iter().rfind(|h| h.path == "/completion").unwrap();
+    assert_eq!(jti(last), id, "the same delivery id");
+    let delivered = delivery_in_state(&sidecar, &job_id, "delivered").await;
+    assert_eq!(delivered["attempts"], 2, "{delivered}");
+
+    // A delivered one is refused, naming its state; an unknown id, naming the id.
+    let (status, again) = sidecar
+        .post_raw(&format!("/deliveries/{id}/deliver"), Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["state"], "delivered");
+    assert!(again["detail"].as_str().unwrap().contains(&id), "{again}");
+    let (status, unknown) = sidecar
+        .post_raw("/deliveries/dlv_nonesuch/deliver", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+    assert!(
+        unknown["detail"].as_str().unwrap().contains("dlv_nonesuch"),
+        "{unknown}"
+    );
+}
+
+/// Issue 21: a dead delivery is not delivered now but redriven; the refusal says so.
+#[tokio::test]
+async fn deliver_refuses_a_dead_delivery_naming_its_state_and_redrive() {
+    let receiver = Receiver::answering(StatusCode::GONE).await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let body = trigger(&receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    run_job(&sidecar, &receiver, &body).await;
+    let dead = delivery_in_state(&sidecar, &job_id, "dead").await;
+    let id = dead["delivery_id"].as_str().unwrap();
+    let (status, refused) = sidecar
+        .post_raw(&format!("/deliveries/{id}/deliver"), Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["state"], "dead");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("redrive"),
+        "{refused}"
+    );
+    assert_eq!(receiver.hits("/completion").len(), 1, "nothing sent");
+}
+
+async fn cli(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Issue 21: `deliveries deliver ID` and `deliveries redrive` go through the running
+/// sidecar's API (the store is not written behind its back), so its worker sends at once.
+#[tokio::test]
+async fn the_cli_delivers_and_redrives_through_the_running_sidecar() {
+    // Arrange
+    let receiver = Receiver::start().await;
+    let (sidecar, job_id, id) = a_completion_waiting_an_hour_for_its_retry(&receiver).await;
+
+    // Act: redrive refuses a pending one (the API's answer), deliver sends it.
+    let refused = cli(&["deliveries", "redrive", "--id", &id, "--url", &sidecar.base]).await;
+    let delivered = cli(&["deliveries", "deliver", &id, "--url", &sidecar.base]).await;
+
+    // Assert
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only dead deliveries are redriven"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = String::from_utf8_lossy(&delivered.stdout);
+    assert!(
+        delivered.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&delivered.stderr)
+    );
+    assert!(out.contains(&id), "{out}");
+    receiver
+        .wait_until("the delivered-now attempt", |hits| {
+            hits.iter().filter(|h| h.path == "/completion").count() >= 2
+        })
+        .await;
+    delivery_in_state(&sidecar, &job_id, "delivered").await;
+
+    // And a dead one, redriven by the CLI, is sent at once too.
+    receiver.set_completion_status(StatusCode::GONE);
+    let body = trigger(&receiver, "failing_agent");
+    let second = body["job_id"].as_str().unwrap().to_owned();
+    run_job(&sidecar, &receiver, &body).await;
+    delivery_in_state(&sidecar, &second, "dead").await;
+    receiver.set_completion_status(StatusCode::OK);
+    let redriven = cli(&[
+        "deliveries",
+        "redrive",
+        "--job-name",
+        "ReportCompileJob",
+        "--url",
+        &sidecar.base,
+    ])
+    .await;
+    let out = String::from_utf8_lossy(&redriven.stdout);
+    assert!(redriven.status.success(), "{out}");
+    assert!(out.contains("1 delivery(ies)"), "{out}");
+    delivery_in_state(&sidecar, &second, "delivered").await;
+}

@@ -19,6 +19,7 @@ mod ops;
 mod pki;
 mod queue;
 mod reload;
+mod rerun;
 mod run;
 mod secure;
 mod store_down;

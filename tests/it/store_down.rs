@@ -106,6 +106,7 @@ async fn every_endpoint_that_reads_the_store_is_503_with_retry_after_when_postgr
         get("/deliveries/dlv_0".into()),
         post("/deliveries/redrive".into(), None),
         post("/deliveries/dlv_0/redrive".into(), None),
+        post("/deliveries/dlv_0/deliver".into(), None),
         get("/metrics".into()),
         get("/nodes".into()),
     ] {

@@ -74,6 +74,13 @@ pub const FINISH_JOB: &str = "UPDATE jobs SET state = $2, finished_at = $3, upda
 pub const REQUEUE: &str = "UPDATE jobs SET state = 'queued', started_at = NULL, queued_at = $2, updated_at = $2, \
      node_id = NULL, incarnation = NULL, lease_until = NULL WHERE job_id = $1";
 
+/// Queues an ended job again as a newly accepted one (its end cleared, a fresh acceptance
+/// number, key $3).
+pub const RERUN: &str = "UPDATE jobs SET state = 'queued', queued_at = $2, updated_at = $2, started_at = NULL, \
+     finished_at = NULL, exit_code = NULL, error = NULL, output_index = NULL, \
+     cancel_requested_at = NULL, node_id = NULL, incarnation = NULL, lease_until = NULL, \
+     schedule_key = $3, accepted_seq = DEFAULT WHERE job_id = $1";
+
 /// Remembers that a cancel was asked for (the first time counts).
 pub const REQUEST_CANCEL: &str =
     "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, $2) WHERE job_id = $1";
@@ -192,6 +199,10 @@ pub const RECORD_ATTEMPT: &str = "WITH d AS (UPDATE deliveries SET attempts = at
 
 /// Pushes a pending delivery back without counting an attempt.
 pub const DEFER: &str = "UPDATE deliveries SET next_attempt_at = $2, lease_until = NULL \
+     WHERE delivery_id = $1 AND state = 'pending'";
+
+/// Makes a pending delivery due now (or keeps it earlier); its lease, if any, stays.
+pub const DELIVER_NOW: &str = "UPDATE deliveries SET next_attempt_at = least(next_attempt_at, $2) \
      WHERE delivery_id = $1 AND state = 'pending'";
 
 /// Releases the leases held in node $1's name (its previous process's, at start).
