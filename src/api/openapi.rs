@@ -89,6 +89,49 @@ async fn document() -> Json<serde_json::Value> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
+    /// Follows a `$ref` into `components/schemas`.
+    fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+        match schema["$ref"].as_str() {
+            Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap_or_default()],
+            None => schema,
+        }
+    }
+
+    /// Every string constraint of `trigger-request.json` (pattern, lengths), nested objects
+    /// included, stands in the OpenAPI document too: a client generated from it (or a fuzzer)
+    /// must not send what the schema refuses.
+    #[test]
+    fn the_trigger_in_openapi_carries_every_string_constraint_of_its_json_schema() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schemas/v1/trigger-request.json");
+        let json_schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let doc: Value = serde_json::from_str(&super::document_json()).unwrap();
+        let mut missing = Vec::new();
+        let mut stack = vec![(
+            String::new(),
+            json_schema.clone(),
+            doc["components"]["schemas"]["TriggerRequest"].clone(),
+        )];
+        while let Some((at, want, have)) = stack.pop() {
+            let have = resolve(&doc, &have).clone();
+            for key in ["pattern", "minLength", "maxLength"] {
+                if !want[key].is_null() && want[key] != have[key] {
+                    missing.push(format!("{at}: {key} {} vs {}", want[key], have[key]));
+                }
+            }
+            if let Some(props) = want["properties"].as_object() {
+                for (name, sub) in props {
+                    let other = have["properties"][name].clone();
+                    stack.push((format!("{at}/{name}"), sub.clone(), other));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "OpenAPI lacks: {missing:?}");
+    }
+
     #[test]
     fn the_committed_openapi_document_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.json");

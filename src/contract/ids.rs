@@ -195,19 +195,26 @@ mod tests {
 }
 
 /// A string schema for the OpenAPI document: ids are strings with a pattern or format.
-fn string_schema(pattern: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+fn string_schema(
+    pattern: &str,
+    max_length: Option<usize>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some(pattern))
+        .max_length(max_length)
         .into()
 }
 
 macro_rules! string_schema {
     ($name:ident, $pattern:expr) => {
+        string_schema!($name, $pattern, None);
+    };
+    ($name:ident, $pattern:expr, $max:expr) => {
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                string_schema($pattern)
+                string_schema($pattern, $max)
             }
         }
         impl utoipa::ToSchema for $name {}
@@ -219,5 +226,9 @@ string_schema!(
     "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 );
 string_schema!(AgentName, "^[a-z][a-z0-9_]{0,63}$");
-string_schema!(JobName, "^[A-Z][A-Za-z0-9_]*(::[A-Z][A-Za-z0-9_]*)*$");
+string_schema!(
+    JobName,
+    "^[A-Z][A-Za-z0-9_]*(::[A-Z][A-Za-z0-9_]*)*$",
+    Some(200)
+);
 string_schema!(DeliveryId, "^dlv_[0-9a-f]{32}$");

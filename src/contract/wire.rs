@@ -19,6 +19,7 @@ pub struct TriggerRequest {
     /// Rails' id for the job; also the folder name under `shared_root`.
     pub job_id: JobId,
     /// The user the job runs for.
+    #[schema(min_length = 1, max_length = 128)]
     pub user_id: String,
     /// Which registered agent to run.
     pub agent_name: AgentName,
@@ -41,8 +42,10 @@ pub struct TriggerRequest {
 #[serde(deny_unknown_fields)]
 pub struct CallbackUrls {
     /// Receives every progress event.
+    #[schema(pattern = "^https?://", max_length = 2048)]
     pub progress: Url,
     /// Receives the terminal state, exactly once per delivery id.
+    #[schema(pattern = "^https?://", max_length = 2048)]
     pub completion: Url,
 }
 
