@@ -206,6 +206,9 @@ async fn a_watcher_that_never_reads_delays_neither_the_agent_nor_other_watchers(
         &[
             ("SERVER__WRITE_TIMEOUT", "600s"),
             ("SERVER__SEND_BUFFER_BYTES", "4096"),
+            // Every event stays in the history: the stalled watcher reads its rest from the
+            // store after the end, and trimmed progress would differ from the live reader's.
+            ("JOBS__EVENTS_PER_JOB", "5000"),
         ],
     )
     .await;
