@@ -123,24 +123,11 @@ pub async fn redrive(
 ) -> anyhow::Result<()> {
     let path = match id {
         Some(id) => format!("/deliveries/{}/redrive", path_segment(id)),
-        None => {
-            let mut params = Vec::new();
-            params.extend(query.state.as_ref().map(|v| ("state", v.clone())));
-            params.extend(query.job_name.as_ref().map(|v| ("job_name", v.clone())));
-            params.extend(
-                query
-                    .destination
-                    .as_ref()
-                    .map(|v| ("destination", v.clone())),
-            );
-            params.extend(query.since.as_ref().map(|v| ("since", v.clone())));
-            params.extend(query.until.as_ref().map(|v| ("until", v.clone())));
-            params.extend(query.limit.map(|v| ("limit", v.to_string())));
-            match params.is_empty() {
-                true => "/deliveries/redrive".to_owned(),
-                false => format!("/deliveries/redrive?{}", query_string(&params)),
-            }
-        }
+        // The CLI's flags are the API's query: serialised as the API parses them.
+        None => match serde_urlencoded::to_string(query)? {
+            q if q.is_empty() => "/deliveries/redrive".to_owned(),
+            q => format!("/deliveries/redrive?{q}"),
+        },
     };
     let (_, body) = call(target, reqwest::Method::POST, &path).await?;
     let result: RedriveResult = serde_json::from_value(body)?;

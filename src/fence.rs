@@ -199,15 +199,16 @@ impl Fence {
         self.settled.load(Ordering::Acquire) || self.lease.valid()
     }
 
-    /// Moves the lease's deadline to `until` after a heartbeat (see [`Lease::arm`]); the
-    /// folder writer waiting for a lapsed lease ([`Fence::reopened`]) is woken.
-    pub fn renew(&self, until: u64) -> Armed {
-        let was_open = self.lease.valid();
+    /// Moves the lease's deadline to `until` after a heartbeat (see [`Lease::arm`]); when
+    /// that reopens the fence, the folder writer waiting for it ([`Fence::reopened`]) is woken
+    /// and the caller is told (the scheduler's claims waited too).
+    pub fn renew(&self, until: u64) -> (Armed, bool) {
+        let reopened = !self.lease.valid();
         let armed = self.lease.arm(until);
-        if !was_open {
+        if reopened {
             self.reopened.notify_one();
         }
-        armed
+        (armed, reopened)
     }
 
     /// Resolves once a renewal reopened the fence after a lapse (or before the first

@@ -442,7 +442,6 @@ impl Runner {
     /// nothing more written for it.
     fn renew(&self, started: u64, renewed: &[(JobId, u32)]) {
         let until = fence::deadline(started, self.config.store.lease);
-        let was_open = self.fence.lease.valid();
         let earliest = {
             let running = self.lock();
             for (job_id, attempt) in renewed {
@@ -459,7 +458,8 @@ impl Runner {
                 .map(|c| c.until.load(Ordering::Acquire))
                 .fold(until, u64::min)
         };
-        if let Armed::AfterLapse { epoch } = self.fence.renew(earliest) {
+        let (armed, reopened) = self.fence.renew(earliest);
+        if let Armed::AfterLapse { epoch } = armed {
             let lapsed: Vec<(JobId, u32)> = self
                 .lock()
                 .jobs
@@ -479,7 +479,7 @@ impl Runner {
         if let Some(guardian) = &self.guardian {
             guardian.wake();
         }
-        if !was_open {
+        if reopened {
             // The claims waited for the lease (the folders' marks are woken by the fence).
             self.wake();
         }

@@ -469,7 +469,9 @@ pub struct DeliveryFilter {
 
 /// A delivery filter as written on a query string or a command line, parsed by
 /// [`DeliveryQuery::into_filter`].
-#[derive(Debug, Clone, Default, serde::Deserialize, clap::Args, utoipa::IntoParams)]
+#[derive(
+    Debug, Clone, Default, serde::Serialize, serde::Deserialize, clap::Args, utoipa::IntoParams,
+)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
