@@ -189,8 +189,9 @@ pub(super) async fn retry(
         )
     })?;
     let at = Timestamp::now();
-    let rank = u32::try_from(job.priority.rank()).unwrap_or(0);
-    let key = at.plus(app.config.jobs.priority_aging * rank);
+    let key = job
+        .priority
+        .schedule_key(at, app.config.jobs.priority_aging);
     match app
         .store
         .rerun(job_id, job.state, job.attempt, at, key)

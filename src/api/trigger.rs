@@ -127,7 +127,9 @@ pub(super) async fn accept(
     let (dir, manifest) = check_manifest(&app.shared_root, modes, &request)?;
     check_input_files(dir, manifest).await?;
     let at = Timestamp::now();
-    let rank = u32::try_from(request.priority.rank()).unwrap_or(0);
+    let sort_at = request
+        .priority
+        .schedule_key(at, app.config.jobs.priority_aging);
     let job = NewJob {
         request,
         request_sha256,
@@ -135,7 +137,7 @@ pub(super) async fn accept(
             .and_then(trace::trace_id_of)
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         at,
-        sort_at: at.plus(app.config.jobs.priority_aging * rank),
+        sort_at,
     };
     match app
         .store

@@ -134,6 +134,17 @@ impl Priority {
         }
     }
 
+    /// Where a job accepted at `at` stands in the queue (`schedule_key`): `at` plus its rank
+    /// times `aging`, so a higher priority overtakes lower ones accepted up to `aging` before
+    /// it, and none starves (ARCHITECTURE.md, *Priorities without starvation*).
+    pub fn schedule_key(
+        self,
+        at: super::Timestamp,
+        aging: std::time::Duration,
+    ) -> super::Timestamp {
+        at.plus(aging * u32::try_from(self.rank()).unwrap_or(0))
+    }
+
     /// The inverse of [`Priority::rank`].
     pub fn from_rank(rank: i64) -> Self {
         match rank {

@@ -90,16 +90,18 @@ impl Hub {
     pub fn tell(&self, change: Change) {
         {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            match (&change, change.job()) {
-                (Change::All, _) => jobs.values().for_each(|tx| {
-                    tx.send_replace(());
-                }),
-                (_, Some(job_id)) => {
+            match change.job() {
+                Some(job_id) => {
                     if let Some(tx) = jobs.get(&job_id) {
                         tx.send_replace(());
                     }
                 }
-                (_, None) => {}
+                None if matches!(change, Change::All) => {
+                    for tx in jobs.values() {
+                        tx.send_replace(());
+                    }
+                }
+                None => {}
             }
         }
         if let Some(tap) = self.tap.get() {
