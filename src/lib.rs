@@ -21,6 +21,8 @@
 //! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
 //! - [`reload`]: keys and certificates reread on SIGHUP and when their files change.
 //! - [`sweeper`]: ends stuck jobs (stale, over time, too long queued) and prunes old ones.
+//! - [`overview`]: the fleet at a glance (counts, queues, percentiles over time), computed from
+//!   what the store reads.
 //!
 //! Beside the path of a job: [`telemetry`] (Prometheus metrics), [`systemd`] (readiness and
 //! watchdog), [`memory`] (the allocator's arenas), and [`tools`] (the demo and the consumer
@@ -48,6 +50,8 @@ pub mod jobdir;
 pub mod memory;
 #[forbid(unsafe_code)]
 pub mod mirror;
+#[forbid(unsafe_code)]
+pub mod overview;
 #[forbid(unsafe_code)]
 pub mod preflight;
 #[forbid(unsafe_code)]

@@ -1,5 +1,5 @@
 //! `GET /jobs/{job_id}` (also `GET /status/{job_id}`, the design note's name for it),
-//! `GET /jobs?state=&agent=&limit=` and `POST /jobs/{job_id}/cancel`.
+//! `GET /jobs?state=&agent=&…&cursor=&limit=` and `POST /jobs/{job_id}/cancel`.
 
 use axum::Json;
 use axum::Router;
@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use super::AppState;
+use super::{AppState, Inner};
 use crate::contract::{
     CancelAccepted, FieldError, JobId, JobList, JobState, JobStatus, NodeList, PAYLOAD_VERSION,
     RetryAccepted, RetryRequest, Timestamp,
@@ -17,7 +17,7 @@ use crate::error::{ApiError, ErrorSource};
 use crate::jobdir::JobDir;
 use crate::jobdir::output_uri;
 use crate::runner::{CancelError, CancelOutcome};
-use crate::store::JobQuery;
+use crate::store::{JobCursor, JobFilter, JobQuery, JobRecord};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -101,11 +101,32 @@ pub(super) async fn list(
     let filter = query
         .into_filter()
         .map_err(|errors| ApiError::invalid(ErrorSource::Query, errors))?;
-    let jobs = app.inner.store.list_jobs(filter).await?;
+    let (jobs, next) = page_of_jobs(&app.inner, filter).await?;
     Ok(Json(JobList {
         version: PAYLOAD_VERSION,
         jobs: jobs.iter().map(|j| j.summary()).collect(),
+        next_cursor: next.map(|c| c.to_string()),
     }))
+}
+
+/// One page of the jobs `filter` matches, and the cursor of the next page if there is one.
+pub(crate) async fn page_of_jobs(
+    app: &Inner,
+    filter: JobFilter,
+) -> Result<(Vec<JobRecord>, Option<JobCursor>), ApiError> {
+    let limit = filter.limit;
+    // One more than asked tells whether a next page exists without a second query.
+    let mut jobs = app
+        .store
+        .list_jobs(JobFilter {
+            limit: limit + 1,
+            ..filter
+        })
+        .await?;
+    let more = jobs.len() > limit;
+    jobs.truncate(limit);
+    let next = more.then(|| jobs.last().map(JobCursor::after)).flatten();
+    Ok((jobs, next))
 }
 
 /// Cancels a job: a queued one at once (200), a running one's agent is stopped (202).
@@ -124,21 +145,27 @@ pub(super) async fn cancel(
     Path(job_id): Path<String>,
 ) -> Result<(StatusCode, Json<CancelAccepted>), ApiError> {
     let job_id = parse_job_id(&job_id)?;
-    let app = &app.inner;
-    let (status, state) = match app.runner.cancel(job_id).await {
-        Ok(CancelOutcome::Canceled) => (StatusCode::OK, JobState::Canceled),
-        Ok(CancelOutcome::Stopping) => (StatusCode::ACCEPTED, JobState::InProgress),
+    let accepted = cancel_job(&app.inner, job_id).await?;
+    let status = match accepted.state {
+        JobState::Canceled => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(accepted)))
+}
+
+/// Cancels one job (the API, bulk actions and the dashboard alike).
+pub(crate) async fn cancel_job(app: &Inner, job_id: JobId) -> Result<CancelAccepted, ApiError> {
+    let state = match app.runner.cancel(job_id).await {
+        Ok(CancelOutcome::Canceled) => JobState::Canceled,
+        Ok(CancelOutcome::Stopping) => JobState::InProgress,
         Err(e) => return Err(cancel_error(e)),
     };
-    Ok((
-        status,
-        Json(CancelAccepted {
-            version: PAYLOAD_VERSION,
-            job_id,
-            state,
-            status_url: format!("{}/jobs/{job_id}", app.public_url),
-        }),
-    ))
+    Ok(CancelAccepted {
+        version: PAYLOAD_VERSION,
+        job_id,
+        state,
+        status_url: format!("{}/jobs/{job_id}", app.public_url),
+    })
 }
 
 /// Re-runs a job that ended `failed`, `timed_out` or `canceled` (or, with `force`,
@@ -162,13 +189,22 @@ pub(super) async fn retry(
 ) -> Result<(StatusCode, Json<RetryAccepted>), ApiError> {
     let job_id = parse_job_id(&job_id)?;
     let request = retry_request(&body)?;
-    let app = &app.inner;
+    let accepted = rerun_job(&app.inner, job_id, request.force).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Re-runs one job as its next attempt (the API, bulk actions and the dashboard alike).
+pub(crate) async fn rerun_job(
+    app: &Inner,
+    job_id: JobId,
+    force: bool,
+) -> Result<RetryAccepted, ApiError> {
     let job = app
         .store
         .job(job_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))?;
-    if !job.state.can_rerun(request.force) {
+    if !job.state.can_rerun(force) {
         return Err(rerun_refused(job_id, job.state));
     }
     // Aside before the job is queued: no attempt of it can be writing `output/` now.
@@ -206,17 +242,14 @@ pub(super) async fn retry(
     }
     tracing::info!(job.id = %job_id, attempt = job.attempt + 1, "job {job_id} queued again as attempt {}", job.attempt + 1);
     app.runner.wake();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(RetryAccepted {
-            version: PAYLOAD_VERSION,
-            job_id,
-            state: JobState::Queued,
-            attempt: job.attempt + 1,
-            previous_output: moved.then(|| format!("output.attempt-{}", job.attempt)),
-            status_url: format!("{}/jobs/{job_id}", app.public_url),
-        }),
-    ))
+    Ok(RetryAccepted {
+        version: PAYLOAD_VERSION,
+        job_id,
+        state: JobState::Queued,
+        attempt: job.attempt + 1,
+        previous_output: moved.then(|| format!("output.attempt-{}", job.attempt)),
+        status_url: format!("{}/jobs/{job_id}", app.public_url),
+    })
 }
 
 fn retry_request(body: &[u8]) -> Result<RetryRequest, ApiError> {

@@ -1,6 +1,7 @@
 //! The HTTP API. Each module exposes `router()` with its routes next to their handlers.
 
 pub mod auth;
+mod bulk;
 mod deliveries;
 pub mod folder;
 mod jobs;
@@ -8,6 +9,7 @@ mod keys;
 pub mod listener;
 pub mod openapi;
 mod ops;
+mod overview;
 mod refusal;
 pub mod token;
 mod trigger;
@@ -41,6 +43,7 @@ pub(crate) struct Inner {
     public_url: String,
     shutdown: CancellationToken,
     gate: Arc<auth::Gate>,
+    overview: overview::OverviewCache,
 }
 
 /// The running parts the API drives.
@@ -76,6 +79,7 @@ impl AppState {
                 public_url: parts.public_url,
                 shutdown: parts.shutdown,
                 gate: parts.gate,
+                overview: overview::OverviewCache::default(),
             }),
         }
     }
@@ -87,6 +91,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(trigger::router())
         .merge(jobs::router())
+        .merge(bulk::router())
+        .merge(overview::router())
         .merge(watch::router())
         .merge(ops::router())
         .merge(openapi::router())

@@ -620,6 +620,9 @@ pub struct JobList {
     pub version: u32,
     /// The jobs.
     pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// What `POST /jobs/{job_id}/cancel` did.
@@ -690,4 +693,186 @@ pub struct NodeList {
     pub version: u32,
     /// The nodes whose heartbeat is younger than one lease.
     pub nodes: Vec<NodeStatus>,
+}
+
+/// How many jobs are in one state.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateCount {
+    /// The state.
+    pub state: JobState,
+    /// How many.
+    pub count: u64,
+}
+
+/// `GET /jobs/counts`: how many jobs a filter matches, per state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobCounts {
+    /// Payload version.
+    pub version: u32,
+    /// One entry per state with at least one job, in lifecycle order.
+    pub counts: Vec<StateCount>,
+    /// Their sum.
+    pub total: u64,
+}
+
+/// Nearest-rank percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Percentiles {
+    /// How many values.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 95th percentile.
+    pub p95: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// The percentiles of `values`; none for no values.
+    pub fn of(mut values: Vec<u64>) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable();
+        let rank = |p: usize| values[(values.len() * p).div_ceil(100).max(1) - 1];
+        Some(Self {
+            count: values.len() as u64,
+            p50: rank(50),
+            p95: rank(95),
+            p99: rank(99),
+            max: values[values.len() - 1],
+        })
+    }
+}
+
+/// One agent in the overview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentOverview {
+    /// The agent.
+    pub agent: AgentName,
+    /// Jobs accepted in the window, per state.
+    pub counts: Vec<StateCount>,
+    /// Jobs waiting for a slot now.
+    pub queued: u64,
+    /// When the longest-waiting of them entered the queue.
+    pub oldest_queued_at: Option<Timestamp>,
+    /// Jobs running now, over the whole fleet.
+    pub running: u64,
+    /// Its `max_concurrent` on this node; none when this node does not offer it.
+    pub max_concurrent: Option<usize>,
+}
+
+impl AgentOverview {
+    /// An agent with nothing counted yet.
+    pub fn new(agent: AgentName, max_concurrent: Option<usize>) -> Self {
+        Self {
+            agent,
+            counts: Vec::new(),
+            queued: 0,
+            oldest_queued_at: None,
+            running: 0,
+            max_concurrent,
+        }
+    }
+}
+
+/// One time bucket of the overview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewBucket {
+    /// Its start.
+    pub at: Timestamp,
+    /// Jobs that ended `completed` or `partial` in it.
+    pub completed: u64,
+    /// Jobs that ended `failed` or `timed_out`.
+    pub failed: u64,
+    /// Jobs that ended `canceled`.
+    pub canceled: u64,
+    /// Run time (start of the last attempt to the end) of the jobs that ended.
+    pub duration_ms: Option<Percentiles>,
+    /// Time in the queue before their last attempt started.
+    pub queue_wait_ms: Option<Percentiles>,
+    /// Callback attempts made.
+    pub callbacks: u64,
+    /// Of those, the ones Rails did not answer with a 2xx.
+    pub callback_failures: u64,
+    /// How long the attempts took.
+    pub callback_latency_ms: Option<Percentiles>,
+}
+
+/// `GET /overview`: the fleet at a glance over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overview {
+    /// Payload version.
+    pub version: u32,
+    /// The window's start.
+    pub since: Timestamp,
+    /// Its end (now).
+    pub until: Timestamp,
+    /// Each bucket's length.
+    pub bucket_seconds: u64,
+    /// Each agent this node offers or the store holds jobs of, by name.
+    pub agents: Vec<AgentOverview>,
+    /// Completions waiting for their next attempt.
+    pub pending_deliveries: u64,
+    /// Completions given up on (dead letters).
+    pub dead_letters: u64,
+    /// Run time of the jobs that ended in the window.
+    pub duration_ms: Option<Percentiles>,
+    /// Their time in the queue.
+    pub queue_wait_ms: Option<Percentiles>,
+    /// Callback attempts' latency in the window.
+    pub callback_latency_ms: Option<Percentiles>,
+    /// The window in time buckets, oldest first.
+    pub buckets: Vec<OverviewBucket>,
+}
+
+/// `POST /jobs/bulk/cancel` and `POST /jobs/bulk/retry`: the jobs to act on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// The jobs, at most 1000.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub job_ids: Vec<JobId>,
+    /// Re-run completed jobs too (retry only).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What a bulk action did to one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkItem {
+    /// The job.
+    pub job_id: JobId,
+    /// The HTTP status the one-job endpoint would have answered.
+    pub status: u16,
+    /// The job's state after the action, when it was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// Why it was refused, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The answer to a bulk action: one item per requested job, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkResult {
+    /// Payload version.
+    pub version: u32,
+    /// How many were acted on.
+    pub done: u32,
+    /// How many were refused.
+    pub refused: u32,
+    /// Each job's outcome.
+    pub results: Vec<BulkItem>,
 }

@@ -4,6 +4,7 @@
 //! [`SqliteStore`]; a fleet backend implements the same trait. Every state change is a
 //! compare-and-set on `(state, attempt)`, so a writer holding a stale view changes nothing.
 
+mod filter;
 mod hub;
 mod postgres;
 mod row;
@@ -19,11 +20,13 @@ use url::Url;
 
 use crate::config::{StoreBackend, StoreConfig};
 use crate::contract::{
-    AgentName, DeliveryId, DeliveryState, DeliveryStatus, FieldError, JobError, JobEvent, JobId,
-    JobName, JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress,
-    ProgressSnapshot, Timestamp, Transition, TriggerRequest,
+    AgentName, DeliveryId, DeliveryStatus, JobError, JobEvent, JobId, JobName, JobState, JobStatus,
+    JobSummary, PAYLOAD_VERSION, Priority, Progress, ProgressSnapshot, Timestamp, Transition,
+    TriggerRequest,
 };
 
+use filter::{Condition, FilterValue};
+pub use filter::{DeliveryFilter, DeliveryQuery, JobCursor, JobFilter, JobQuery};
 pub use hub::{AttemptRecorded, Change, Tap};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -217,66 +220,6 @@ impl JobRecord {
     }
 }
 
-/// Which jobs to list.
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    /// Only jobs in this state.
-    pub state: Option<JobState>,
-    /// Only jobs of this agent.
-    pub agent: Option<AgentName>,
-    /// At most this many, newest first.
-    pub limit: usize,
-}
-
-/// A job filter as written on a query string, parsed by [`JobQuery::into_filter`].
-#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct JobQuery {
-    /// A job state, e.g. `in_progress`.
-    #[param(value_type = Option<JobState>)]
-    pub state: Option<String>,
-    /// An agent name.
-    #[param(value_type = Option<AgentName>)]
-    pub agent: Option<String>,
-    /// At most this many (default 100, at most 1000).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
-}
-
-impl JobQuery {
-    /// Parses every field; each failure names its field.
-    pub fn into_filter(self) -> Result<JobFilter, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let state = self.state.and_then(|s| {
-            s.parse()
-                .map_err(|e: crate::contract::UnknownState| {
-                    errors.push(FieldError::new("/state", e.to_string()))
-                })
-                .ok()
-        });
-        let agent = self.agent.and_then(|a| {
-            a.parse()
-                .map_err(|e: crate::contract::IdError| {
-                    errors.push(FieldError::new("/agent", e.to_string()))
-                })
-                .ok()
-        });
-        let limit = self.limit.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            errors.push(FieldError::new("/limit", "must be between 1 and 1000"));
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(JobFilter {
-            state,
-            agent,
-            limit,
-        })
-    }
-}
-
 /// A job with its history: what `GET /jobs/{id}` shows.
 #[derive(Debug, Clone)]
 pub struct JobView {
@@ -448,117 +391,6 @@ pub struct Pruned {
     pub trace_id: String,
 }
 
-/// Which deliveries to list or redrive.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryFilter {
-    /// Only this delivery.
-    pub id: Option<DeliveryId>,
-    /// Only deliveries in this state.
-    pub state: Option<DeliveryState>,
-    /// Only deliveries of jobs with this handler.
-    pub job_name: Option<JobName>,
-    /// Only deliveries to this origin (`scheme://host:port`).
-    pub destination: Option<String>,
-    /// Only deliveries written at or after this time.
-    pub since: Option<Timestamp>,
-    /// Only deliveries written before this time.
-    pub until: Option<Timestamp>,
-    /// At most this many, newest first.
-    pub limit: usize,
-}
-
-/// A delivery filter as written on a query string or a command line, parsed by
-/// [`DeliveryQuery::into_filter`].
-#[derive(
-    Debug, Clone, Default, serde::Serialize, serde::Deserialize, clap::Args, utoipa::IntoParams,
-)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DeliveryQuery {
-    /// pending, delivered or dead.
-    #[arg(long)]
-    #[param(value_type = Option<DeliveryState>)]
-    pub state: Option<String>,
-    /// Only deliveries of jobs with this handler.
-    #[arg(long)]
-    #[param(value_type = Option<JobName>)]
-    pub job_name: Option<String>,
-    /// Only deliveries to this origin, e.g. `https://rails.internal:443`.
-    #[arg(long)]
-    #[param(format = Uri)]
-    pub destination: Option<String>,
-    /// Only deliveries written at or after this RFC 3339 time.
-    #[arg(long)]
-    #[param(value_type = Option<Timestamp>)]
-    pub since: Option<String>,
-    /// Only deliveries written before this RFC 3339 time.
-    #[arg(long)]
-    #[param(value_type = Option<Timestamp>)]
-    pub until: Option<String>,
-    /// At most this many (default 100, at most 1000).
-    #[arg(long)]
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
-}
-
-impl DeliveryQuery {
-    /// Parses every field; each failure names its field.
-    pub fn into_filter(self) -> Result<DeliveryFilter, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let mut parse = |name: &str, value: Option<String>| -> Option<Timestamp> {
-            let text = value?;
-            text.parse()
-                .map_err(|_| {
-                    errors.push(FieldError::new(
-                        format!("/{name}"),
-                        format!("{text:?} is not an RFC 3339 time"),
-                    ))
-                })
-                .ok()
-        };
-        let since = parse("since", self.since);
-        let until = parse("until", self.until);
-        let state = self.state.and_then(|s| {
-            s.parse()
-                .map_err(|e: String| errors.push(FieldError::new("/state", e)))
-                .ok()
-        });
-        let job_name = self.job_name.and_then(|n| {
-            n.parse()
-                .map_err(|e: crate::contract::IdError| {
-                    errors.push(FieldError::new("/job_name", e.to_string()))
-                })
-                .ok()
-        });
-        let destination = self.destination.and_then(|d| match Url::parse(&d) {
-            Ok(url) => Some(url.origin().ascii_serialization()),
-            Err(e) => {
-                errors.push(FieldError::new(
-                    "/destination",
-                    format!("{d:?} is not an origin: {e}"),
-                ));
-                None
-            }
-        });
-        let limit = self.limit.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            errors.push(FieldError::new("/limit", "must be between 1 and 1000"));
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(DeliveryFilter {
-            id: None,
-            state,
-            job_name,
-            destination,
-            since,
-            until,
-            limit,
-        })
-    }
-}
-
 /// What becomes of a delivery after an attempt.
 #[derive(Debug, Clone, Copy)]
 pub enum AttemptOutcome {
@@ -586,17 +418,6 @@ fn snapshot(progress: Progress, at: Timestamp) -> ProgressSnapshot {
 fn oldest_kept(seq: u64, keep: usize) -> Option<i64> {
     let oldest = i64::try_from(seq).unwrap_or(i64::MAX) - keep as i64;
     (oldest > 0).then_some(oldest)
-}
-
-impl DeliveryFilter {
-    /// At most one delivery: `id`, or any (narrowed by job where it is used).
-    fn one(id: Option<DeliveryId>) -> Self {
-        Self {
-            id,
-            limit: 1,
-            ..Self::default()
-        }
-    }
 }
 
 impl AttemptOutcome {
@@ -636,47 +457,6 @@ impl BeatAnswer {
             }
         }
         Ok(answer)
-    }
-}
-
-/// A value a filter compares a column with.
-#[derive(Debug, Clone)]
-enum FilterValue {
-    Text(String),
-    Millis(i64),
-}
-
-impl DeliveryFilter {
-    /// The filter's conditions as `(column comparison, value)`, the comparison ending in its
-    /// operator (`d` is deliveries, `j` jobs); `job_id` narrows to one job.
-    fn conditions(&self, job_id: Option<JobId>) -> Vec<(&'static str, FilterValue)> {
-        use FilterValue::{Millis, Text};
-        let texts = [
-            ("d.job_id =", job_id.map(|j| j.to_string())),
-            (
-                "d.delivery_id =",
-                self.id.as_ref().map(|i| i.as_str().to_owned()),
-            ),
-            ("d.state =", self.state.map(|s| s.as_str().to_owned())),
-            (
-                "j.job_name =",
-                self.job_name.as_ref().map(|n| n.as_str().to_owned()),
-            ),
-            ("d.destination =", self.destination.clone()),
-        ];
-        let times = [
-            ("d.created_at >=", self.since),
-            ("d.created_at <", self.until),
-        ];
-        texts
-            .into_iter()
-            .filter_map(|(c, v)| Some((c, Text(v?))))
-            .chain(
-                times
-                    .into_iter()
-                    .filter_map(|(c, t)| Some((c, Millis(t?.unix_ms())))),
-            )
-            .collect()
     }
 }
 
@@ -771,6 +551,12 @@ pub trait Store: Send + Sync {
 
     /// Queued jobs per agent and dead-lettered completions, for the metrics.
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges>;
+
+    /// How many jobs `filter` matches, per state (its cursor and limit aside).
+    async fn count_jobs(&self, filter: JobFilter) -> StoreResult<Vec<(JobState, u64)>>;
+
+    /// What the overview shows of the jobs and callbacks since `since`, and of now.
+    async fn overview(&self, since: Timestamp) -> StoreResult<crate::overview::OverviewRows>;
 
     /// Proves the store takes writes (rewrites a heartbeat row, committed).
     async fn check_writable(&self) -> StoreResult<()>;

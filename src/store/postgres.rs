@@ -627,18 +627,24 @@ async fn view_in<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<O
     }))
 }
 
+/// `WHERE` clause (with `$n` placeholders from `first`) and arguments of `conditions`.
+fn where_sql(conditions: Vec<Condition>, first: usize) -> (String, Args) {
+    let (clause, values) = Condition::render(conditions, first, |n| format!("${n}"));
+    let args = values
+        .into_iter()
+        .map(|v| -> Box<dyn ToSql + Sync + Send> {
+            match v {
+                FilterValue::Text(t) => Box::new(t),
+                FilterValue::Int(n) => Box::new(n),
+            }
+        })
+        .collect();
+    (clause, args)
+}
+
 /// `WHERE` clause (with `$n` placeholders from `first`) and arguments of a delivery filter.
 fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>, first: usize) -> (String, Args) {
-    let mut clauses = vec!["TRUE".to_owned()];
-    let mut args: Args = Vec::new();
-    for (comparison, value) in f.conditions(job_id) {
-        clauses.push(format!("{comparison} ${}", first + args.len()));
-        args.push(match value {
-            FilterValue::Text(t) => Box::new(t),
-            FilterValue::Millis(ms) => Box::new(ms),
-        });
-    }
-    (clauses.join(" AND "), args)
+    where_sql(f.conditions(job_id), first)
 }
 
 /// `template` with its `{filter}` and `{limit}` filled in.
@@ -773,16 +779,11 @@ impl Store for PgStore {
     }
 
     async fn list_jobs(&self, f: JobFilter) -> StoreResult<Vec<JobRecord>> {
-        let rows = query(
-            &self.client().await?,
-            sql::LIST_JOBS,
-            &[
-                &f.state.map(|s| s.as_str()),
-                &f.agent.as_ref().map(AgentName::as_str),
-                &i64::try_from(f.limit).unwrap_or(i64::MAX),
-            ],
-        )
-        .await?;
+        let (filter, mut args) = where_sql(f.conditions(), 1);
+        let limit_at = args.len() + 1;
+        args.push(Box::new(i64::try_from(f.limit).unwrap_or(i64::MAX)));
+        let sql = with_filter(sql::LIST_JOBS, &filter, limit_at);
+        let rows = query(&self.client().await?, &sql, &args_ref(&args)).await?;
         jobs_from(rows)
     }
 
@@ -888,6 +889,61 @@ impl Store for PgStore {
 
     fn tap(&self, tap: Tap) {
         self.hub.set_tap(tap);
+    }
+
+    async fn count_jobs(&self, filter: JobFilter) -> StoreResult<Vec<(JobState, u64)>> {
+        let (clause, args) = where_sql(
+            JobFilter {
+                after: None,
+                ..filter
+            }
+            .conditions(),
+            1,
+        );
+        let sql = with_filter(sql::COUNT_JOBS, &clause, 0);
+        let rows = query(&self.client().await?, &sql, &args_ref(&args)).await?;
+        rows.iter().map(row::state_count).collect()
+    }
+
+    async fn overview(&self, since: Timestamp) -> StoreResult<crate::overview::OverviewRows> {
+        let client = self.client().await?;
+        let since = since.unix_ms();
+        let each = async |sql: &str, args: &[Param<'_>]| query(&client, sql, args).await;
+        let outbox = each(sql::OUTBOX_STATES, &[])
+            .await?
+            .iter()
+            .map(|r| Ok((r.text(0)?, u64::try_from(r.int(1)?).unwrap_or(0))))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let (pending_deliveries, dead_letters) = row::outbox_counts(&outbox);
+        Ok(crate::overview::OverviewRows {
+            counts: each(sql::COUNTS_SINCE, &[&since])
+                .await?
+                .iter()
+                .map(row::agent_state_count)
+                .collect::<StoreResult<_>>()?,
+            queues: each(sql::QUEUES, &[])
+                .await?
+                .iter()
+                .map(row::queue)
+                .collect::<StoreResult<_>>()?,
+            running: each(sql::RUNNING_PER_AGENT, &[])
+                .await?
+                .iter()
+                .map(row::queued)
+                .collect::<StoreResult<_>>()?,
+            pending_deliveries,
+            dead_letters,
+            finished: each(sql::FINISHED_SINCE, &[&since])
+                .await?
+                .iter()
+                .map(row::finished)
+                .collect::<StoreResult<_>>()?,
+            attempts: each(sql::ATTEMPTS_SINCE, &[&since])
+                .await?
+                .iter()
+                .map(row::callback_sample)
+                .collect::<StoreResult<_>>()?,
+        })
     }
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::{JobRecord, Pruned, StoreError, StoreResult};
 use crate::contract::{
     AgentName, DeliveryAttempt, DeliveryState, DeliveryStatus, EventData, JobEvent, JobId,
-    NodeStatus, PAYLOAD_VERSION, Priority, ProgressSnapshot, Timestamp, Transition,
+    JobState, NodeStatus, PAYLOAD_VERSION, Priority, ProgressSnapshot, Timestamp, Transition,
 };
 
 /// The columns of a job, in the order [`job`] reads them (a macro so that each dialect's
@@ -225,4 +225,53 @@ pub(super) fn pruned(r: &impl Cols) -> StoreResult<Pruned> {
 /// An agent's queue depth, from `agent_name, count(*)`.
 pub(super) fn queued(r: &impl Cols) -> StoreResult<(AgentName, u64)> {
     Ok((r.parsed(0)?, u64::try_from(r.int(1)?).unwrap_or(0)))
+}
+
+/// A state's count, from `state, count(*)`.
+pub(super) fn state_count(r: &impl Cols) -> StoreResult<(JobState, u64)> {
+    Ok((r.parsed(0)?, u64::try_from(r.int(1)?).unwrap_or(0)))
+}
+
+/// An agent's count in a state, from `agent_name, state, count(*)`.
+pub(super) fn agent_state_count(r: &impl Cols) -> StoreResult<(AgentName, JobState, u64)> {
+    Ok((
+        r.parsed(0)?,
+        r.parsed(1)?,
+        u64::try_from(r.int(2)?).unwrap_or(0),
+    ))
+}
+
+/// An agent's queue, from `agent_name, count(*), min(queued_at)`.
+pub(super) fn queue(r: &impl Cols) -> StoreResult<(AgentName, u64, Timestamp)> {
+    Ok((
+        r.parsed(0)?,
+        u64::try_from(r.int(1)?).unwrap_or(0),
+        Timestamp::from_unix_ms(r.int(2)?),
+    ))
+}
+
+/// A job that ended, from `finished_at, started_at, queued_at, state`.
+pub(super) fn finished(r: &impl Cols) -> StoreResult<crate::overview::Finished> {
+    Ok(crate::overview::Finished {
+        finished_at: Timestamp::from_unix_ms(r.int(0)?),
+        started_at: r.opt_int(1)?.map(Timestamp::from_unix_ms),
+        queued_at: Timestamp::from_unix_ms(r.int(2)?),
+        state: r.parsed(3)?,
+    })
+}
+
+/// A callback attempt, from `at, latency_ms, status_code, error`.
+pub(super) fn callback_sample(r: &impl Cols) -> StoreResult<crate::overview::CallbackSample> {
+    let status = r.opt_status(2)?;
+    Ok(crate::overview::CallbackSample {
+        at: Timestamp::from_unix_ms(r.int(0)?),
+        latency_ms: u64::try_from(r.int(1)?).unwrap_or(0),
+        ok: status.is_some_and(|s| (200..300).contains(&s)) && r.opt_text(3)?.is_none(),
+    })
+}
+
+/// The outbox's pending and dead counts, from rows of `state, count(*)`.
+pub(super) fn outbox_counts(rows: &[(String, u64)]) -> (u64, u64) {
+    let count = |state: &str| rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+    (count("pending"), count("dead"))
 }

@@ -58,6 +58,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0006_acceptance_order.sql"
         )),
+        M::up(include_str!("../../migrations/sqlite/0007_dashboard.sql")),
     ])
 }
 
@@ -622,17 +623,21 @@ fn record_attempt_in(
 }
 
 /// `WHERE` clause and arguments of a delivery filter (`d` is deliveries, `j` jobs).
-fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>) -> (String, Vec<rusqlite::types::Value>) {
-    let mut clauses = vec!["1 = 1".to_owned()];
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    for (comparison, value) in f.conditions(job_id) {
-        clauses.push(format!("{comparison} ?"));
-        args.push(match value {
+/// `WHERE` clause and arguments of `conditions`.
+fn where_sql(conditions: Vec<Condition>) -> (String, Vec<rusqlite::types::Value>) {
+    let (clause, values) = Condition::render(conditions, 1, |_| "?".to_owned());
+    let args = values
+        .into_iter()
+        .map(|v| match v {
             FilterValue::Text(t) => t.into(),
-            FilterValue::Millis(ms) => ms.into(),
-        });
-    }
-    (clauses.join(" AND "), args)
+            FilterValue::Int(n) => n.into(),
+        })
+        .collect();
+    (clause, args)
+}
+
+fn filter_sql(f: &DeliveryFilter, job_id: Option<JobId>) -> (String, Vec<rusqlite::types::Value>) {
+    where_sql(f.conditions(job_id))
 }
 
 fn deliveries_in(
@@ -691,18 +696,9 @@ fn events_in(
 }
 
 fn list_jobs_in(conn: &Connection, f: &JobFilter) -> StoreResult<Vec<JobRecord>> {
-    let mut clauses = vec!["1 = 1"];
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(state) = f.state {
-        clauses.push("state = ?");
-        args.push(state.as_str().to_owned().into());
-    }
-    if let Some(agent) = &f.agent {
-        clauses.push("agent_name = ?");
-        args.push(agent.as_str().to_owned().into());
-    }
+    let (filter, mut args) = where_sql(f.conditions());
     args.push(i64::try_from(f.limit).unwrap_or(i64::MAX).into());
-    let sql = sql::LIST_JOBS.replace("{filter}", &clauses.join(" AND "));
+    let sql = sql::LIST_JOBS.replace("{filter}", &filter);
     all(conn, &sql, rusqlite::params_from_iter(args), |r| {
         row::job(r)
     })
@@ -947,6 +943,47 @@ impl Store for SqliteStore {
 
     fn tap(&self, tap: Tap) {
         self.hub.set_tap(tap);
+    }
+
+    async fn count_jobs(&self, filter: JobFilter) -> StoreResult<Vec<(JobState, u64)>> {
+        self.read(move |conn| {
+            let (clause, args) = where_sql(
+                JobFilter {
+                    after: None,
+                    ..filter
+                }
+                .conditions(),
+            );
+            let sql = sql::COUNT_JOBS.replace("{filter}", &clause);
+            all(conn, &sql, rusqlite::params_from_iter(args), |r| {
+                row::state_count(r)
+            })
+        })
+        .await
+    }
+
+    async fn overview(&self, since: Timestamp) -> StoreResult<crate::overview::OverviewRows> {
+        self.read(move |conn| {
+            let since = since.unix_ms();
+            let outbox = all(conn, sql::OUTBOX_STATES, [], |r| {
+                Ok((r.text(0)?, u64::try_from(r.int(1)?).unwrap_or(0)))
+            })?;
+            let (pending_deliveries, dead_letters) = row::outbox_counts(&outbox);
+            Ok(crate::overview::OverviewRows {
+                counts: all(conn, sql::COUNTS_SINCE, [since], |r| {
+                    row::agent_state_count(r)
+                })?,
+                queues: all(conn, sql::QUEUES, [], |r| row::queue(r))?,
+                running: all(conn, sql::RUNNING_PER_AGENT, [], |r| row::queued(r))?,
+                pending_deliveries,
+                dead_letters,
+                finished: all(conn, sql::FINISHED_SINCE, [since], |r| row::finished(r))?,
+                attempts: all(conn, sql::ATTEMPTS_SINCE, [since], |r| {
+                    row::callback_sample(r)
+                })?,
+            })
+        })
+        .await
     }
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::contract::{CallbackUrls, DeliveryAttempt, EventData};
+use crate::contract::{CallbackUrls, DeliveryAttempt, DeliveryState, EventData};
 
 const AGING: Duration = Duration::from_secs(60);
 const LEASE: Duration = Duration::from_secs(30);
@@ -107,6 +107,8 @@ on_both_stores!(
     deliver_now_brings_a_retry_forward_but_never_past_a_lease_held_in_flight,
     a_re_run_queues_an_ended_job_once_as_newly_accepted_and_its_claim_is_the_next_attempt,
     a_redriven_delivery_counts_its_age_from_the_redrive,
+    job_lists_narrow_by_every_filter_and_page_by_cursor_without_gaps,
+    the_overview_reads_counts_queues_running_outbox_and_what_ended,
 );
 
 fn new_job(priority: Priority, at_ms: i64) -> NewJob {
@@ -694,8 +696,8 @@ async fn a_finished_job_and_its_delivery_read_back_as_written(backend: Backend) 
     let events = store.events_after(job_id, 0, 100).await.unwrap();
     let listed = store.list_jobs(JobFilter {
         state: Some(JobState::Failed),
-        agent: None,
         limit: 10,
+        ..JobFilter::default()
     });
     let listed = listed.await.unwrap();
     let gauges = store.gauges().await.unwrap();
@@ -916,11 +918,8 @@ async fn a_redriven_delivery_counts_its_age_from_the_redrive(backend: Backend) {
         .redrive(DeliveryFilter {
             id: Some(due.id.clone()),
             state: Some(DeliveryState::Dead),
-            job_name: None,
-            destination: None,
-            since: None,
-            until: None,
             limit: 10,
+            ..DeliveryFilter::default()
         })
         .await
         .unwrap();
@@ -941,5 +940,188 @@ async fn a_redriven_delivery_counts_its_age_from_the_redrive(backend: Backend) {
         "age counted from {} ms, redriven at {} ms",
         again.age_from.unix_ms(),
         before.unix_ms()
+    );
+}
+
+fn job_of(user: &str, job_name: &str, priority: Priority, at_ms: i64) -> NewJob {
+    let mut job = new_job(priority, at_ms);
+    job.request.user_id = user.into();
+    job.request.job_name = job_name.parse().unwrap();
+    job
+}
+
+async fn ids(store: &Arc<dyn Store>, filter: JobFilter) -> Vec<JobId> {
+    let jobs = store.list_jobs(filter).await.unwrap();
+    jobs.iter().map(|j| j.job_id).collect()
+}
+
+/// Issue 20: the jobs list's filters each narrow it, and keyset pages cover every job once,
+/// newest first, even when jobs share a millisecond.
+async fn job_lists_narrow_by_every_filter_and_page_by_cursor_without_gaps(backend: Backend) {
+    // Arrange: seven jobs over two users, two handlers and two priorities; three share a ms.
+    let (_db, store) = backend.open(1000).await;
+    let mut accepted = Vec::new();
+    for (i, at) in [10, 20, 20, 20, 30, 40, 50].into_iter().enumerate() {
+        let user = if i % 2 == 0 { "u-even" } else { "u-odd" };
+        let name = if i < 4 { "ReportJob" } else { "DigestJob" };
+        let priority = if i == 6 {
+            Priority::High
+        } else {
+            Priority::Normal
+        };
+        accepted.push(enqueue(&store, job_of(user, name, priority, at)).await);
+    }
+    let claimed = claim_one(&store, 60).await.unwrap();
+    let all = |limit| JobFilter {
+        limit,
+        ..JobFilter::default()
+    };
+
+    // Act: page through two at a time.
+    let mut paged = Vec::new();
+    let mut filter = all(2);
+    loop {
+        let page = store.list_jobs(filter.clone()).await.unwrap();
+        let Some(last) = page.last() else { break };
+        filter.after = Some(JobCursor::after(last));
+        paged.extend(page.iter().map(|j| j.job_id));
+    }
+
+    // Assert
+    let newest_first = ids(&store, all(100)).await;
+    assert_eq!(newest_first.len(), 7);
+    assert_eq!(paged, newest_first, "pages cover every job once, in order");
+    let narrowed = |f: JobFilter| ids(&store, JobFilter { limit: 100, ..f });
+    let by_user = narrowed(JobFilter {
+        user_id: Some("u-odd".into()),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!(by_user.len(), 3);
+    let by_name = narrowed(JobFilter {
+        job_name: Some("DigestJob".parse().unwrap()),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!(by_name.len(), 3);
+    let high = narrowed(JobFilter {
+        priority: Some(Priority::High),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!(high, [accepted[6]]);
+    let on_node = narrowed(JobFilter {
+        node: Some("a".into()),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!(on_node, [claimed.job_id]);
+    let window = narrowed(JobFilter {
+        since: Some(Timestamp::from_unix_ms(20)),
+        until: Some(Timestamp::from_unix_ms(40)),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!(window.len(), 4, "20 ≤ created_at < 40");
+    let prefix = accepted[3].to_string()[..8].to_owned();
+    let by_prefix = narrowed(JobFilter {
+        id_prefix: Some(prefix),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!(by_prefix, [accepted[3]]);
+    let counts = store
+        .count_jobs(JobFilter {
+            user_id: Some("u-even".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    let expected_running = u64::from(claimed.request.user_id == "u-even");
+    let mut expected = vec![(JobState::Queued, 4 - expected_running)];
+    if expected_running == 1 {
+        expected.push((JobState::InProgress, 1));
+    }
+    expected.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(counts, expected);
+}
+
+/// Issue 20: what the overview is built from reads back from the store as it stands.
+async fn the_overview_reads_counts_queues_running_outbox_and_what_ended(backend: Backend) {
+    // Arrange: one job ended with a failed callback attempt, one running, one queued.
+    let (_db, store) = backend.open(1000).await;
+    let ended = enqueue(&store, new_job(Priority::Normal, 100)).await;
+    enqueue(&store, new_job(Priority::Normal, 200)).await;
+    enqueue(&store, new_job(Priority::Normal, 300)).await;
+    let job = claim_one(&store, 400).await.unwrap();
+    assert_eq!(job.job_id, ended);
+    let due = store
+        .finish(finish(&job, JobState::Completed, 900))
+        .await
+        .unwrap();
+    claim_one(&store, 950).await.unwrap();
+    store
+        .record_attempt(AttemptRecorded {
+            job_id: ended,
+            delivery_id: due.id.clone(),
+            number: 1,
+            attempt: DeliveryAttempt {
+                at: Timestamp::from_unix_ms(1000),
+                status_code: Some(503),
+                error: None,
+                latency_ms: 42,
+            },
+            outcome: AttemptOutcome::Dead,
+        })
+        .await
+        .unwrap();
+
+    // Act
+    let rows = store.overview(Timestamp::from_unix_ms(50)).await.unwrap();
+    let later = store.overview(Timestamp::from_unix_ms(5000)).await.unwrap();
+
+    // Assert
+    let agent: AgentName = "summarizer_v2".parse().unwrap();
+    let mut counts = rows.counts.clone();
+    counts.sort_by_key(|(_, s, _)| s.as_str());
+    assert_eq!(
+        counts,
+        [
+            (agent.clone(), JobState::Completed, 1),
+            (agent.clone(), JobState::InProgress, 1),
+            (agent.clone(), JobState::Queued, 1),
+        ]
+    );
+    assert_eq!(
+        rows.queues,
+        [(agent.clone(), 1, Timestamp::from_unix_ms(300))]
+    );
+    assert_eq!(rows.running, [(agent.clone(), 1)]);
+    assert_eq!((rows.pending_deliveries, rows.dead_letters), (0, 1));
+    assert_eq!(rows.finished.len(), 1);
+    let f = rows.finished[0];
+    assert_eq!(
+        (f.state, f.finished_at),
+        (JobState::Completed, Timestamp::from_unix_ms(900))
+    );
+    assert_eq!(
+        (f.started_at, f.queued_at),
+        (
+            Some(Timestamp::from_unix_ms(400)),
+            Timestamp::from_unix_ms(100)
+        )
+    );
+    assert_eq!(rows.attempts.len(), 1);
+    assert_eq!(
+        (rows.attempts[0].latency_ms, rows.attempts[0].ok),
+        (42, false)
+    );
+    assert!(later.counts.is_empty() && later.finished.is_empty() && later.attempts.is_empty());
+    assert_eq!(
+        later.queues.len(),
+        1,
+        "the queue is now, whatever the window"
     );
 }

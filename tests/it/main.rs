@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod contract;
+mod dashboard_api;
 mod delivery;
 mod demo;
 mod docs;

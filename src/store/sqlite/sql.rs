@@ -229,3 +229,32 @@ pub const REDRIVE: &str = "UPDATE deliveries SET state = 'pending', next_attempt
      WHERE delivery_id IN (SELECT d.delivery_id FROM deliveries d JOIN jobs j ON j.job_id = d.job_id \
                            WHERE {filter} ORDER BY d.created_at LIMIT ?) \
      RETURNING delivery_id";
+
+// ---- the dashboard ----
+
+/// Jobs matching `{filter}`, per state.
+pub const COUNT_JOBS: &str = "SELECT state, count(*) FROM jobs WHERE {filter} GROUP BY state";
+
+/// Jobs accepted since ?1, per agent and state.
+pub const COUNTS_SINCE: &str = "SELECT agent_name, state, count(*) FROM jobs WHERE created_at >= ?1 \
+     GROUP BY agent_name, state";
+
+/// Each agent's queue: depth and the oldest `queued_at`.
+pub const QUEUES: &str = "SELECT agent_name, count(*), min(queued_at) FROM jobs \
+     WHERE state = 'queued' GROUP BY agent_name";
+
+/// Running jobs per agent.
+pub const RUNNING_PER_AGENT: &str =
+    "SELECT agent_name, count(*) FROM jobs WHERE state = 'in_progress' GROUP BY agent_name";
+
+/// Pending and dead deliveries.
+pub const OUTBOX_STATES: &str = "SELECT state, count(*) FROM deliveries \
+     WHERE state IN ('pending', 'dead') GROUP BY state";
+
+/// Jobs that ended since ?1.
+pub const FINISHED_SINCE: &str =
+    "SELECT finished_at, started_at, queued_at, state FROM jobs WHERE finished_at >= ?1";
+
+/// Callback attempts made since ?1.
+pub const ATTEMPTS_SINCE: &str =
+    "SELECT at, latency_ms, status_code, error FROM delivery_attempts WHERE at >= ?1";
