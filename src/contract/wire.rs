@@ -35,6 +35,11 @@ pub struct TriggerRequest {
     /// Scheduling priority (default `normal`).
     #[serde(default)]
     pub priority: Priority,
+    /// Groups jobs that share a per-key limit (e.g. the user id): at most the agent's
+    /// `max_per_key` jobs of one key run at once; leave it out for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, min_length = 1, max_length = 128)]
+    pub concurrency_key: Option<String>,
 }
 
 /// The two Rails endpoints a job reports to.
@@ -518,6 +523,10 @@ pub struct JobStatus {
     pub job_name: JobName,
     /// Scheduling priority.
     pub priority: Priority,
+    /// The trigger's concurrency key, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub concurrency_key: Option<String>,
     /// Current state.
     pub state: JobState,
     /// Attempt number (1 for the first run; 0 while never started).

@@ -226,3 +226,15 @@ pub(super) fn pruned(r: &impl Cols) -> StoreResult<Pruned> {
 pub(super) fn queued(r: &impl Cols) -> StoreResult<(AgentName, u64)> {
     Ok((r.parsed(0)?, u64::try_from(r.int(1)?).unwrap_or(0)))
 }
+
+/// An agent's queued and running jobs, from `agent_name, queued, running`.
+pub(super) fn load(r: &impl Cols) -> StoreResult<(AgentName, super::AgentLoad)> {
+    let count = |col| r.int(col).map(|n| u64::try_from(n).unwrap_or(0));
+    Ok((
+        r.parsed(0)?,
+        super::AgentLoad {
+            queued: count(1)?,
+            running: count(2)?,
+        },
+    ))
+}

@@ -124,6 +124,7 @@ fn new_job(priority: Priority, at_ms: i64) -> NewJob {
                 completion: "http://127.0.0.1:1/completion".parse().unwrap(),
             },
             priority,
+            concurrency_key: None,
         },
         request_sha256: "sha".into(),
         trace_id: "trace".into(),
@@ -139,8 +140,17 @@ async fn enqueue(store: &Arc<dyn Store>, job: NewJob) -> JobId {
     }
 }
 
+/// One agent's slot for a claim.
+fn slots(agent: &str, free: usize, max_per_key: Option<u32>) -> Vec<Slot> {
+    vec![Slot {
+        agent: agent.parse().unwrap(),
+        free,
+        max_per_key,
+    }]
+}
+
 async fn claim_one(store: &Arc<dyn Store>, at_ms: i64) -> Option<JobRecord> {
-    let slots = vec![("summarizer_v2".parse().unwrap(), 1)];
+    let slots = slots("summarizer_v2", 1, None);
     store
         .claim(slots, 1, Timestamp::from_unix_ms(at_ms))
         .await
@@ -197,7 +207,7 @@ async fn jobs_accepted_in_the_same_millisecond_start_in_acceptance_order(backend
     for _ in 0..4 {
         order.push(claim_one(&store, 6_000).await.unwrap().job_id);
     }
-    let slots = vec![("summarizer_v2".parse().unwrap(), 8)];
+    let slots = slots("summarizer_v2", 8, None);
     let batch = store
         .claim(slots, 8, Timestamp::from_unix_ms(6_000))
         .await
@@ -502,7 +512,7 @@ async fn nodes_claiming_at_once_never_get_the_same_job(backend: Backend) {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let slots = vec![("summarizer_v2".parse().unwrap(), 7)];
+                let slots = slots("summarizer_v2", 7, None);
                 let got = store
                     .claim(slots, 7, Timestamp::from_unix_ms(5_000))
                     .await
@@ -580,7 +590,7 @@ async fn a_claim_takes_only_the_agents_the_node_offers_within_their_slots(backen
     for i in 1..=3 {
         enqueue(&store, new_job(Priority::Normal, i)).await;
     }
-    let slots = vec![("summarizer_v2".parse().unwrap(), 2)];
+    let slots = slots("summarizer_v2", 2, None);
     let got = store
         .claim(slots, 10, Timestamp::from_unix_ms(10))
         .await
