@@ -700,3 +700,72 @@ pub struct NodeList {
     /// The nodes whose heartbeat is younger than one lease.
     pub nodes: Vec<NodeStatus>,
 }
+
+/// Whether an agent's queued jobs are claimed (issue 21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Its jobs are claimed as slots free up.
+    Active,
+    /// Paused (itself, or every agent): triggers are still accepted and queued, running jobs
+    /// finish, nothing new starts until it is resumed.
+    Paused,
+}
+
+impl AgentState {
+    /// The state as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+/// An agent's limits, as configured (`[agents.NAME]`, `[jobs]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLimits {
+    /// Runs of the agent at once, on each node.
+    pub max_concurrent: u32,
+    /// Runs of the agent with one `concurrency_key` at once, on every node; `null` for no limit.
+    pub max_per_key: Option<u32>,
+    /// Wall-clock limit of one run, in milliseconds.
+    pub timeout_ms: u64,
+    /// A run silent this long (milliseconds) is stopped; `null` for no check.
+    pub stale_after_ms: Option<u64>,
+    /// Runs of one job at most.
+    pub max_attempts: u32,
+}
+
+/// One agent in `GET /agents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    /// The agent.
+    pub agent_name: AgentName,
+    /// `paused` when it, or every agent, is paused.
+    pub state: AgentState,
+    /// Whether it is paused by itself (`POST /agents/{name}/pause`), whatever the sidecar-wide
+    /// pause says.
+    pub paused: bool,
+    /// Its limits.
+    pub limits: AgentLimits,
+    /// Its jobs waiting in the queue, on every node.
+    pub queued: u64,
+    /// Its jobs running, on every node.
+    pub running: u64,
+}
+
+/// `GET /agents`: every configured agent, by name, and the sidecar-wide pause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentList {
+    /// Payload version.
+    pub version: u32,
+    /// Whether every agent is paused (`POST /agents/pause`); an agent paused by itself stays
+    /// paused when this is lifted.
+    pub paused: bool,
+    /// The agents.
+    pub agents: Vec<AgentStatus>,
+}

@@ -195,7 +195,10 @@ impl Paused {
 
     /// `slots` without the paused agents.
     fn unpaused(&self, slots: Vec<Slot>) -> Vec<Slot> {
-        slots.into_iter().filter(|s| !self.holds(&s.agent)).collect()
+        slots
+            .into_iter()
+            .filter(|s| !self.holds(&s.agent))
+            .collect()
     }
 }
 
@@ -780,9 +783,7 @@ pub trait Store: Send + Sync {
     async fn paused(&self) -> StoreResult<Paused>;
 
     /// Queued and running jobs per agent, on every node (agents with neither are left out).
-    async fn agent_loads(
-        &self,
-    ) -> StoreResult<std::collections::BTreeMap<AgentName, AgentLoad>>;
+    async fn agent_loads(&self) -> StoreResult<std::collections::BTreeMap<AgentName, AgentLoad>>;
 
     /// Jobs `in_progress` on any node.
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>>;

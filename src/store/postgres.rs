@@ -449,12 +449,7 @@ async fn claim_in(
             .iter()
             .map(|s| s.max_per_key.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
             .collect();
-        let candidates = query(
-            tx,
-            sql::NEXT_QUEUED,
-            &[&agents, &(free as i64), &per_key],
-        )
-        .await?;
+        let candidates = query(tx, sql::NEXT_QUEUED, &[&agents, &(free as i64), &per_key]).await?;
         let picked = pick(&candidates, &mut slots, &mut free)?;
         if picked.is_empty() {
             return Ok(claimed);
@@ -511,7 +506,10 @@ fn pick(candidates: &[Row], slots: &mut [Slot], free: &mut usize) -> StoreResult
 
 async fn paused_in<C: GenericClient + Sync>(c: &C) -> StoreResult<Paused> {
     let rows = query(c, sql::PAUSED, &[]).await?;
-    let scopes = rows.iter().map(|r| r.text(0)).collect::<StoreResult<Vec<_>>>()?;
+    let scopes = rows
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<StoreResult<Vec<_>>>()?;
     Ok(Paused::from_scopes(scopes))
 }
 

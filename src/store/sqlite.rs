@@ -58,7 +58,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0006_acceptance_order.sql"
         )),
-        M::up(include_str!("../../migrations/sqlite/0007_pause_and_keys.sql")),
+        M::up(include_str!(
+            "../../migrations/sqlite/0007_pause_and_keys.sql"
+        )),
     ])
 }
 

@@ -987,7 +987,10 @@ async fn a_claim_walks_past_a_key_at_its_limit_and_takes_the_next_key_in_order(b
             .unwrap()
             .is_empty()
     );
-    store.finish(finish(&got[0], JobState::Completed, 20)).await.unwrap();
+    store
+        .finish(finish(&got[0], JobState::Completed, 20))
+        .await
+        .unwrap();
     let next = store
         .claim(slots("summarizer_v2", 3, Some(1)), 3, at)
         .await
@@ -1013,7 +1016,11 @@ async fn per_key_limits_hold_across_nodes_claiming_at_once(backend: Backend) {
             let mut mine = Vec::new();
             for _ in 0..5 {
                 let got = store
-                    .claim(slots("summarizer_v2", 4, Some(2)), 4, Timestamp::from_unix_ms(100))
+                    .claim(
+                        slots("summarizer_v2", 4, Some(2)),
+                        4,
+                        Timestamp::from_unix_ms(100),
+                    )
                     .await
                     .unwrap();
                 mine.extend(got);
@@ -1030,7 +1037,11 @@ async fn per_key_limits_hold_across_nodes_claiming_at_once(backend: Backend) {
             .filter(|j| j.request.concurrency_key.as_deref() == Some(k))
             .count()
     };
-    assert_eq!((per_key("x"), per_key("y")), (2, 2), "two of each key, fleet-wide");
+    assert_eq!(
+        (per_key("x"), per_key("y")),
+        (2, 2),
+        "two of each key, fleet-wide"
+    );
     let running = nodes[0].in_progress().await.unwrap();
     assert_eq!(running.len(), 4);
 }
@@ -1042,14 +1053,20 @@ async fn a_paused_agent_is_not_claimed_by_any_node_until_resumed(backend: Backen
     let agent: AgentName = "summarizer_v2".parse().unwrap();
     let at = Timestamp::from_unix_ms(5);
     assert!(a.set_paused(Some(agent.clone()), true, at).await.unwrap());
-    assert!(!a.set_paused(Some(agent.clone()), true, at).await.unwrap(), "already paused");
+    assert!(
+        !a.set_paused(Some(agent.clone()), true, at).await.unwrap(),
+        "already paused"
+    );
     let paused = b.paused().await.unwrap();
     assert!(paused.holds(&agent) && !paused.all);
     assert!(claim_one(&b, 10).await.is_none(), "paused on every node");
     // Resuming the agent while every agent is paused still claims nothing.
     a.set_paused(None, true, at).await.unwrap();
     b.set_paused(Some(agent.clone()), false, at).await.unwrap();
-    assert!(claim_one(&a, 10).await.is_none(), "the sidecar-wide pause holds");
+    assert!(
+        claim_one(&a, 10).await.is_none(),
+        "the sidecar-wide pause holds"
+    );
     let mut signals = a.signals();
     b.set_paused(None, false, at).await.unwrap();
     assert_eq!(b.paused().await.unwrap(), Paused::default());
