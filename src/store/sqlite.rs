@@ -1116,5 +1116,8 @@ mod tests {
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
             assert!(!plan.contains("SCAN"), "{sql}: {plan}");
         }
+        // The per-key count of a candidate is one lookup among the running jobs.
+        let plan = plan(&conn, sql::NEXT_QUEUED);
+        assert!(plan.contains("jobs_running_key"), "{plan}");
     }
 }
