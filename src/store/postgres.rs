@@ -35,6 +35,7 @@ mod embedded {
 const MIGRATION_LOCK: i64 = 0x6167_656e_7401;
 const LEADER_LOCK: i64 = 0x6167_656e_7402;
 const PER_KEY_CLAIM_LOCK: i64 = 0x6167_656e_7403;
+const PAUSE_LOCK: i64 = 0x6167_656e_7404;
 /// Pause before the listener reconnects after losing its connection.
 const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 
@@ -433,6 +434,7 @@ async fn claim_in(
     mut free: usize,
     at: Timestamp,
 ) -> StoreResult<Vec<JobRecord>> {
+    execute(tx, sql::LOCK_CLAIMS_SHARED, &[&PAUSE_LOCK]).await?;
     let mut slots = paused_in(tx).await?.unpaused(slots);
     if slots.iter().any(|s| s.max_per_key.is_some()) {
         // Taken before the first count, so the counts below see every other node's claims.
@@ -754,7 +756,10 @@ impl Store for PgStore {
         self.write(async |tx, notes| {
             let scope = Paused::scope(agent.as_ref());
             let changed = match paused {
-                true => execute(tx, sql::PAUSE, &[&scope, &at.unix_ms()]).await?,
+                true => {
+                    execute(tx, sql::LOCK_CLAIMS_EXCLUSIVE, &[&PAUSE_LOCK]).await?;
+                    execute(tx, sql::PAUSE, &[&scope, &at.unix_ms()]).await?
+                }
                 false => {
                     // Every node's scheduler looks at the queue again.
                     notes.queued();

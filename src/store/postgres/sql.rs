@@ -63,6 +63,14 @@ pub const NEXT_QUEUED: &str = "SELECT job_id, agent_name, concurrency_key, runni
          OR running < ($3::int[])[array_position($1::text[], agent_name)]) \
      ORDER BY schedule_key, accepted_seq LIMIT $2 FOR UPDATE OF q SKIP LOCKED";
 
+/// Taken (shared) by every claim before it reads the pauses, and (exclusive) by a pause before
+/// it is written: a pause waits for the claims in flight, so once it commits no node starts a
+/// job it pauses.
+pub const LOCK_CLAIMS_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1)";
+
+/// A pause's side of [`LOCK_CLAIMS_SHARED`].
+pub const LOCK_CLAIMS_EXCLUSIVE: &str = "SELECT pg_advisory_xact_lock($1)";
+
 /// Serialises the claims of agents with a per-key limit across the fleet until commit, so two
 /// nodes never both count a key below its limit and both start one more.
 pub const LOCK_PER_KEY_CLAIMS: &str = "SELECT pg_advisory_xact_lock($1)";
