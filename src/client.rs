@@ -1,5 +1,5 @@
 //! The commands that talk to a running sidecar's API (`jobs show|list|cancel|retry`,
-//! `deliveries redrive|deliver`) and mint its
+//! `deliveries redrive|deliver`, `agents list|pause|resume`) and mint its
 //! tokens (`token mint`). Where to call and as whom are independent: the address comes from
 //! `--url` (or `AGENT_SIDECAR_URL`), else from `--config`; the token from `--token` (or
 //! `AGENT_SIDECAR_TOKEN`), else minted for the call from `--config`'s `[server.auth] secret`.
@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use agent_sidecar::api::token::{self, Mint};
 use agent_sidecar::config::Config;
-use agent_sidecar::contract::{AgentName, DeliveryStatus, JobList, RedriveResult};
+use agent_sidecar::contract::{
+    AgentList, AgentName, AgentStatus, DeliveryStatus, JobList, RedriveResult,
+};
 use agent_sidecar::store::DeliveryQuery;
 
 /// How long a token minted for one CLI call lives.
@@ -45,6 +47,17 @@ pub struct ListQuery {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Which agent `agents pause|resume` means: one by name, or every agent.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct WhichAgent {
+    /// The agent.
+    name: Option<String>,
+    /// Every agent (the whole sidecar; in a fleet, every node).
+    #[arg(long)]
+    all: bool,
 }
 
 /// `agent-sidecar token mint`.
@@ -248,4 +261,65 @@ fn call_token(config: &Config) -> anyhow::Result<Option<String>> {
         Err(token::MintError::NoAuth) => Ok(None),
         Err(e) => Err(anyhow::anyhow!("{e}; give --token")),
     }
+}
+
+/// `agents list`: each agent's state, limits, queued and running jobs.
+pub async fn agents(target: &Target, json: bool) -> anyhow::Result<()> {
+    let (_, body) = call(target, reqwest::Method::GET, "/agents").await?;
+    let list: AgentList = serde_json::from_value(body)?;
+    if list.paused && !json {
+        println!("every agent is paused (agents resume --all lifts it)");
+    }
+    for agent in &list.agents {
+        if json {
+            println!("{}", serde_json::to_string(agent)?);
+        } else {
+            println!("{}", agent_line(agent));
+        }
+    }
+    Ok(())
+}
+
+fn agent_line(agent: &AgentStatus) -> String {
+    let limits = &agent.limits;
+    let per_key = limits
+        .max_per_key
+        .map_or_else(|| "-".to_owned(), |n| n.to_string());
+    format!(
+        "{:<24}  {:<6}  queued {:<5}  running {:<4}  max_concurrent {}  max_per_key {}  timeout {}s",
+        agent.agent_name.to_string(),
+        agent.state.as_str(),
+        agent.queued,
+        agent.running,
+        limits.max_concurrent,
+        per_key,
+        limits.timeout_ms / 1000
+    )
+}
+
+/// `agents pause|resume NAME` (or `--all`).
+pub async fn pause(target: &Target, which: &WhichAgent, paused: bool) -> anyhow::Result<()> {
+    let verb = if paused { "pause" } else { "resume" };
+    match &which.name {
+        Some(name) => {
+            let path = format!("/agents/{}/{verb}", path_segment(name));
+            let (_, body) = call(target, reqwest::Method::POST, &path).await?;
+            let agent: AgentStatus = serde_json::from_value(body)?;
+            println!("{}", agent_line(&agent));
+        }
+        None => {
+            let path = format!("/agents/{verb}");
+            let (_, body) = call(target, reqwest::Method::POST, &path).await?;
+            let list: AgentList = serde_json::from_value(body)?;
+            println!(
+                "every agent {}",
+                if list.paused {
+                    "paused"
+                } else {
+                    "resumed (agents paused by name stay paused)"
+                }
+            );
+        }
+    }
+    Ok(())
 }

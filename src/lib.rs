@@ -9,7 +9,8 @@
 //! - [`config`]: the TOML file and its environment overrides, parsed once at start;
 //!   [`preflight`] checks what it names (shared root, agent commands) for `/ready` and
 //!   `check-config`.
-//! - [`api`]: the HTTP API (`/agents/trigger`, `/jobs/{id}`), errors rendered by [`error`].
+//! - [`api`]: the HTTP API (`/agents/trigger`, `/jobs/{id}`, `/agents` and its pauses), errors
+//!   rendered by [`error`].
 //! - [`contract`]: ids, states, wire types and JSON Schemas (pure).
 //! - [`jobdir`]: job folders under `shared_root`, resolved without following symlinks.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default), and its

@@ -82,6 +82,12 @@ enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// List, pause and resume agents through a running sidecar's API (a pause is stored: it
+    /// holds across restarts and on every node of a fleet).
+    Agents {
+        #[command(subcommand)]
+        action: AgentsCommand,
+    },
     /// Inbound API tokens.
     Token {
         #[command(subcommand)]
@@ -184,6 +190,33 @@ enum JobsCommand {
 }
 
 #[derive(Subcommand)]
+enum AgentsCommand {
+    /// Each agent's state, limits, queued and running jobs.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Pause an agent (or, with --all, every agent): queued jobs stay queued, running ones
+    /// finish, triggers are still accepted.
+    Pause {
+        #[command(flatten)]
+        which: client::WhichAgent,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Resume an agent (or, with --all, lift the pause of every agent).
+    Resume {
+        #[command(flatten)]
+        which: client::WhichAgent,
+        #[command(flatten)]
+        target: client::Target,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeliveriesCommand {
     /// List deliveries, newest first (e.g. `--state dead`).
     List {
@@ -241,6 +274,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Jobs { action } => runtime().and_then(|rt| rt.block_on(jobs(action))),
+        Command::Agents { action } => runtime().and_then(|rt| rt.block_on(agents(action))),
         Command::Token {
             action: TokenCommand::Mint(args),
         } => client::mint(args),
@@ -551,6 +585,14 @@ fn delivery_line(d: &DeliveryStatus) -> String {
         d.destination,
         d.created_at
     )
+}
+
+async fn agents(action: AgentsCommand) -> anyhow::Result<()> {
+    match action {
+        AgentsCommand::List { json, target } => client::agents(&target, json).await,
+        AgentsCommand::Pause { which, target } => client::pause(&target, &which, true).await,
+        AgentsCommand::Resume { which, target } => client::pause(&target, &which, false).await,
+    }
 }
 
 async fn jobs(action: JobsCommand) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! The HTTP API. Each module exposes `router()` with its routes next to their handlers.
 
+mod agents;
 pub mod auth;
 mod bulk;
 mod deliveries;
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.inner.config.server.max_body_bytes;
     Router::new()
         .merge(trigger::router())
+        .merge(agents::router())
         .merge(jobs::router())
         .merge(bulk::router())
         .merge(overview::router())

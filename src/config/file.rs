@@ -320,6 +320,8 @@ pub(super) struct RawAgent {
     #[serde(default)]
     pub(super) max_concurrent: Option<usize>,
     #[serde(default)]
+    pub(super) max_per_key: Option<u32>,
+    #[serde(default)]
     pub(super) env: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) params_schema: Option<PathBuf>,

@@ -458,6 +458,9 @@ pub struct AgentConfig {
     pub timeout: Duration,
     /// Runs of this agent at once.
     pub max_concurrent: usize,
+    /// Runs of this agent with one concurrency key at once, on every node; `None` for no
+    /// limit (issue 21).
+    pub max_per_key: Option<u32>,
     /// Extra environment for the agent.
     pub env: BTreeMap<String, String>,
     /// Schema `params` must satisfy, if any.
@@ -477,6 +480,7 @@ impl fmt::Debug for AgentConfig {
             .field("command", &self.command)
             .field("timeout", &self.timeout)
             .field("max_concurrent", &self.max_concurrent)
+            .field("max_per_key", &self.max_per_key)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("params_schema", &self.params_schema.is_some())
             .field("stale_after", &self.stale_after)

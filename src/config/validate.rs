@@ -441,6 +441,9 @@ fn resolve_agent(
     if max_concurrent == 0 {
         return Err(invalid(key("max_concurrent"), "must be at least 1"));
     }
+    if raw.max_per_key == Some(0) {
+        return Err(invalid(key("max_per_key"), "must be at least 1"));
+    }
     if raw.timeout.is_zero() {
         return Err(invalid(key("timeout"), "must be more than 0s"));
     }
@@ -454,6 +457,7 @@ fn resolve_agent(
         command,
         timeout: raw.timeout,
         max_concurrent,
+        max_per_key: raw.max_per_key,
         env: raw.env,
         params_schema,
         stale_after: raw.stale_after,

@@ -35,6 +35,11 @@ pub struct TriggerRequest {
     /// Scheduling priority (default `normal`).
     #[serde(default)]
     pub priority: Priority,
+    /// Groups jobs that share a per-key limit (e.g. the user id): at most the agent's
+    /// `max_per_key` jobs of one key run at once; leave it out for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, min_length = 1, max_length = 128)]
+    pub concurrency_key: Option<String>,
 }
 
 /// The two Rails endpoints a job reports to.
@@ -518,6 +523,10 @@ pub struct JobStatus {
     pub job_name: JobName,
     /// Scheduling priority.
     pub priority: Priority,
+    /// The trigger's concurrency key, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub concurrency_key: Option<String>,
     /// Current state.
     pub state: JobState,
     /// Attempt number (1 for the first run; 0 while never started).
@@ -875,4 +884,73 @@ pub struct BulkResult {
     pub refused: u32,
     /// Each job's outcome.
     pub results: Vec<BulkItem>,
+}
+
+/// Whether an agent's queued jobs are claimed (issue 21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Its jobs are claimed as slots free up.
+    Active,
+    /// Paused (itself, or every agent): triggers are still accepted and queued, running jobs
+    /// finish, nothing new starts until it is resumed.
+    Paused,
+}
+
+impl AgentState {
+    /// The state as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+/// An agent's limits, as configured (`[agents.NAME]`, `[jobs]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLimits {
+    /// Runs of the agent at once, on each node.
+    pub max_concurrent: u32,
+    /// Runs of the agent with one `concurrency_key` at once, on every node; `null` for no limit.
+    pub max_per_key: Option<u32>,
+    /// Wall-clock limit of one run, in milliseconds.
+    pub timeout_ms: u64,
+    /// A run silent this long (milliseconds) is stopped; `null` for no check.
+    pub stale_after_ms: Option<u64>,
+    /// Runs of one job at most.
+    pub max_attempts: u32,
+}
+
+/// One agent in `GET /agents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    /// The agent.
+    pub agent_name: AgentName,
+    /// `paused` when it, or every agent, is paused.
+    pub state: AgentState,
+    /// Whether it is paused by itself (`POST /agents/{name}/pause`), whatever the sidecar-wide
+    /// pause says.
+    pub paused: bool,
+    /// Its limits.
+    pub limits: AgentLimits,
+    /// Its jobs waiting in the queue, on every node.
+    pub queued: u64,
+    /// Its jobs running, on every node.
+    pub running: u64,
+}
+
+/// `GET /agents`: every configured agent, by name, and the sidecar-wide pause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentList {
+    /// Payload version.
+    pub version: u32,
+    /// Whether every agent is paused (`POST /agents/pause`); an agent paused by itself stays
+    /// paused when this is lifted.
+    pub paused: bool,
+    /// The agents.
+    pub agents: Vec<AgentStatus>,
 }

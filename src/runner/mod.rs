@@ -33,7 +33,7 @@ use crate::config::{Config, OnRestart};
 use crate::contract::{AgentName, ErrorReason, JobId, JobState, Timestamp};
 use crate::delivery::Deliveries;
 use crate::fence::{self, Armed, Fence};
-use crate::store::{JobRecord, Store, StoreError, StoreResult};
+use crate::store::{JobRecord, Slot, Store, StoreError, StoreResult};
 use crate::telemetry;
 use attempt::Supervisor;
 use guardian::Guardian;
@@ -613,8 +613,9 @@ impl Runner {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Free slots per agent (agents with none left are omitted) and free slots overall.
-    fn free_slots(&self) -> (Vec<(AgentName, usize)>, usize) {
+    /// Free slots per agent (agents with none left are omitted), with each agent's per-key
+    /// limit, and free slots overall.
+    fn free_slots(&self) -> (Vec<Slot>, usize) {
         let running = self.lock();
         let free = self
             .config
@@ -628,9 +629,13 @@ impl Runner {
             .iter()
             .map(|(name, agent)| {
                 let busy = running.per_agent.get(name).copied().unwrap_or(0);
-                (name.clone(), agent.max_concurrent.saturating_sub(busy))
+                Slot {
+                    agent: name.clone(),
+                    free: agent.max_concurrent.saturating_sub(busy),
+                    max_per_key: agent.max_per_key,
+                }
             })
-            .filter(|(_, n)| *n > 0)
+            .filter(|s| s.free > 0)
             .collect();
         (slots, free)
     }

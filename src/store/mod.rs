@@ -148,6 +148,72 @@ pub enum Signal {
     Cancel(JobId, u32),
 }
 
+/// What a claim may take of one agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The agent.
+    pub agent: AgentName,
+    /// How many more of its jobs this node may start.
+    pub free: usize,
+    /// At most this many of its jobs with one concurrency key run at once, on every node
+    /// (`[agents.NAME] max_per_key`); `None` for no limit.
+    pub max_per_key: Option<u32>,
+}
+
+/// What is paused (issue 21): claims skip these agents; queued jobs stay queued.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Paused {
+    /// Every agent is paused (`POST /agents/pause`).
+    pub all: bool,
+    /// These agents are paused one by one (`POST /agents/{name}/pause`).
+    pub agents: std::collections::BTreeSet<AgentName>,
+}
+
+impl Paused {
+    /// The scope the store keeps for every agent at once (never an agent name).
+    const ALL: &str = "*";
+
+    /// Whether claims skip `agent`.
+    pub fn holds(&self, agent: &AgentName) -> bool {
+        self.all || self.agents.contains(agent)
+    }
+
+    /// The store's scope of a pause: one agent, or every agent (`None`).
+    fn scope(agent: Option<&AgentName>) -> &str {
+        agent.map_or(Self::ALL, AgentName::as_str)
+    }
+
+    /// The pauses from the store's scopes (unknown ones, e.g. an agent since removed, kept).
+    fn from_scopes(scopes: impl IntoIterator<Item = String>) -> Self {
+        let mut paused = Self::default();
+        for scope in scopes {
+            if scope == Self::ALL {
+                paused.all = true;
+            } else if let Ok(agent) = scope.parse() {
+                paused.agents.insert(agent);
+            }
+        }
+        paused
+    }
+
+    /// `slots` without the paused agents.
+    fn unpaused(&self, slots: Vec<Slot>) -> Vec<Slot> {
+        slots
+            .into_iter()
+            .filter(|s| !self.holds(&s.agent))
+            .collect()
+    }
+}
+
+/// How many jobs of one agent wait and run, on every node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentLoad {
+    /// Jobs `queued`.
+    pub queued: u64,
+    /// Jobs `in_progress`.
+    pub running: u64,
+}
+
 /// What `enqueue` did.
 #[derive(Debug, Clone)]
 pub enum Enqueued {
@@ -262,6 +328,7 @@ impl JobView {
             agent_name: job.agent_name.clone(),
             job_name: job.job_name.clone(),
             priority: job.priority,
+            concurrency_key: job.request.concurrency_key.clone(),
             state: job.state,
             attempt: job.attempt,
             trace_id: job.trace_id.clone(),
@@ -472,15 +539,31 @@ pub trait Store: Send + Sync {
     /// A job with its transitions and completion delivery.
     async fn job_view(&self, job_id: JobId) -> StoreResult<Option<JobView>>;
 
-    /// Moves up to `free` queued jobs to `in_progress` in one transaction, each the oldest of
-    /// the highest priority among the agents that still have a free slot in `slots`
-    /// (`(agent, free slots)`), incrementing their attempt.
+    /// Moves up to `free` queued jobs to `in_progress` in one transaction, each the first in
+    /// claim order among the agents that still have a free slot in `slots` and are not
+    /// paused, whose concurrency key has fewer than the agent's `max_per_key` running (on
+    /// every node; jobs behind a key at its limit are still taken), incrementing their attempt.
     async fn claim(
         &self,
-        slots: Vec<(AgentName, usize)>,
+        slots: Vec<Slot>,
         free: usize,
         at: Timestamp,
     ) -> StoreResult<Vec<JobRecord>>;
+
+    /// Pauses (`paused`) or resumes one agent, or every agent (`None`), durably and for every
+    /// node; resuming wakes every node's scheduler. Returns whether anything changed.
+    async fn set_paused(
+        &self,
+        agent: Option<AgentName>,
+        paused: bool,
+        at: Timestamp,
+    ) -> StoreResult<bool>;
+
+    /// What is paused now.
+    async fn paused(&self) -> StoreResult<Paused>;
+
+    /// Queued and running jobs per agent, on every node (agents with neither are left out).
+    async fn agent_loads(&self) -> StoreResult<std::collections::BTreeMap<AgentName, AgentLoad>>;
 
     /// Jobs `in_progress` on any node.
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>>;

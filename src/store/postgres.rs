@@ -34,6 +34,8 @@ mod embedded {
 /// Advisory lock keys (arbitrary constants, the same on every node).
 const MIGRATION_LOCK: i64 = 0x6167_656e_7401;
 const LEADER_LOCK: i64 = 0x6167_656e_7402;
+const PER_KEY_CLAIM_LOCK: i64 = 0x6167_656e_7403;
+const PAUSE_LOCK: i64 = 0x6167_656e_7404;
 /// Pause before the listener reconnects after losing its connection.
 const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 
@@ -400,6 +402,7 @@ async fn enqueue_in(
             &job.trace_id,
             &job.at.unix_ms(),
             &job.sort_at.unix_ms(),
+            &r.concurrency_key,
         ],
     )
     .await?;
@@ -420,38 +423,38 @@ async fn enqueue_in(
     ))
 }
 
-/// Claims what fits: locks the oldest queued rows of the agents with free slots (skipping rows
-/// other nodes are claiming), keeps those the per-agent slots allow, and leases them.
+/// Claims what fits: locks the oldest queued rows of the unpaused agents with free slots
+/// (skipping rows other nodes are claiming and keys at their limit), keeps those the per-agent
+/// slots and per-key limits allow, and leases them.
 async fn claim_in(
     tx: &deadpool_postgres::Transaction<'_>,
     notes: &mut Notes,
     node: &Node,
-    mut slots: Vec<(AgentName, usize)>,
+    slots: Vec<Slot>,
     mut free: usize,
     at: Timestamp,
 ) -> StoreResult<Vec<JobRecord>> {
+    execute(tx, sql::LOCK_CLAIMS_SHARED, &[&PAUSE_LOCK]).await?;
+    let mut slots = paused_in(tx).await?.unpaused(slots);
+    if slots.iter().any(|s| s.max_per_key.is_some()) {
+        // Taken before the first count, so the counts below see every other node's claims.
+        execute(tx, sql::LOCK_PER_KEY_CLAIMS, &[&PER_KEY_CLAIM_LOCK]).await?;
+    }
     let mut claimed = Vec::new();
     loop {
-        let agents: Vec<String> = slots
+        slots.retain(|s| s.free > 0);
+        if free == 0 || slots.is_empty() {
+            return Ok(claimed);
+        }
+        let agents: Vec<&str> = slots.iter().map(|s| s.agent.as_str()).collect();
+        let per_key: Vec<Option<i32>> = slots
             .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(a, _)| a.to_string())
+            .map(|s| s.max_per_key.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
             .collect();
-        if free == 0 || agents.is_empty() {
+        let candidates = query(tx, sql::NEXT_QUEUED, &[&agents, &(free as i64), &per_key]).await?;
+        let picked = pick(&candidates, &mut slots, &mut free)?;
+        if picked.is_empty() {
             return Ok(claimed);
-        }
-        let candidates = query(tx, sql::NEXT_QUEUED, &[&agents, &(free as i64)]).await?;
-        if candidates.is_empty() {
-            return Ok(claimed);
-        }
-        let mut picked = Vec::new();
-        for row in &candidates {
-            let agent: AgentName = row.parsed(1)?;
-            if let Some(slot) = slots.iter_mut().find(|(a, n)| *a == agent && *n > 0) {
-                slot.1 -= 1;
-                free -= 1;
-                picked.push(row.text(0)?);
-            }
         }
         let rows = query(
             tx,
@@ -473,6 +476,43 @@ async fn claim_in(
         }
         claimed.extend(jobs);
     }
+}
+
+/// The candidates (`job_id, agent_name, concurrency_key, running with the key`, in claim
+/// order) that the slots and per-key limits take, counting them off: a key's jobs in one batch
+/// count with those already running.
+fn pick(candidates: &[Row], slots: &mut [Slot], free: &mut usize) -> StoreResult<Vec<String>> {
+    let mut picked = Vec::new();
+    let mut batch: std::collections::HashMap<(AgentName, String), i64> = Default::default();
+    for row in candidates {
+        let agent: AgentName = row.parsed(1)?;
+        let Some(slot) = slots.iter_mut().find(|s| s.agent == agent && s.free > 0) else {
+            continue;
+        };
+        if let (Some(key), Some(limit)) = (row.opt_text(2)?, slot.max_per_key) {
+            let taken = batch.entry((agent, key)).or_default();
+            if row.int(3)? + *taken >= i64::from(limit) {
+                continue;
+            }
+            *taken += 1;
+        }
+        slot.free -= 1;
+        *free -= 1;
+        picked.push(row.text(0)?);
+        if *free == 0 {
+            break;
+        }
+    }
+    Ok(picked)
+}
+
+async fn paused_in<C: GenericClient + Sync>(c: &C) -> StoreResult<Paused> {
+    let rows = query(c, sql::PAUSED, &[]).await?;
+    let scopes = rows
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Paused::from_scopes(scopes))
 }
 
 async fn progress_in(
@@ -699,7 +739,7 @@ impl Store for PgStore {
 
     async fn claim(
         &self,
-        slots: Vec<(AgentName, usize)>,
+        slots: Vec<Slot>,
         free: usize,
         at: Timestamp,
     ) -> StoreResult<Vec<JobRecord>> {
@@ -711,6 +751,43 @@ impl Store for PgStore {
             self.hub.tell(Change::Claimed(job.job_id));
         }
         Ok(claimed)
+    }
+
+    async fn set_paused(
+        &self,
+        agent: Option<AgentName>,
+        paused: bool,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        self.write(async |tx, notes| {
+            let scope = Paused::scope(agent.as_ref());
+            let changed = match paused {
+                true => {
+                    execute(tx, sql::LOCK_CLAIMS_EXCLUSIVE, &[&PAUSE_LOCK]).await?;
+                    execute(tx, sql::PAUSE, &[&scope, &at.unix_ms()]).await?
+                }
+                false => {
+                    // Every node's scheduler looks at the queue again.
+                    notes.queued();
+                    execute(tx, sql::RESUME, &[&scope]).await?
+                }
+            };
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn paused(&self) -> StoreResult<Paused> {
+        paused_in(&self.client().await?).await
+    }
+
+    async fn agent_loads(&self) -> StoreResult<std::collections::BTreeMap<AgentName, AgentLoad>> {
+        let client = self.client().await?;
+        query(&client, sql::AGENT_LOADS, &[])
+            .await?
+            .iter()
+            .map(row::load)
+            .collect()
     }
 
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {

@@ -275,3 +275,15 @@ pub(super) fn outbox_counts(rows: &[(String, u64)]) -> (u64, u64) {
     let count = |state: &str| rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
     (count("pending"), count("dead"))
 }
+
+/// An agent's queued and running jobs, from `agent_name, queued, running`.
+pub(super) fn load(r: &impl Cols) -> StoreResult<(AgentName, super::AgentLoad)> {
+    let count = |col| r.int(col).map(|n| u64::try_from(n).unwrap_or(0));
+    Ok((
+        r.parsed(0)?,
+        super::AgentLoad {
+            queued: count(1)?,
+            running: count(2)?,
+        },
+    ))
+}

@@ -59,6 +59,9 @@ fn migrations() -> Migrations<'static> {
             "../../migrations/sqlite/0006_acceptance_order.sql"
         )),
         M::up(include_str!("../../migrations/sqlite/0007_dashboard.sql")),
+        M::up(include_str!(
+            "../../migrations/sqlite/0008_pause_and_keys.sql"
+        )),
     ])
 }
 
@@ -376,6 +379,7 @@ fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
             job.trace_id,
             job.at.unix_ms(),
             job.sort_at.unix_ms(),
+            r.concurrency_key,
         ],
     )?;
     append_state(conn, r.job_id, 0, JobState::Received, job.at)?;
@@ -407,11 +411,11 @@ fn enqueue_in(conn: &Connection, job: NewJob) -> StoreResult<Enqueued> {
 
 fn claim_in(
     conn: &Connection,
-    agents: &[AgentName],
+    slots: &[Slot],
     at: Timestamp,
     node: &Node,
 ) -> StoreResult<Option<JobRecord>> {
-    let Some(job_id) = next_queued(conn, agents)? else {
+    let Some(job_id) = next_queued(conn, slots)? else {
         return Ok(None);
     };
     let job = first(
@@ -432,44 +436,52 @@ fn claim_in(
     Ok(job)
 }
 
-/// The queued job to claim next among `agents`: each agent's first in claim order (one index
-/// step each), then the earliest of those.
-fn next_queued(conn: &Connection, agents: &[AgentName]) -> StoreResult<Option<String>> {
+/// The queued job to claim next among the agents of `slots`: each agent's first in claim order
+/// whose key is below the agent's per-key limit (one index walk each), then the earliest of
+/// those.
+fn next_queued(conn: &Connection, slots: &[Slot]) -> StoreResult<Option<String>> {
     let mut best: Option<(i64, i64, String)> = None;
-    for agent in agents {
-        let head = first(conn, sql::NEXT_QUEUED, [agent.as_str()], |r| {
-            Ok((r.int(0)?, r.int(1)?, r.text(2)?))
-        })?;
+    for slot in slots {
+        let head = first(
+            conn,
+            sql::NEXT_QUEUED,
+            params![slot.agent.as_str(), slot.max_per_key],
+            |r| Ok((r.int(0)?, r.int(1)?, r.text(2)?)),
+        )?;
         best = best.into_iter().chain(head).min();
     }
     Ok(best.map(|(_, _, job_id)| job_id))
 }
 
-/// Claims job after job in one transaction, so a burst costs one commit, not one per job.
+/// Claims job after job in one transaction, so a burst costs one commit, not one per job;
+/// paused agents are left out (the pause is read in the same transaction).
 fn claim_batch_in(
     conn: &Connection,
-    mut slots: Vec<(AgentName, usize)>,
+    slots: Vec<Slot>,
     mut free: usize,
     at: Timestamp,
     node: &Node,
 ) -> StoreResult<Vec<JobRecord>> {
+    let mut slots = paused_in(conn)?.unpaused(slots);
     let mut claimed = Vec::new();
     while free > 0 {
-        let agents: Vec<AgentName> = slots
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(a, _)| a.clone())
-            .collect();
-        let Some(job) = claim_in(conn, &agents, at, node)? else {
+        slots.retain(|s| s.free > 0);
+        let Some(job) = claim_in(conn, &slots, at, node)? else {
             break;
         };
-        if let Some(slot) = slots.iter_mut().find(|(a, _)| *a == job.agent_name) {
-            slot.1 -= 1;
+        if let Some(slot) = slots.iter_mut().find(|s| s.agent == job.agent_name) {
+            slot.free -= 1;
         }
         free -= 1;
         claimed.push(job);
     }
     Ok(claimed)
+}
+
+fn paused_in(conn: &Connection) -> StoreResult<Paused> {
+    Ok(Paused::from_scopes(all(conn, sql::PAUSED, [], |r| {
+        r.text(0)
+    })?))
 }
 
 fn fenced(conn: &Connection, job_id: JobId, expected: JobState, attempt: u32) -> StoreResult<()> {
@@ -770,7 +782,7 @@ impl Store for SqliteStore {
 
     async fn claim(
         &self,
-        slots: Vec<(AgentName, usize)>,
+        slots: Vec<Slot>,
         free: usize,
         at: Timestamp,
     ) -> StoreResult<Vec<JobRecord>> {
@@ -782,6 +794,36 @@ impl Store for SqliteStore {
             self.hub.tell(Change::Claimed(job.job_id));
         }
         Ok(claimed)
+    }
+
+    async fn set_paused(
+        &self,
+        agent: Option<AgentName>,
+        paused: bool,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let scope = Paused::scope(agent.as_ref());
+            let changed = match paused {
+                true => execute(conn, sql::PAUSE, params![scope, at.unix_ms()])?,
+                false => execute(conn, sql::RESUME, [scope])?,
+            };
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn paused(&self) -> StoreResult<Paused> {
+        self.read(paused_in).await
+    }
+
+    async fn agent_loads(&self) -> StoreResult<std::collections::BTreeMap<AgentName, AgentLoad>> {
+        self.read(|conn| {
+            Ok(all(conn, sql::AGENT_LOADS, [], |r| row::load(r))?
+                .into_iter()
+                .collect())
+        })
+        .await
     }
 
     async fn in_progress(&self) -> StoreResult<Vec<JobRecord>> {
@@ -1111,5 +1153,8 @@ mod tests {
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
             assert!(!plan.contains("SCAN"), "{sql}: {plan}");
         }
+        // The per-key count of a candidate is one lookup among the running jobs.
+        let plan = plan(&conn, sql::NEXT_QUEUED);
+        assert!(plan.contains("jobs_running_key"), "{plan}");
     }
 }

@@ -109,6 +109,10 @@ on_both_stores!(
     a_redriven_delivery_counts_its_age_from_the_redrive,
     job_lists_narrow_by_every_filter_and_page_by_cursor_without_gaps,
     the_overview_reads_counts_queues_running_outbox_and_what_ended,
+    a_claim_walks_past_a_key_at_its_limit_and_takes_the_next_key_in_order,
+    per_key_limits_hold_across_nodes_claiming_at_once,
+    a_paused_agent_is_not_claimed_by_any_node_until_resumed,
+    agent_loads_count_queued_and_running_jobs_per_agent,
 );
 
 fn new_job(priority: Priority, at_ms: i64) -> NewJob {
@@ -126,6 +130,7 @@ fn new_job(priority: Priority, at_ms: i64) -> NewJob {
                 completion: "http://127.0.0.1:1/completion".parse().unwrap(),
             },
             priority,
+            concurrency_key: None,
         },
         request_sha256: "sha".into(),
         trace_id: "trace".into(),
@@ -141,8 +146,17 @@ async fn enqueue(store: &Arc<dyn Store>, job: NewJob) -> JobId {
     }
 }
 
+/// One agent's slot for a claim.
+fn slots(agent: &str, free: usize, max_per_key: Option<u32>) -> Vec<Slot> {
+    vec![Slot {
+        agent: agent.parse().unwrap(),
+        free,
+        max_per_key,
+    }]
+}
+
 async fn claim_one(store: &Arc<dyn Store>, at_ms: i64) -> Option<JobRecord> {
-    let slots = vec![("summarizer_v2".parse().unwrap(), 1)];
+    let slots = slots("summarizer_v2", 1, None);
     store
         .claim(slots, 1, Timestamp::from_unix_ms(at_ms))
         .await
@@ -199,7 +213,7 @@ async fn jobs_accepted_in_the_same_millisecond_start_in_acceptance_order(backend
     for _ in 0..4 {
         order.push(claim_one(&store, 6_000).await.unwrap().job_id);
     }
-    let slots = vec![("summarizer_v2".parse().unwrap(), 8)];
+    let slots = slots("summarizer_v2", 8, None);
     let batch = store
         .claim(slots, 8, Timestamp::from_unix_ms(6_000))
         .await
@@ -504,7 +518,7 @@ async fn nodes_claiming_at_once_never_get_the_same_job(backend: Backend) {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let slots = vec![("summarizer_v2".parse().unwrap(), 7)];
+                let slots = slots("summarizer_v2", 7, None);
                 let got = store
                     .claim(slots, 7, Timestamp::from_unix_ms(5_000))
                     .await
@@ -582,7 +596,7 @@ async fn a_claim_takes_only_the_agents_the_node_offers_within_their_slots(backen
     for i in 1..=3 {
         enqueue(&store, new_job(Priority::Normal, i)).await;
     }
-    let slots = vec![("summarizer_v2".parse().unwrap(), 2)];
+    let slots = slots("summarizer_v2", 2, None);
     let got = store
         .claim(slots, 10, Timestamp::from_unix_ms(10))
         .await
@@ -1123,5 +1137,152 @@ async fn the_overview_reads_counts_queues_running_outbox_and_what_ended(backend:
         later.queues.len(),
         1,
         "the queue is now, whatever the window"
+    );
+}
+
+fn keyed(key: &str, at_ms: i64) -> NewJob {
+    let mut job = new_job(Priority::Normal, at_ms);
+    job.request.concurrency_key = Some(key.into());
+    job
+}
+
+async fn a_claim_walks_past_a_key_at_its_limit_and_takes_the_next_key_in_order(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
+    let a1 = enqueue(&store, keyed("a", 1)).await;
+    let a2 = enqueue(&store, keyed("a", 2)).await;
+    let a3 = enqueue(&store, keyed("a", 3)).await;
+    let b1 = enqueue(&store, keyed("b", 4)).await;
+    let none = enqueue(&store, new_job(Priority::Normal, 5)).await;
+    let at = Timestamp::from_unix_ms(10);
+    // One batch: a1, then a2 and a3 walked past (key a at 1), then b1 and the unkeyed job.
+    let got = store
+        .claim(slots("summarizer_v2", 3, Some(1)), 3, at)
+        .await
+        .unwrap();
+    let ids: Vec<JobId> = got.iter().map(|j| j.job_id).collect();
+    assert_eq!(ids, vec![a1, b1, none]);
+    // Key a is at its limit until a1 ends; then a2 (the older) comes next, not a3.
+    assert!(
+        store
+            .claim(slots("summarizer_v2", 3, Some(1)), 3, at)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .finish(finish(&got[0], JobState::Completed, 20))
+        .await
+        .unwrap();
+    let next = store
+        .claim(slots("summarizer_v2", 3, Some(1)), 3, at)
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|j| j.job_id).collect::<Vec<_>>(), vec![a2]);
+    // Without a per-key limit the key means nothing.
+    let rest = store
+        .claim(slots("summarizer_v2", 3, None), 3, at)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|j| j.job_id).collect::<Vec<_>>(), vec![a3]);
+}
+
+async fn per_key_limits_hold_across_nodes_claiming_at_once(backend: Backend) {
+    let db = backend.db().await;
+    let nodes = [db.node("a", 100).await, db.node("b", 100).await];
+    for i in 0..20 {
+        enqueue(&nodes[0], keyed(if i % 2 == 0 { "x" } else { "y" }, i)).await;
+    }
+    let claims = nodes.iter().map(|store| {
+        let store = Arc::clone(store);
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..5 {
+                let got = store
+                    .claim(
+                        slots("summarizer_v2", 4, Some(2)),
+                        4,
+                        Timestamp::from_unix_ms(100),
+                    )
+                    .await
+                    .unwrap();
+                mine.extend(got);
+            }
+            mine
+        })
+    });
+    let mut all = Vec::new();
+    for claim in claims {
+        all.extend(claim.await.unwrap());
+    }
+    let per_key = |k: &str| {
+        all.iter()
+            .filter(|j| j.request.concurrency_key.as_deref() == Some(k))
+            .count()
+    };
+    assert_eq!(
+        (per_key("x"), per_key("y")),
+        (2, 2),
+        "two of each key, fleet-wide"
+    );
+    let running = nodes[0].in_progress().await.unwrap();
+    assert_eq!(running.len(), 4);
+}
+
+async fn a_paused_agent_is_not_claimed_by_any_node_until_resumed(backend: Backend) {
+    let db = backend.db().await;
+    let (a, b) = (db.node("a", 100).await, db.node("b", 100).await);
+    let id = enqueue(&a, new_job(Priority::Normal, 1)).await;
+    let agent: AgentName = "summarizer_v2".parse().unwrap();
+    let at = Timestamp::from_unix_ms(5);
+    assert!(a.set_paused(Some(agent.clone()), true, at).await.unwrap());
+    assert!(
+        !a.set_paused(Some(agent.clone()), true, at).await.unwrap(),
+        "already paused"
+    );
+    let paused = b.paused().await.unwrap();
+    assert!(paused.holds(&agent) && !paused.all);
+    assert!(claim_one(&b, 10).await.is_none(), "paused on every node");
+    // Resuming the agent while every agent is paused still claims nothing.
+    a.set_paused(None, true, at).await.unwrap();
+    b.set_paused(Some(agent.clone()), false, at).await.unwrap();
+    assert!(
+        claim_one(&a, 10).await.is_none(),
+        "the sidecar-wide pause holds"
+    );
+    let mut signals = a.signals();
+    b.set_paused(None, false, at).await.unwrap();
+    assert_eq!(b.paused().await.unwrap(), Paused::default());
+    if matches!(backend, Backend::Postgres) {
+        // The resume wakes the other nodes' schedulers.
+        let signal = tokio::time::timeout(Duration::from_secs(10), signals.recv()).await;
+        assert_eq!(signal.unwrap().unwrap(), Signal::Queued);
+    }
+    assert_eq!(claim_one(&a, 10).await.unwrap().job_id, id);
+}
+
+async fn agent_loads_count_queued_and_running_jobs_per_agent(backend: Backend) {
+    let (_db, store) = backend.open(100).await;
+    for i in 0..3 {
+        enqueue(&store, new_job(Priority::Normal, i)).await;
+    }
+    let mut vision = new_job(Priority::Normal, 4);
+    vision.request.agent_name = "vision_v3".parse().unwrap();
+    enqueue(&store, vision).await;
+    claim_one(&store, 10).await.unwrap();
+    let loads = store.agent_loads().await.unwrap();
+    let load = |a: &str| loads.get(&a.parse::<AgentName>().unwrap()).copied();
+    assert_eq!(
+        load("summarizer_v2"),
+        Some(AgentLoad {
+            queued: 2,
+            running: 1
+        })
+    );
+    assert_eq!(
+        load("vision_v3"),
+        Some(AgentLoad {
+            queued: 1,
+            running: 0
+        })
     );
 }

@@ -6,23 +6,23 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 use crate::pki::{self, Ca};
 
-const INBOUND_SECRET: &str = "inbound-secret-0123456789abcdef-0123456789";
+pub(crate) const INBOUND_SECRET: &str = "inbound-secret-0123456789abcdef-0123456789";
 
-fn auth_toml(extra: &str) -> String {
+pub(crate) fn auth_toml(extra: &str) -> String {
     format!(
         "\n[server.auth]\nissuer = \"rails\"\naudience = \"agent-sidecar\"\nsecret = \"{INBOUND_SECRET}\"\n{extra}"
     )
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap()
 }
 
-fn claims() -> Value {
+pub(crate) fn claims() -> Value {
     json!({"iss": "rails", "aud": "agent-sidecar", "sub": "rails-app", "exp": now() + 300})
 }
 
-fn hs256(claims: &Value, secret: &str) -> String {
+pub(crate) fn hs256(claims: &Value, secret: &str) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,

@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, real agents, a real receiver, real files.
 
+mod agents;
 mod auth;
 mod cli;
 mod contract;

@@ -48,12 +48,32 @@ pub const JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE job_i
 
 /// A new job, queued; nothing if the id exists.
 pub const INSERT_JOB: &str = "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-     trace_id, created_at, queued_at, updated_at, schedule_key) \
-     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $9, $9, $10) ON CONFLICT (job_id) DO NOTHING";
+     trace_id, created_at, queued_at, updated_at, schedule_key, concurrency_key) \
+     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $9, $9, $10, $11) ON CONFLICT (job_id) DO NOTHING";
 
-/// Locks the oldest queued rows of the agents `$1`, skipping rows other nodes are claiming.
-pub const NEXT_QUEUED: &str = "SELECT job_id, agent_name FROM jobs WHERE state = 'queued' AND agent_name = ANY($1) \
-     ORDER BY schedule_key, accepted_seq LIMIT $2 FOR UPDATE SKIP LOCKED";
+/// Locks the oldest queued rows of the agents `$1`, skipping rows other nodes are claiming and
+/// rows whose concurrency key already has its agent's per-key limit (`$3`, by position in
+/// `$1`; NULL for none) running; with each, its key and how many of the key run. A key at its
+/// limit is walked past, so the jobs of other keys behind it are still claimed.
+pub const NEXT_QUEUED: &str = "SELECT job_id, agent_name, concurrency_key, running FROM jobs q \
+     CROSS JOIN LATERAL (SELECT count(*) AS running FROM jobs r WHERE r.state = 'in_progress' \
+         AND r.agent_name = q.agent_name AND r.concurrency_key = q.concurrency_key) k \
+     WHERE state = 'queued' AND agent_name = ANY($1) AND (concurrency_key IS NULL \
+         OR ($3::int[])[array_position($1::text[], agent_name)] IS NULL \
+         OR running < ($3::int[])[array_position($1::text[], agent_name)]) \
+     ORDER BY schedule_key, accepted_seq LIMIT $2 FOR UPDATE OF q SKIP LOCKED";
+
+/// Taken (shared) by every claim before it reads the pauses, and (exclusive) by a pause before
+/// it is written: a pause waits for the claims in flight, so once it commits no node starts a
+/// job it pauses.
+pub const LOCK_CLAIMS_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1)";
+
+/// A pause's side of [`LOCK_CLAIMS_SHARED`].
+pub const LOCK_CLAIMS_EXCLUSIVE: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// Serialises the claims of agents with a per-key limit across the fleet until commit, so two
+/// nodes never both count a key below its limit and both start one more.
+pub const LOCK_PER_KEY_CLAIMS: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// Moves the locked jobs `$1` to `in_progress`, leased to this process.
 pub const CLAIM_JOBS: &str = concat!(
@@ -126,6 +146,23 @@ pub const PRUNE: &str = "DELETE FROM jobs WHERE job_id IN ( \
 /// Queue depth per agent.
 pub const QUEUED_PER_AGENT: &str =
     "SELECT agent_name, count(*) FROM jobs WHERE state = 'queued' GROUP BY agent_name";
+
+/// Queued and running jobs per agent.
+pub const AGENT_LOADS: &str = "SELECT agent_name, count(*) FILTER (WHERE state = 'queued'), \
+     count(*) FILTER (WHERE state = 'in_progress') FROM jobs \
+     WHERE state IN ('queued', 'in_progress') GROUP BY agent_name";
+
+// ---- pauses ----
+
+/// What is paused: agent names, `*` for every agent.
+pub const PAUSED: &str = "SELECT scope FROM paused";
+
+/// Pauses scope $1 (an earlier pause keeps its time).
+pub const PAUSE: &str =
+    "INSERT INTO paused (scope, paused_at) VALUES ($1, $2) ON CONFLICT (scope) DO NOTHING";
+
+/// Resumes scope $1.
+pub const RESUME: &str = "DELETE FROM paused WHERE scope = $1";
 
 // ---- events ----
 

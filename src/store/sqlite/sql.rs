@@ -29,15 +29,20 @@ pub const NEXT_ACCEPTED: &str = next_accepted!();
 /// A new job, queued.
 pub const INSERT_JOB: &str = concat!(
     "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-     trace_id, created_at, queued_at, updated_at, schedule_key, accepted_seq) \
-     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9, ?10, (",
+     trace_id, created_at, queued_at, updated_at, schedule_key, concurrency_key, accepted_seq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, (",
     next_accepted!(),
     "))"
 );
 
-/// An agent's next queued job in claim order.
-pub const NEXT_QUEUED: &str = "SELECT schedule_key, accepted_seq, job_id FROM jobs \
-     WHERE state = 'queued' AND agent_name = ?1 ORDER BY schedule_key, accepted_seq LIMIT 1";
+/// An agent's next queued job in claim order whose concurrency key has fewer than ?2 jobs of
+/// the agent running (?2 NULL: no per-key limit). A key at its limit is walked past, so the
+/// jobs of other keys behind it are still claimed: no head-of-line blocking.
+pub const NEXT_QUEUED: &str = "SELECT schedule_key, accepted_seq, job_id FROM jobs q \
+     WHERE state = 'queued' AND agent_name = ?1 AND (?2 IS NULL OR concurrency_key IS NULL \
+     OR (SELECT count(*) FROM jobs r WHERE r.state = 'in_progress' AND r.agent_name = ?1 \
+         AND r.concurrency_key = q.concurrency_key) < ?2) \
+     ORDER BY schedule_key, accepted_seq LIMIT 1";
 
 /// Moves one queued job to `in_progress`, leased to this process.
 pub const CLAIM_JOB: &str = concat!(
@@ -114,6 +119,23 @@ pub const PRUNE: &str = "DELETE FROM jobs WHERE job_id IN ( \
 /// Queue depth per agent.
 pub const QUEUED_PER_AGENT: &str =
     "SELECT agent_name, count(*) FROM jobs WHERE state = 'queued' GROUP BY agent_name";
+
+/// Queued and running jobs per agent.
+pub const AGENT_LOADS: &str = "SELECT agent_name, count(*) FILTER (WHERE state = 'queued'), \
+     count(*) FILTER (WHERE state = 'in_progress') FROM jobs \
+     WHERE state IN ('queued', 'in_progress') GROUP BY agent_name";
+
+// ---- pauses ----
+
+/// What is paused: agent names, `*` for every agent.
+pub const PAUSED: &str = "SELECT scope FROM paused";
+
+/// Pauses scope ?1 (an earlier pause keeps its time).
+pub const PAUSE: &str =
+    "INSERT INTO paused (scope, paused_at) VALUES (?1, ?2) ON CONFLICT (scope) DO NOTHING";
+
+/// Resumes scope ?1.
+pub const RESUME: &str = "DELETE FROM paused WHERE scope = ?1";
 
 // ---- events ----
 
