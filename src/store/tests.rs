@@ -124,11 +124,14 @@ fn new_job(priority: Priority, at_ms: i64) -> NewJob {
                 completion: "http://127.0.0.1:1/completion".parse().unwrap(),
             },
             priority,
+            run_at: None,
+            delay: None,
         },
         request_sha256: "sha".into(),
         trace_id: "trace".into(),
         at,
         sort_at: at.plus(AGING * rank),
+        run_at: None,
     }
 }
 
