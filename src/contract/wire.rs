@@ -43,7 +43,7 @@ pub struct TriggerRequest {
     /// Not to start before this many seconds after acceptance (millisecond precision). Not
     /// with `run_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, minimum = 0)]
+    #[schema(nullable = false, minimum = 0, maximum = 2_592_000)]
     pub delay: Option<f64>,
 }
 
@@ -64,7 +64,8 @@ pub struct CallbackUrls {
 pub struct TriggerAccepted {
     /// The job's id.
     pub job_id: JobId,
-    /// The job's current state (`queued` for a new job).
+    /// The job's current state (`queued` for a new job, `scheduled` for one given a later
+    /// `run_at` or a `delay`).
     pub status: JobState,
     /// Where to poll the job.
     pub status_url: String,

@@ -50,7 +50,7 @@ pub const JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE job_i
 /// `queued_at` too); nothing if the id exists.
 pub const INSERT_JOB: &str = "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
      trace_id, created_at, queued_at, updated_at, schedule_key, run_at) \
-     VALUES ($1, $2, $3, $4, $5, $11, $6, $7, $8, $9, coalesce($12, $9), $9, $10, $12) ON CONFLICT (job_id) DO NOTHING";
+     VALUES ($1, $2, $3, $4, $5, $11, $6, $7, $8, $9, coalesce($12::bigint, $9::bigint), $9, $10, $12) ON CONFLICT (job_id) DO NOTHING";
 
 /// Locks the oldest queued rows of the agents `$1`, skipping rows other nodes are claiming.
 pub const NEXT_QUEUED: &str = "SELECT job_id, agent_name FROM jobs WHERE state = 'queued' AND agent_name = ANY($1) \
@@ -100,7 +100,7 @@ pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM jobs WHERE state = 'sched
 /// Records how the job's current attempt (if it ran) ended: state $3 at $2, exit code $4,
 /// error $5, retried from $6; the first record of an attempt stays.
 pub const RECORD_JOB_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, started_at, ended_at, state, exit_code, error, retry_at) \
-     SELECT job_id, attempt, started_at, $2, $3, $4, $5, $6 FROM jobs WHERE job_id = $1 AND attempt > 0 \
+     SELECT job_id, attempt, started_at, $2::bigint, $3::text, $4::integer, $5::text, $6::bigint FROM jobs WHERE job_id = $1 AND attempt > 0 \
      ON CONFLICT (job_id, attempt) DO NOTHING";
 
 /// A job's ended attempts, oldest first.
