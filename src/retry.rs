@@ -195,7 +195,10 @@ mod tests {
                 let full = exponential(Jitter::Full).delay(k, unit);
                 assert!(full <= plain, "{full:?} > {plain:?}");
                 let equal = exponential(Jitter::Equal).delay(k, unit);
-                assert!(equal >= plain / 2 && equal <= plain, "{equal:?} vs {plain:?}");
+                assert!(
+                    equal >= plain / 2 && equal <= plain,
+                    "{equal:?} vs {plain:?}"
+                );
             }
         }
         // The sample spreads the delay: the two ends of the unit give the two ends of the range.
@@ -245,7 +248,10 @@ mod tests {
         };
         assert!(timeouts.next_delay(1, Ended::Timeout, None, 0.0).is_some());
         assert!(timeouts.next_delay(1, Ended::Stale, None, 0.0).is_some());
-        assert_eq!(RetryPolicy::default().next_delay(1, Ended::ExitCode(75), None, 0.0), None);
+        assert_eq!(
+            RetryPolicy::default().next_delay(1, Ended::ExitCode(75), None, 0.0),
+            None
+        );
     }
 
     #[test]
@@ -267,11 +273,17 @@ mod tests {
             p.next_delay(2, Ended::ExitCode(1), Some(&RetryAsk::default()), 0.0),
             Some(Duration::from_secs(4))
         );
-        assert_eq!(p.next_delay(3, Ended::ExitCode(1), Some(&ask(1)), 0.0), None);
+        assert_eq!(
+            p.next_delay(3, Ended::ExitCode(1), Some(&ask(1)), 0.0),
+            None
+        );
         let deaf = RetryPolicy {
             on_request: false,
             ..policy()
         };
-        assert_eq!(deaf.next_delay(1, Ended::ExitCode(1), Some(&ask(1)), 0.0), None);
+        assert_eq!(
+            deaf.next_delay(1, Ended::ExitCode(1), Some(&ask(1)), 0.0),
+            None
+        );
     }
 }

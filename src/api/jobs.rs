@@ -237,9 +237,11 @@ fn rerun_refused(job_id: JobId, state: JobState) -> ApiError {
         JobState::Completed | JobState::Partial => {
             format!("job {job_id} is {state}; re-run it with {{\"force\": true}}")
         }
-        JobState::Received | JobState::Queued | JobState::Scheduled | JobState::InProgress => format!(
-            "job {job_id} is {state}; only a job that ended failed, timed_out or canceled is re-run"
-        ),
+        JobState::Received | JobState::Queued | JobState::Scheduled | JobState::InProgress => {
+            format!(
+                "job {job_id} is {state}; only a job that ended failed, timed_out or canceled is re-run"
+            )
+        }
         _ => format!("job {job_id} is {state} now; not re-run"),
     };
     ApiError::conflict(detail, state)

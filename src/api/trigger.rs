@@ -170,10 +170,7 @@ pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `delay` (one of them at most); `None` to queue it at once. Each refusal names its field.
 fn start_at(request: &TriggerRequest, at: Timestamp) -> Result<Option<Timestamp>, ApiError> {
     let refuse = |pointer: &str, detail: String| {
-        ApiError::invalid(
-            ErrorSource::Request,
-            vec![FieldError::new(pointer, detail)],
-        )
+        ApiError::invalid(ErrorSource::Request, vec![FieldError::new(pointer, detail)])
     };
     let latest = at.plus(MAX_SCHEDULE_AHEAD);
     let run_at = match (request.run_at, request.delay) {
@@ -186,7 +183,9 @@ fn start_at(request: &TriggerRequest, at: Timestamp) -> Result<Option<Timestamp>
         (None, None) => return Ok(None),
         (None, Some(delay)) => {
             // The schema bounds it to [0, 30 days]; a NaN cannot come out of JSON.
-            at.plus(Duration::from_secs_f64(delay.clamp(0.0, MAX_SCHEDULE_AHEAD.as_secs_f64())))
+            at.plus(Duration::from_secs_f64(
+                delay.clamp(0.0, MAX_SCHEDULE_AHEAD.as_secs_f64()),
+            ))
         }
         (Some(run_at), None) if run_at < at.minus(RUN_AT_LEEWAY) => {
             return Err(refuse(

@@ -430,8 +430,8 @@ pub struct JobAttempt {
     pub started_at: Option<Timestamp>,
     /// When it ended.
     pub ended_at: Timestamp,
-    /// How it ended: a terminal state, `scheduled` when it is retried, `queued` when a
-    /// restart interrupted it and it was queued again.
+    /// How it ended: a terminal state (`retry_at` set when it was retried), or `queued` when
+    /// a restart interrupted it and it was queued again.
     pub state: JobState,
     /// The agent's exit code, when it exited.
     pub exit_code: Option<i32>,

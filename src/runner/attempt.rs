@@ -379,7 +379,9 @@ impl Supervisor {
         let pump = pump_progress(Arc::clone(&self.store), job.clone(), latest_rx, poster);
         async move {
             let read = async move {
-                let Some(pipe) = pipe else { return (0, 0, None) };
+                let Some(pipe) = pipe else {
+                    return (0, 0, None);
+                };
                 let mut reader = LineReader::new(pipe, max_line);
                 let mut events = 0u64;
                 while let Ok(Some(line)) = reader.next_line().await {
@@ -397,7 +399,9 @@ impl Supervisor {
                 }
                 let ask = {
                     let last = latest_tx.borrow();
-                    (!last.truncated).then(|| parse_retry(&last.bytes)).flatten()
+                    (!last.truncated)
+                        .then(|| parse_retry(&last.bytes))
+                        .flatten()
                 };
                 (reader.bytes_read(), events, ask)
             };
@@ -576,8 +580,12 @@ impl Supervisor {
             expected: job.state,
             attempt: job.attempt,
         };
-        let (root, job_id, modes, attempt) =
-            (self.shared_root.clone(), job.job_id, self.modes(), job.attempt);
+        let (root, job_id, modes, attempt) = (
+            self.shared_root.clone(),
+            job.job_id,
+            self.modes(),
+            job.attempt,
+        );
         let moved = tokio::task::spawn_blocking(move || {
             run.may_write()
                 .then(|| JobDir::open(&root, job_id, modes)?.set_aside_output(attempt))
@@ -802,7 +810,10 @@ async fn pump_progress(
 }
 
 /// The progress callback of `job` for a stored event.
-fn progress_callback(job: &JobRecord, snapshot: crate::contract::ProgressSnapshot) -> ProgressCallback {
+fn progress_callback(
+    job: &JobRecord,
+    snapshot: crate::contract::ProgressSnapshot,
+) -> ProgressCallback {
     ProgressCallback {
         version: PAYLOAD_VERSION,
         job_id: job.job_id,

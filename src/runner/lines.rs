@@ -186,7 +186,10 @@ mod tests {
         let ask = parse_retry(br#"{"retry": {"after_s": 2.5, "reason": "429"}}"#).unwrap();
         assert_eq!(ask.after, Some(std::time::Duration::from_millis(2500)));
         assert_eq!(ask.reason.as_deref(), Some("429"));
-        assert_eq!(parse_retry(br#"{"retry": {}}"#).unwrap(), RetryAsk::default());
+        assert_eq!(
+            parse_retry(br#"{"retry": {}}"#).unwrap(),
+            RetryAsk::default()
+        );
         assert!(parse_progress(br#"{"retry": {}}"#, false).is_none());
         // Anything else is no ask, and stays a progress line.
         for line in [

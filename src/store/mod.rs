@@ -20,8 +20,7 @@ use url::Url;
 use crate::config::{StoreBackend, StoreConfig};
 use crate::contract::{
     AgentName, DeliveryId, DeliveryState, DeliveryStatus, FieldError, JobAttempt, JobError,
-    JobEvent, JobId,
-    JobName, JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress,
+    JobEvent, JobId, JobName, JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress,
     ProgressSnapshot, Timestamp, Transition, TriggerRequest,
 };
 

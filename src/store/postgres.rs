@@ -531,8 +531,15 @@ async fn retry_later_in(
 ) -> StoreResult<()> {
     fenced(tx, r.job_id, JobState::InProgress, r.attempt).await?;
     let outcome = (r.state, r.at);
-    record_job_attempt(tx, r.job_id, outcome, r.exit_code, r.error.as_ref(), Some(r.run_at))
-        .await?;
+    record_job_attempt(
+        tx,
+        r.job_id,
+        outcome,
+        r.exit_code,
+        r.error.as_ref(),
+        Some(r.run_at),
+    )
+    .await?;
     execute(
         tx,
         sql::RETRY_LATER,

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::{JobRecord, Pruned, StoreError, StoreResult};
 use crate::contract::{
-    AgentName, DeliveryAttempt, DeliveryState, DeliveryStatus, EventData, JobAttempt, JobEvent, JobId,
-    NodeStatus, PAYLOAD_VERSION, Priority, ProgressSnapshot, Timestamp, Transition,
+    AgentName, DeliveryAttempt, DeliveryState, DeliveryStatus, EventData, JobAttempt, JobEvent,
+    JobId, NodeStatus, PAYLOAD_VERSION, Priority, ProgressSnapshot, Timestamp, Transition,
 };
 
 /// The columns of a job, in the order [`job`] reads them (a macro so that each dialect's

@@ -985,9 +985,27 @@ async fn a_scheduled_job_waits_for_its_run_at_then_is_queued_once_from_there(bac
     );
 
     // Act + Assert: not due before its time; promoted once at it, by whichever node.
-    assert_eq!(store.promote_due(Timestamp::from_unix_ms(999)).await.unwrap(), 0);
-    assert_eq!(other.promote_due(Timestamp::from_unix_ms(1000)).await.unwrap(), 1);
-    assert_eq!(store.promote_due(Timestamp::from_unix_ms(1001)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(999))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        other
+            .promote_due(Timestamp::from_unix_ms(1000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(1001))
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(store.next_run_at().await.unwrap(), None);
     // Its queue age counts from its run_at, not from its acceptance.
     let before = |ms| store.queued_before(Timestamp::from_unix_ms(ms), 10);
@@ -1042,7 +1060,13 @@ async fn a_retried_attempt_waits_scheduled_holding_nothing_and_every_attempt_is_
     let again = store.retry_later(retry).await;
     assert!(matches!(again, Err(StoreError::Stale { .. })), "{again:?}");
     assert!(claim_one(&store, 20).await.is_none());
-    assert_eq!(store.promote_due(Timestamp::from_unix_ms(500)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(500))
+            .await
+            .unwrap(),
+        1
+    );
     let second = claim_one(&store, 501).await.unwrap();
     assert_eq!((second.job_id, second.attempt), (job.job_id, 2));
     store
@@ -1053,7 +1077,14 @@ async fn a_retried_attempt_waits_scheduled_holding_nothing_and_every_attempt_is_
     let attempts: Vec<_> = view
         .attempts
         .iter()
-        .map(|a| (a.attempt, a.state, a.exit_code, a.retry_at.map(Timestamp::unix_ms)))
+        .map(|a| {
+            (
+                a.attempt,
+                a.state,
+                a.exit_code,
+                a.retry_at.map(Timestamp::unix_ms),
+            )
+        })
         .collect();
     assert_eq!(
         attempts,
@@ -1063,11 +1094,11 @@ async fn a_retried_attempt_waits_scheduled_holding_nothing_and_every_attempt_is_
         ]
     );
     assert_eq!(view.attempts[0].error, Some(error));
+    assert_eq!(view.attempts[0].started_at.map(Timestamp::unix_ms), Some(2));
     assert_eq!(
-        view.attempts[0].started_at.map(Timestamp::unix_ms),
-        Some(2)
+        view.attempts[1].started_at.map(Timestamp::unix_ms),
+        Some(501)
     );
-    assert_eq!(view.attempts[1].started_at.map(Timestamp::unix_ms), Some(501));
     let scheduled = view
         .transitions
         .iter()
@@ -1092,6 +1123,12 @@ async fn a_scheduled_job_can_be_canceled_before_it_is_due(backend: Backend) {
     let ended = store.job_view(id).await.unwrap().unwrap();
     assert_eq!(ended.job.state, JobState::Canceled);
     assert!(ended.attempts.is_empty());
-    assert_eq!(store.promote_due(Timestamp::from_unix_ms(20_000)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(20_000))
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(store.next_run_at().await.unwrap(), None);
 }
