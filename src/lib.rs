@@ -17,7 +17,8 @@
 //!   change feed.
 //! - [`mirror`]: `status.json` and `events.jsonl` in each job folder, following the change feed.
 //! - [`runner`]: scheduling within concurrency limits, agent supervision, outputs; the guardian
-//!   process that kills agents the sidecar can no longer answer for.
+//!   process that kills agents the sidecar can no longer answer for; [`retry`] decides
+//!   whether a failed attempt runs again and after how long (pure).
 //! - [`fence`]: the lease deadline every write into a job folder checks first.
 //! - [`delivery`]: callback signing, retry schedule, the outbox worker and progress posters.
 //! - [`reload`]: keys and certificates reread on SIGHUP and when their files change.
@@ -57,6 +58,8 @@ pub mod overview;
 pub mod preflight;
 #[forbid(unsafe_code)]
 pub mod reload;
+#[forbid(unsafe_code)]
+pub mod retry;
 pub mod runner;
 #[forbid(unsafe_code)]
 pub mod store;

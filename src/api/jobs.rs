@@ -129,10 +129,11 @@ pub(crate) async fn page_of_jobs(
     Ok((jobs, next))
 }
 
-/// Cancels a job: a queued one at once (200), a running one's agent is stopped (202).
+/// Cancels a job: a queued or scheduled one at once (200), a running one's agent is stopped
+/// (202).
 #[utoipa::path(post, path = "/jobs/{job_id}/cancel", tag = "jobs", params(("job_id" = crate::contract::JobId, Path, description = "The job's UUID")),
     responses(
-        (status = 200, description = "It was queued and is now canceled", body = CancelAccepted),
+        (status = 200, description = "It was queued or scheduled and is now canceled", body = CancelAccepted),
         (status = 202, description = "Its agent is being stopped; it ends canceled", body = CancelAccepted),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
@@ -269,9 +270,11 @@ fn rerun_refused(job_id: JobId, state: JobState) -> ApiError {
         JobState::Completed | JobState::Partial => {
             format!("job {job_id} is {state}; re-run it with {{\"force\": true}}")
         }
-        JobState::Received | JobState::Queued | JobState::InProgress => format!(
-            "job {job_id} is {state}; only a job that ended failed, timed_out or canceled is re-run"
-        ),
+        JobState::Received | JobState::Queued | JobState::Scheduled | JobState::InProgress => {
+            format!(
+                "job {job_id} is {state}; only a job that ended failed, timed_out or canceled is re-run"
+            )
+        }
         _ => format!("job {job_id} is {state} now; not re-run"),
     };
     ApiError::conflict(detail, state)

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::auth::Principal;
 use super::{AppState, refusal};
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::contract::{
@@ -127,9 +128,11 @@ pub(super) async fn accept(
     let (dir, manifest) = check_manifest(&app.shared_root, modes, &request)?;
     check_input_files(dir, manifest).await?;
     let at = Timestamp::now();
+    let run_at = start_at(&request, at)?;
+    // A scheduled job takes its place in the queue as if accepted at its run_at.
     let sort_at = request
         .priority
-        .schedule_key(at, app.config.jobs.priority_aging);
+        .schedule_key(run_at.unwrap_or(at), app.config.jobs.priority_aging);
     let job = NewJob {
         request,
         request_sha256,
@@ -138,6 +141,7 @@ pub(super) async fn accept(
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         at,
         sort_at,
+        run_at,
     };
     match app
         .store
@@ -145,7 +149,7 @@ pub(super) async fn accept(
         .await?
     {
         Enqueued::Created(job) => {
-            tracing::info!(job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id, "job {} queued", job.job_id);
+            tracing::info!(job_id = %job.job_id, job_name = %job.job_name, agent_name = %job.agent_name, trace_id = %job.trace_id, "job {} {}", job.job_id, job.state);
             app.runner.wake();
             Ok(accepted(&job, &app.public_url))
         }
@@ -153,6 +157,54 @@ pub(super) async fn accept(
         Enqueued::Conflict(job) => Err(conflict(&job)),
     }
     .map(|(status, Json(body))| (status, body))
+}
+
+/// How far before the sidecar's clock a `run_at` may be and still start at once (the two
+/// clocks, and the request's time in flight).
+pub const RUN_AT_LEEWAY: Duration = Duration::from_secs(60);
+/// How far ahead a job may be scheduled (`run_at`, `delay`; `trigger-request.json` says the
+/// same of `delay`).
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// When a job triggered at `at` may start, if later than now: its `run_at`, or `at` plus its
+/// `delay` (one of them at most); `None` to queue it at once. Each refusal names its field.
+fn start_at(request: &TriggerRequest, at: Timestamp) -> Result<Option<Timestamp>, ApiError> {
+    let refuse = |pointer: &str, detail: String| {
+        ApiError::invalid(ErrorSource::Request, vec![FieldError::new(pointer, detail)])
+    };
+    let latest = at.plus(MAX_SCHEDULE_AHEAD);
+    let run_at = match (request.run_at, request.delay) {
+        (Some(_), Some(_)) => {
+            return Err(refuse(
+                "/delay",
+                "give run_at or delay, not both".to_owned(),
+            ));
+        }
+        (None, None) => return Ok(None),
+        (None, Some(delay)) => {
+            // The schema bounds it to [0, 30 days]; a NaN cannot come out of JSON.
+            at.plus(Duration::from_secs_f64(
+                delay.clamp(0.0, MAX_SCHEDULE_AHEAD.as_secs_f64()),
+            ))
+        }
+        (Some(run_at), None) if run_at < at.minus(RUN_AT_LEEWAY) => {
+            return Err(refuse(
+                "/run_at",
+                format!(
+                    "{run_at} is in the past (the sidecar's clock says {at}; at most {} s earlier is taken as now)",
+                    RUN_AT_LEEWAY.as_secs()
+                ),
+            ));
+        }
+        (Some(run_at), None) if run_at > latest => {
+            return Err(refuse(
+                "/run_at",
+                format!("{run_at} is more than 30 days ahead (at most {latest})"),
+            ));
+        }
+        (Some(run_at), None) => run_at,
+    };
+    Ok((run_at > at).then_some(run_at))
 }
 
 /// A token scoped to some agents may trigger only those.

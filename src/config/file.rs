@@ -331,4 +331,39 @@ pub(super) struct RawAgent {
     pub(super) on_restart: OnRestart,
     #[serde(default = "number::<3>")]
     pub(super) max_attempts: u32,
+    #[serde(default)]
+    pub(super) retry: RawRetry,
+}
+
+/// `[agents.NAME.retry]`: nothing retried unless `attempts` is above 1.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRetry {
+    pub(super) attempts: u32,
+    pub(super) on_exit_codes: Vec<i32>,
+    pub(super) on_timeout: bool,
+    pub(super) on_stale: bool,
+    pub(super) on_request: bool,
+    #[serde(with = "humantime_serde")]
+    pub(super) base: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub(super) max: Option<Duration>,
+    pub(super) jitter: crate::retry::Jitter,
+    pub(super) delays: Option<Vec<humantime_serde::Serde<Duration>>>,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            on_exit_codes: Vec::new(),
+            on_timeout: false,
+            on_stale: false,
+            on_request: true,
+            base: None,
+            max: None,
+            jitter: crate::retry::Jitter::Full,
+            delays: None,
+        }
+    }
 }

@@ -469,8 +469,11 @@ pub struct AgentConfig {
     pub stale_after: Option<Duration>,
     /// What a restart does with a run the previous process left behind.
     pub on_restart: OnRestart,
-    /// Runs of one job at most (requeues after restarts included).
+    /// The restart budget: a job interrupted by a sidecar restart is requeued while its
+    /// attempt number is below this (every claim counts, a retry's too).
     pub max_attempts: u32,
+    /// `[agents.NAME.retry]`: which failed runs are tried again, how often, after how long.
+    pub retry: crate::retry::RetryPolicy,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -486,6 +489,7 @@ impl fmt::Debug for AgentConfig {
             .field("stale_after", &self.stale_after)
             .field("on_restart", &self.on_restart)
             .field("max_attempts", &self.max_attempts)
+            .field("retry", &self.retry)
             .finish()
     }
 }

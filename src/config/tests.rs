@@ -145,6 +145,40 @@ fn a_config_with_only_the_required_keys_gets_every_documented_default() {
     assert_eq!((agent.stale_after, agent.max_attempts), (None, 3));
     assert_eq!(agent.on_restart, OnRestart::Requeue);
     assert!(agent.env.is_empty() && agent.params_schema.is_none());
+    assert_eq!(agent.retry, crate::retry::RetryPolicy::default());
+    assert_eq!(agent.retry.attempts, 1, "no retries unless asked for");
+}
+
+#[test]
+fn a_retry_policy_reads_as_written() {
+    let config = load(&[
+        ("agents.summarizer.retry", "attempts = 4"),
+        ("agents.summarizer.retry", "on_exit_codes = [75, 69]"),
+        ("agents.summarizer.retry", "on_timeout = true"),
+        ("agents.summarizer.retry", r#"base = "2s""#),
+        ("agents.summarizer.retry", r#"max = "1m""#),
+        ("agents.summarizer.retry", r#"jitter = "equal""#),
+    ])
+    .unwrap();
+    let agent = config.agents.get(&"summarizer".parse().unwrap()).unwrap();
+    let retry = &agent.retry;
+    assert_eq!(retry.attempts, 4);
+    assert_eq!(retry.on_exit_codes, [69, 75].into());
+    assert!(retry.on_timeout && !retry.on_stale && retry.on_request);
+    assert_eq!(
+        retry.backoff,
+        crate::retry::Backoff::Exponential {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+            jitter: crate::retry::Jitter::Equal,
+        }
+    );
+    let listed = load(&[("agents.summarizer.retry", r#"delays = ["5s", "1m"]"#)]).unwrap();
+    let agent = listed.agents.get(&"summarizer".parse().unwrap()).unwrap();
+    assert_eq!(
+        agent.retry.backoff,
+        crate::retry::Backoff::List(vec![Duration::from_secs(5), Duration::from_secs(60)])
+    );
 }
 
 #[test]
@@ -429,6 +463,44 @@ const RULES: &[(Edits, &str, &str)] = &[
         &[("agents.summarizer", "max_attempts = 0")],
         "agents.summarizer.max_attempts",
         "at least 1",
+    ),
+    (
+        &[("agents.summarizer.retry", "attempts = 0")],
+        "agents.summarizer.retry.attempts",
+        "at least 1",
+    ),
+    (
+        &[("agents.summarizer.retry", "on_exit_codes = [75, 0]")],
+        "agents.summarizer.retry.on_exit_codes",
+        "0 is not an exit code",
+    ),
+    (
+        &[
+            ("agents.summarizer.retry", r#"delays = ["1s"]"#),
+            ("agents.summarizer.retry", r#"base = "2s""#),
+        ],
+        "agents.summarizer.retry.delays",
+        "not both",
+    ),
+    (
+        &[("agents.summarizer.retry", "delays = []")],
+        "agents.summarizer.retry.delays",
+        "at least one",
+    ),
+    (
+        &[("agents.summarizer.retry", r#"delays = ["8d"]"#)],
+        "agents.summarizer.retry.delays",
+        "at most 7 days",
+    ),
+    (
+        &[("agents.summarizer.retry", r#"base = "0s""#)],
+        "agents.summarizer.retry.base",
+        "more than 0s",
+    ),
+    (
+        &[("agents.summarizer.retry", r#"max = "30d""#)],
+        "agents.summarizer.retry.max",
+        "at most 7 days",
     ),
     (
         &[("agents.summarizer", r#"params_schema = "missing.json""#)],

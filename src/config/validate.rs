@@ -453,6 +453,7 @@ fn resolve_agent(
     if raw.max_attempts == 0 {
         return Err(invalid(key("max_attempts"), "must be at least 1"));
     }
+    let retry = resolve_retry(raw.retry, &|field| key(&format!("retry.{field}")))?;
     let agent = AgentConfig {
         command,
         timeout: raw.timeout,
@@ -463,6 +464,70 @@ fn resolve_agent(
         stale_after: raw.stale_after,
         on_restart: raw.on_restart,
         max_attempts: raw.max_attempts,
+        retry,
     };
     Ok((agent_name, Arc::new(agent)))
+}
+
+/// Longest backoff delay a retry policy may name: a job waiting longer is better triggered
+/// again by Rails.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `[agents.NAME.retry]`: `delays` (a list) or `base`/`max` (exponential), never both.
+fn resolve_retry(
+    raw: RawRetry,
+    key: &dyn Fn(&str) -> String,
+) -> Result<crate::retry::RetryPolicy, ConfigError> {
+    use crate::retry::{Backoff, RetryPolicy};
+    if raw.attempts == 0 {
+        return Err(invalid(key("attempts"), "must be at least 1"));
+    }
+    if let Some(code) = raw.on_exit_codes.iter().find(|c| !(1..=255).contains(*c)) {
+        return Err(invalid(
+            key("on_exit_codes"),
+            format!("{code} is not an exit code of a failed run (1 to 255)"),
+        ));
+    }
+    let too_long = |d: &Duration| *d > MAX_RETRY_DELAY;
+    let delays: Option<Vec<Duration>> = raw
+        .delays
+        .map(|ds| ds.into_iter().map(|d| d.into_inner()).collect());
+    let backoff = match delays {
+        Some(_) if raw.base.is_some() || raw.max.is_some() => {
+            return Err(invalid(
+                key("delays"),
+                "give delays (a list) or base and max (exponential), not both",
+            ));
+        }
+        Some(delays) if delays.is_empty() => {
+            return Err(invalid(key("delays"), "must name at least one delay"));
+        }
+        Some(delays) if delays.iter().any(too_long) => {
+            return Err(invalid(key("delays"), "each delay must be at most 7 days"));
+        }
+        Some(delays) => Backoff::List(delays),
+        None => {
+            let base = raw.base.unwrap_or(Duration::from_secs(1));
+            let max = raw.max.unwrap_or(Duration::from_secs(300)).max(base);
+            if base.is_zero() {
+                return Err(invalid(key("base"), "must be more than 0s"));
+            }
+            if too_long(&max) {
+                return Err(invalid(key("max"), "must be at most 7 days"));
+            }
+            Backoff::Exponential {
+                base,
+                max,
+                jitter: raw.jitter,
+            }
+        }
+    };
+    Ok(RetryPolicy {
+        attempts: raw.attempts,
+        on_exit_codes: raw.on_exit_codes.into_iter().collect(),
+        on_timeout: raw.on_timeout,
+        on_stale: raw.on_stale,
+        on_request: raw.on_request,
+        backoff,
+    })
 }

@@ -16,6 +16,9 @@ pub enum JobState {
     Received,
     /// Durably stored and waiting for a free slot.
     Queued,
+    /// Durably stored, not to start before its `run_at`: a trigger's `run_at` or `delay`, or
+    /// an attempt waiting for its retry. It holds no slot; at `run_at` it becomes `queued`.
+    Scheduled,
     /// The agent process is running.
     InProgress,
     /// The agent exited 0.
@@ -32,9 +35,10 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in lifecycle order.
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
         Self::Received,
         Self::Queued,
+        Self::Scheduled,
         Self::InProgress,
         Self::Completed,
         Self::Partial,
@@ -56,6 +60,7 @@ impl JobState {
         match self {
             Self::Received => "received",
             Self::Queued => "queued",
+            Self::Scheduled => "scheduled",
             Self::InProgress => "in_progress",
             Self::Completed => "completed",
             Self::Partial => "partial",
@@ -71,20 +76,24 @@ impl JobState {
         match self {
             Self::Failed | Self::TimedOut | Self::Canceled => true,
             Self::Completed | Self::Partial => force,
-            Self::Received | Self::Queued | Self::InProgress => false,
+            Self::Received | Self::Queued | Self::Scheduled | Self::InProgress => false,
         }
     }
 
     /// Whether the lifecycle allows moving from `self` to `next`.
     pub fn can_become(self, next: JobState) -> bool {
         match self {
-            Self::Received => next == Self::Queued,
+            Self::Received => matches!(next, Self::Queued | Self::Scheduled),
             Self::Queued => matches!(
                 next,
                 Self::InProgress | Self::Canceled | Self::TimedOut | Self::Failed
             ),
-            // Back to `queued` is a requeue after a crash.
-            Self::InProgress => next.is_terminal() || next == Self::Queued,
+            // Due: promoted to the queue; or ended before it ran (canceled, no agent).
+            Self::Scheduled => matches!(next, Self::Queued | Self::Canceled | Self::Failed),
+            // Back to `queued` is a requeue after a crash; to `scheduled`, a retry's wait.
+            Self::InProgress => {
+                next.is_terminal() || matches!(next, Self::Queued | Self::Scheduled)
+            }
             _ => false,
         }
     }
@@ -280,6 +289,12 @@ mod tests {
         assert!(JobState::Queued.can_become(JobState::InProgress));
         assert!(JobState::InProgress.can_become(JobState::Completed));
         assert!(JobState::InProgress.can_become(JobState::Queued));
+        assert!(JobState::InProgress.can_become(JobState::Scheduled));
+        assert!(JobState::Received.can_become(JobState::Scheduled));
+        assert!(JobState::Scheduled.can_become(JobState::Queued));
+        assert!(JobState::Scheduled.can_become(JobState::Canceled));
+        assert!(!JobState::Scheduled.can_become(JobState::InProgress));
+        assert!(!JobState::Queued.can_become(JobState::Scheduled));
         assert!(!JobState::Queued.can_become(JobState::Completed));
         assert!(!JobState::Received.can_become(JobState::InProgress));
     }

@@ -40,6 +40,16 @@ pub struct TriggerRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, min_length = 1, max_length = 128)]
     pub concurrency_key: Option<String>,
+    /// Not to start before this time (RFC 3339); the job is `scheduled` until then. Not
+    /// with `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub run_at: Option<Timestamp>,
+    /// Not to start before this many seconds after acceptance (millisecond precision). Not
+    /// with `run_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 0, maximum = 2_592_000)]
+    pub delay: Option<f64>,
 }
 
 /// The two Rails endpoints a job reports to.
@@ -59,7 +69,8 @@ pub struct CallbackUrls {
 pub struct TriggerAccepted {
     /// The job's id.
     pub job_id: JobId,
-    /// The job's current state (`queued` for a new job).
+    /// The job's current state (`queued` for a new job, `scheduled` for one given a later
+    /// `run_at` or a `delay`).
     pub status: JobState,
     /// Where to poll the job.
     pub status_url: String,
@@ -414,6 +425,27 @@ pub struct Transition {
     pub attempt: u32,
 }
 
+/// One ended attempt of a job: how it ended and, when it is retried, from when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobAttempt {
+    /// Its number (1 for the first run).
+    pub attempt: u32,
+    /// When its agent started, if it did.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub ended_at: Timestamp,
+    /// How it ended: a terminal state (`retry_at` set when it was retried), or `queued` when
+    /// a restart interrupted it and it was queued again.
+    pub state: JobState,
+    /// The agent's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Why it did not complete.
+    pub error: Option<JobError>,
+    /// When it is retried: the next attempt starts no earlier than this.
+    pub retry_at: Option<Timestamp>,
+}
+
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -531,6 +563,14 @@ pub struct JobStatus {
     pub state: JobState,
     /// Attempt number (1 for the first run; 0 while never started).
     pub attempt: u32,
+    /// While `scheduled`: the time it becomes `queued` (a trigger's `run_at` or `delay`, or
+    /// a retry's backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub run_at: Option<Timestamp>,
+    /// Every attempt that ended, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<JobAttempt>,
     /// Correlation id for logs and callbacks.
     pub trace_id: String,
     /// Every state change, oldest first.

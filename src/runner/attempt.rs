@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::guardian::Guardian;
-use super::lines::{LineReader, parse_progress};
+use super::lines::{LineReader, parse_progress, parse_retry};
 use super::outputs::{self, Measured, RunReport};
 use super::process::{AgentProcess, ExitKind, Spawn};
 use super::{Control, StopReason};
@@ -26,7 +26,8 @@ use crate::contract::{
 use crate::delivery::{Deliveries, Outcome};
 use crate::fence::Fence;
 use crate::jobdir::JobDir;
-use crate::store::{JobRecord, Store, StoreError};
+use crate::retry::{Ended, RetryAsk};
+use crate::store::{JobRecord, RetryLater, Store, StoreError};
 
 /// stderr lines kept for error.log.
 const STDERR_TAIL: usize = 20;
@@ -42,6 +43,8 @@ struct Ending {
     error: Option<JobError>,
     measured: Measured,
     stderr_tail: Vec<String>,
+    /// The agent's final stdout line, when it asked for a retry.
+    ask: Option<RetryAsk>,
 }
 
 /// The newest stdout line, overwritten in place (no allocation per line).
@@ -290,7 +293,7 @@ impl Supervisor {
             }
         };
         // Whatever the agent left behind in its group went with it (`wait`), so the pipes close.
-        let (stdout_bytes, progress_events) = drain(stdout).await.unwrap_or_default();
+        let (stdout_bytes, progress_events, ask) = drain(stdout).await.unwrap_or_default();
         let (stderr_bytes, stderr_tail) = drain(stderr).await.unwrap_or_default();
         let mut measured = Measured {
             exit_code: None,
@@ -299,7 +302,7 @@ impl Supervisor {
             stderr_bytes,
             max_rss_kb: None,
         };
-        Some(match exit {
+        let mut ending = match exit {
             Ok(e) if stopped.is_some() => {
                 measured.max_rss_kb = Some(e.max_rss_kb);
                 let (reason, why) = stopped.unwrap_or((StopReason::Timeout, String::new()));
@@ -317,7 +320,9 @@ impl Supervisor {
                 measured,
                 stderr_tail,
             ),
-        })
+        };
+        ending.ask = ask;
+        Some(ending)
     }
 
     /// Spawns the agent and registers its process group with the guardian (if there is one),
@@ -356,14 +361,15 @@ impl Supervisor {
         }
     }
 
-    /// Reads stdout and turns it into stored progress events and (coalesced) progress posts.
+    /// Reads stdout and turns it into stored progress events and (coalesced) progress posts;
+    /// answers the bytes and lines read, and the agent's ask for a retry if its final line is one.
     fn stream_stdout(
         &self,
         job: &JobRecord,
         pipe: Option<pipe::Receiver>,
         max_line: usize,
         control: Arc<Control>,
-    ) -> impl Future<Output = (u64, u64)> + Send + 'static {
+    ) -> impl Future<Output = (u64, u64, Option<RetryAsk>)> + Send + 'static {
         let (latest_tx, latest_rx) = watch::channel(LatestLine::default());
         let poster = self.deliveries.progress_poster(
             job.job_id,
@@ -373,7 +379,9 @@ impl Supervisor {
         let pump = pump_progress(Arc::clone(&self.store), job.clone(), latest_rx, poster);
         async move {
             let read = async move {
-                let Some(pipe) = pipe else { return (0, 0) };
+                let Some(pipe) = pipe else {
+                    return (0, 0, None);
+                };
                 let mut reader = LineReader::new(pipe, max_line);
                 let mut events = 0u64;
                 while let Ok(Some(line)) = reader.next_line().await {
@@ -389,7 +397,13 @@ impl Supervisor {
                         slot.at = Some(Timestamp::now());
                     });
                 }
-                (reader.bytes_read(), events)
+                let ask = {
+                    let last = latest_tx.borrow();
+                    (!last.truncated)
+                        .then(|| parse_retry(&last.bytes))
+                        .flatten()
+                };
+                (reader.bytes_read(), events, ask)
             };
             let (counts, ()) = tokio::join!(read, pump);
             counts
@@ -423,8 +437,10 @@ impl Supervisor {
         &self,
         job: JobRecord,
         output: Option<(JobDir, Option<&Arc<Control>>)>,
-        ending: Ending,
+        mut ending: Ending,
     ) -> Result<(), StoreError> {
+        let ask = ending.ask.take();
+        let ran = output.as_ref().and_then(|(_, run)| run.cloned());
         let stale = || StoreError::Stale {
             job_id: job.job_id,
             expected: job.state,
@@ -504,6 +520,14 @@ impl Supervisor {
                 (state, error, index)
             }
         };
+        if let Some(run) = ran
+            && let Some(delay) = self.retry_delay(&job, state, error.as_ref(), ask.as_ref())
+        {
+            let end = (state, error.clone(), ending.measured.exit_code);
+            if self.retry_later(&job, run, end, finished_at, delay).await? {
+                return Ok(());
+            }
+        }
         let outcome = Outcome {
             state,
             error,
@@ -514,6 +538,124 @@ impl Supervisor {
             duration_ms: timing.duration_ms,
         };
         self.deliveries.complete(&job, outcome).await
+    }
+
+    /// The wait before the next attempt when the run of `job` ended `state` (`error`), per
+    /// its agent's retry policy as configured now; `None` when this end is final.
+    fn retry_delay(
+        &self,
+        job: &JobRecord,
+        state: JobState,
+        error: Option<&JobError>,
+        ask: Option<&RetryAsk>,
+    ) -> Option<Duration> {
+        let agent = self.config.agents.get(&job.agent_name)?;
+        let error = error?;
+        let ended = match (state, error.reason) {
+            (JobState::Failed, ErrorReason::ExitCode) => Ended::ExitCode(error.exit_code?),
+            (JobState::Failed, ErrorReason::Signal) => Ended::Signal,
+            (JobState::TimedOut, ErrorReason::Timeout) => Ended::Timeout,
+            (JobState::TimedOut, ErrorReason::Stale) => Ended::Stale,
+            _ => return None,
+        };
+        agent
+            .retry
+            .next_delay(job.attempt, ended, ask, rand::random())
+    }
+
+    /// Ends the run's attempt for a retry after `delay`: its `output/` (final) moved aside to
+    /// `output.attempt-<n>/`, Rails told "retrying in N s (attempt k of n)" as progress, then
+    /// the job `scheduled` until then. `false` when `output/` cannot be moved aside: this end
+    /// is then final, and completes as usual.
+    async fn retry_later(
+        &self,
+        job: &JobRecord,
+        run: Arc<Control>,
+        (state, error, exit_code): (JobState, Option<JobError>, Option<i32>),
+        at: Timestamp,
+        delay: Duration,
+    ) -> Result<bool, StoreError> {
+        let stale = || StoreError::Stale {
+            job_id: job.job_id,
+            expected: job.state,
+            attempt: job.attempt,
+        };
+        let (root, job_id, modes, attempt) = (
+            self.shared_root.clone(),
+            job.job_id,
+            self.modes(),
+            job.attempt,
+        );
+        let moved = tokio::task::spawn_blocking(move || {
+            run.may_write()
+                .then(|| JobDir::open(&root, job_id, modes)?.set_aside_output(attempt))
+        })
+        .await;
+        match moved {
+            Ok(None) => return Err(stale()),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => {
+                warn!(error = %e, "cannot move output/ aside for the retry; this end is final");
+                return Ok(false);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot move output/ aside for the retry; this end is final");
+                return Ok(false);
+            }
+        }
+        let run_at = at.plus(delay);
+        let attempts = self
+            .config
+            .agents
+            .get(&job.agent_name)
+            .map_or(attempt + 1, |a| a.retry.attempts);
+        let message = format!(
+            "retrying in {:.1} s (attempt {} of {attempts})",
+            delay.as_secs_f64(),
+            attempt + 1
+        );
+        info!(attempt, %state, run_at = %run_at, "attempt {attempt} ended {state}; {message}");
+        self.tell_retrying(job, message, at).await;
+        let schedule_key = job
+            .priority
+            .schedule_key(run_at, self.config.jobs.priority_aging);
+        let retry = RetryLater {
+            job_id,
+            attempt,
+            state,
+            exit_code,
+            error,
+            at,
+            run_at,
+            schedule_key,
+        };
+        self.store.retry_later(retry).await?;
+        Ok(true)
+    }
+
+    /// Records the "retrying" progress event of the attempt and posts it to Rails (best
+    /// effort: the retry happens whether or not Rails heard of it).
+    async fn tell_retrying(&self, job: &JobRecord, message: String, at: Timestamp) {
+        let progress = crate::contract::Progress {
+            stage: Some("retrying".to_owned()),
+            message: Some(message),
+            percent: None,
+        };
+        match self
+            .store
+            .record_progress(job.job_id, job.attempt, progress, at)
+            .await
+        {
+            Ok(snapshot) => {
+                let poster = self.deliveries.progress_poster(
+                    job.job_id,
+                    job.request.callback_urls.progress.clone(),
+                    job.trace_id.clone(),
+                );
+                poster.send_replace(Some(progress_callback(job, snapshot)));
+            }
+            Err(e) => warn!(error = %e, "cannot record the retry as progress"),
+        }
     }
 
     fn modes(&self) -> crate::jobdir::Modes {
@@ -593,6 +735,7 @@ fn failed_as(
         }),
         measured,
         stderr_tail,
+        ask: None,
     }
 }
 
@@ -610,6 +753,7 @@ fn ending_of(
                 error: None,
                 measured,
                 stderr_tail,
+                ask: None,
             }
         }
         ExitKind::Code(code) => {
@@ -655,24 +799,32 @@ async fn pump_progress(
             .await
         {
             Ok(snapshot) => {
-                poster.send_replace(Some(ProgressCallback {
-                    version: PAYLOAD_VERSION,
-                    job_id: job.job_id,
-                    user_id: job.user_id.clone(),
-                    job_name: job.job_name.clone(),
-                    agent_name: job.agent_name.clone(),
-                    seq: snapshot.seq,
-                    stage: snapshot.stage,
-                    message: snapshot.message,
-                    percent: snapshot.percent,
-                    timestamp: snapshot.timestamp,
-                }));
+                poster.send_replace(Some(progress_callback(&job, snapshot)));
             }
             Err(e) => {
                 warn!(error = %e, "cannot record progress; later progress of this attempt is dropped");
                 return;
             }
         }
+    }
+}
+
+/// The progress callback of `job` for a stored event.
+fn progress_callback(
+    job: &JobRecord,
+    snapshot: crate::contract::ProgressSnapshot,
+) -> ProgressCallback {
+    ProgressCallback {
+        version: PAYLOAD_VERSION,
+        job_id: job.job_id,
+        user_id: job.user_id.clone(),
+        job_name: job.job_name.clone(),
+        agent_name: job.agent_name.clone(),
+        seq: snapshot.seq,
+        stage: snapshot.stage,
+        message: snapshot.message,
+        percent: snapshot.percent,
+        timestamp: snapshot.timestamp,
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::contract::Progress;
+use crate::retry::RetryAsk;
 
 /// Reads lines of at most `max` bytes from an async reader.
 pub struct LineReader<R> {
@@ -74,14 +75,49 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
-/// Parses one stdout line by the progress protocol; `None` for a blank line.
+/// The agent's ask for a retry: `{"retry": {"after_s": 30, "reason": "rate limited"}}`, both
+/// fields optional (`{"retry": {}}`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryLine {
+    retry: RetryFields,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFields {
+    #[serde(default)]
+    after_s: Option<f64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Parses a line as the agent's ask for a retry; `None` for any other line. Only the final
+/// stdout line of a failed run counts (the runner keeps it); `after_s` below 0 reads as 0.
+pub fn parse_retry(line: &[u8]) -> Option<RetryAsk> {
+    let text = std::str::from_utf8(line).ok()?.trim();
+    if !text.starts_with('{') {
+        return None;
+    }
+    let RetryLine { retry } = serde_json::from_str(text).ok()?;
+    Some(RetryAsk {
+        after: retry
+            .after_s
+            .filter(|s| s.is_finite())
+            .map(|s| std::time::Duration::from_secs_f64(s.clamp(0.0, 1e9))),
+        reason: retry.reason,
+    })
+}
+
+/// Parses one stdout line by the progress protocol; `None` for a blank line and for the
+/// agent's ask for a retry ([`parse_retry`]), which is no progress.
 ///
 /// A JSON object with any of `stage`, `message`, `percent` is taken field by field; any other
 /// line becomes the `message` of an event. `percent` is clamped to 0-100.
 pub fn parse_progress(line: &[u8], truncated: bool) -> Option<Progress> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
-    if text.trim().is_empty() {
+    if text.trim().is_empty() || (!truncated && parse_retry(line).is_some()) {
         return None;
     }
     if !truncated
@@ -143,6 +179,32 @@ mod tests {
         assert_eq!(p.stage, None);
         let p = parse_progress(br#"{"other":1}"#, false).unwrap();
         assert_eq!(p.message.as_deref(), Some(r#"{"other":1}"#));
+    }
+
+    #[test]
+    fn a_retry_line_is_an_ask_not_progress() {
+        let ask = parse_retry(br#"{"retry": {"after_s": 2.5, "reason": "429"}}"#).unwrap();
+        assert_eq!(ask.after, Some(std::time::Duration::from_millis(2500)));
+        assert_eq!(ask.reason.as_deref(), Some("429"));
+        assert_eq!(
+            parse_retry(br#"{"retry": {}}"#).unwrap(),
+            RetryAsk::default()
+        );
+        assert!(parse_progress(br#"{"retry": {}}"#, false).is_none());
+        // Anything else is no ask, and stays a progress line.
+        for line in [
+            &br#"{"retry": {"after": 3}}"#[..],
+            br#"{"retry": 3}"#,
+            br#"{"retry": {}, "stage": "x"}"#,
+            b"retry later",
+        ] {
+            assert!(parse_retry(line).is_none(), "{line:?}");
+            assert!(parse_progress(line, false).is_some(), "{line:?}");
+        }
+        assert_eq!(
+            parse_retry(br#"{"retry": {"after_s": -4}}"#).unwrap().after,
+            Some(std::time::Duration::ZERO)
+        );
     }
 
     #[test]

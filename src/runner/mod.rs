@@ -40,6 +40,10 @@ use guardian::Guardian;
 
 /// How often the queue is looked at when nothing wakes the runner.
 const FALLBACK_POLL: Duration = Duration::from_secs(5);
+/// After a failed promotion of due scheduled jobs, the wait before the next try.
+const SCHEDULE_RETRY: Duration = Duration::from_secs(1);
+/// When the due scheduled jobs are being promoted by another node, the wait before looking again.
+const SCHEDULE_CONTENDED: Duration = Duration::from_millis(50);
 /// After the drain timeout, how long stopped agents get to go (beyond their kill grace).
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 
@@ -573,17 +577,49 @@ impl Runner {
         }
     }
 
-    /// The scheduling loop; returns when draining or cancelled.
+    /// The scheduling loop; returns when draining or cancelled. It sleeps until it is woken,
+    /// the earliest scheduled job is due, or the fallback poll.
     pub async fn run(self: Arc<Self>) {
         loop {
             telemetry::heartbeat();
+            let next_due = self.promote_due().await;
             self.start_what_fits().await;
             tokio::select! {
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(FALLBACK_POLL) => {}
+                () = tokio::time::sleep(next_due) => {}
                 () = self.draining.cancelled() => return,
                 () = self.cancel.cancelled() => return,
             }
+        }
+    }
+
+    /// Moves the scheduled jobs that are due (of any node) to the queue; answers how long
+    /// until the next one is due, at most the fallback poll. Nothing is written while none is
+    /// due: one read of the earliest `run_at`.
+    async fn promote_due(&self) -> Duration {
+        let next = match self.store.next_run_at().await {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(error = %e, "cannot read the schedule; looking again later");
+                return FALLBACK_POLL;
+            }
+        };
+        let now = Timestamp::now();
+        match next {
+            Some(at) if at <= now => {
+                match self.store.promote_due(now).await {
+                    // More may be due than one batch held; the next turn of the loop looks.
+                    Ok(n) if n > 0 => Duration::ZERO,
+                    // Another node is promoting them (their rows were locked).
+                    Ok(_) => SCHEDULE_CONTENDED,
+                    Err(e) => {
+                        warn!(error = %e, "cannot queue the scheduled jobs that are due; retrying");
+                        SCHEDULE_RETRY
+                    }
+                }
+            }
+            Some(at) => Duration::from_millis(at.millis_since(now)).min(FALLBACK_POLL),
+            None => FALLBACK_POLL,
         }
     }
 

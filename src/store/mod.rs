@@ -20,9 +20,9 @@ use url::Url;
 
 use crate::config::{StoreBackend, StoreConfig};
 use crate::contract::{
-    AgentName, DeliveryId, DeliveryStatus, JobError, JobEvent, JobId, JobName, JobState, JobStatus,
-    JobSummary, PAYLOAD_VERSION, Priority, Progress, ProgressSnapshot, Timestamp, Transition,
-    TriggerRequest,
+    AgentName, DeliveryId, DeliveryStatus, JobAttempt, JobError, JobEvent, JobId, JobName,
+    JobState, JobStatus, JobSummary, PAYLOAD_VERSION, Priority, Progress, ProgressSnapshot,
+    Timestamp, Transition, TriggerRequest,
 };
 
 use filter::{Condition, FilterValue};
@@ -78,6 +78,9 @@ pub enum StoreError {
 /// Result of the store.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Scheduled jobs promoted to the queue in one transaction at most (the rest in the next).
+const PROMOTE_BATCH: i64 = 500;
+
 /// A validated trigger, ready to be persisted.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -89,9 +92,44 @@ pub struct NewJob {
     pub trace_id: String,
     /// Acceptance time.
     pub at: Timestamp,
-    /// Where it sorts in the queue: `at` pushed back by its priority (see
+    /// Where it sorts in the queue: `at` (or `run_at`) pushed back by its priority (see
     /// [`crate::config::JobsConfig::priority_aging`]).
     pub sort_at: Timestamp,
+    /// When set, the job is stored `scheduled` and becomes `queued` at this time.
+    pub run_at: Option<Timestamp>,
+}
+
+impl NewJob {
+    /// The state it is stored in after `received`.
+    fn first_state(&self) -> JobState {
+        if self.run_at.is_some() {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        }
+    }
+}
+
+/// An attempt that ended in a way its agent's retry policy retries: the job waits
+/// `scheduled` until `run_at`, holding no slot, and the attempt is recorded.
+#[derive(Debug, Clone)]
+pub struct RetryLater {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt that ended (fencing: the job must still be `in_progress` at it).
+    pub attempt: u32,
+    /// How it ended (`failed` or `timed_out`).
+    pub state: JobState,
+    /// The agent's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Why it did not complete.
+    pub error: Option<JobError>,
+    /// When it ended.
+    pub at: Timestamp,
+    /// When the next attempt may start.
+    pub run_at: Timestamp,
+    /// Its place in the queue from then (`run_at` pushed back by its priority).
+    pub schedule_key: Timestamp,
 }
 
 /// Who this process is in the fleet: the node (stable across restarts) and this start of it.
@@ -266,6 +304,8 @@ pub struct JobRecord {
     pub last_progress: Option<ProgressSnapshot>,
     /// Whether a cancel was accepted while it ran.
     pub cancel_requested: bool,
+    /// When it was last scheduled to start (a trigger's `run_at` or `delay`, a retry).
+    pub run_at: Option<Timestamp>,
 }
 
 impl JobRecord {
@@ -295,6 +335,8 @@ pub struct JobView {
     pub transitions: Vec<Transition>,
     /// The completion delivery, once the job is terminal.
     pub delivery: Option<DeliveryStatus>,
+    /// Every ended attempt, oldest first.
+    pub attempts: Vec<JobAttempt>,
 }
 
 /// What the job-folder mirror asks about one job.
@@ -331,6 +373,8 @@ impl JobView {
             concurrency_key: job.request.concurrency_key.clone(),
             state: job.state,
             attempt: job.attempt,
+            run_at: job.run_at.filter(|_| job.state == JobState::Scheduled),
+            attempts: self.attempts.clone(),
             trace_id: job.trace_id.clone(),
             transitions: self.transitions.clone(),
             last_progress: job.last_progress.clone(),
@@ -530,7 +574,8 @@ impl BeatAnswer {
 /// The persistence interface. Every method is durable when it returns.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Stores a new job as `received → queued`, or reports the existing one.
+    /// Stores a new job as `received → queued` (`received → scheduled` when it has a
+    /// `run_at`), or reports the existing one.
     async fn enqueue(&self, job: NewJob) -> StoreResult<Enqueued>;
 
     /// A job's own row (cheaper than [`Store::job_view`]).
@@ -612,6 +657,19 @@ pub trait Store: Send + Sync {
         at: Timestamp,
         schedule_key: Timestamp,
     ) -> StoreResult<()>;
+
+    /// Ends an attempt for a retry (see [`RetryLater`]): the attempt recorded, the job
+    /// `scheduled` with a `scheduled` event of that attempt. `Stale` when it is no longer
+    /// `in_progress` at that attempt.
+    async fn retry_later(&self, retry: RetryLater) -> StoreResult<()>;
+
+    /// Moves the `scheduled` jobs due at `now` to `queued` (each with a `queued` event; its
+    /// `queued_at` stays its `run_at`), and returns how many; any node may, and each job moves
+    /// once.
+    async fn promote_due(&self, now: Timestamp) -> StoreResult<usize>;
+
+    /// When the earliest `scheduled` job is due, if any.
+    async fn next_run_at(&self) -> StoreResult<Option<Timestamp>>;
 
     /// The job's events after `after_seq`, oldest first, at most `limit`.
     async fn events_after(

@@ -402,6 +402,8 @@ async fn enqueue_in(
             &job.trace_id,
             &job.at.unix_ms(),
             &job.sort_at.unix_ms(),
+            &job.first_state().as_str(),
+            &job.run_at.map(Timestamp::unix_ms),
             &r.concurrency_key,
         ],
     )
@@ -416,7 +418,8 @@ async fn enqueue_in(
         });
     }
     append_state(tx, notes, job_id, 0, JobState::Received, job.at).await?;
-    append_state(tx, notes, job_id, 0, JobState::Queued, job.at).await?;
+    append_state(tx, notes, job_id, 0, job.first_state(), job.at).await?;
+    // A scheduled job wakes the fleet's schedulers too: each then waits for its `run_at`.
     notes.queued();
     Ok(Enqueued::Created(
         load_job(tx, job_id).await?.ok_or_else(missing)?,
@@ -536,6 +539,81 @@ async fn progress_in(
     Ok(snapshot)
 }
 
+/// Records how the job's current attempt ended (nothing when it never ran, or was recorded).
+async fn record_job_attempt(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job_id: JobId,
+    (state, at): (JobState, Timestamp),
+    exit_code: Option<i32>,
+    error: Option<&JobError>,
+    retry_at: Option<Timestamp>,
+) -> StoreResult<()> {
+    execute(
+        tx,
+        sql::RECORD_JOB_ATTEMPT,
+        &[
+            &job_id.to_string(),
+            &at.unix_ms(),
+            &state.as_str(),
+            &exit_code,
+            &error.map(to_json),
+            &retry_at.map(Timestamp::unix_ms),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn retry_later_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    r: &RetryLater,
+) -> StoreResult<()> {
+    fenced(tx, r.job_id, JobState::InProgress, r.attempt).await?;
+    let outcome = (r.state, r.at);
+    record_job_attempt(
+        tx,
+        r.job_id,
+        outcome,
+        r.exit_code,
+        r.error.as_ref(),
+        Some(r.run_at),
+    )
+    .await?;
+    execute(
+        tx,
+        sql::RETRY_LATER,
+        &[
+            &r.job_id.to_string(),
+            &r.run_at.unix_ms(),
+            &r.at.unix_ms(),
+            &r.schedule_key.unix_ms(),
+        ],
+    )
+    .await?;
+    append_state(tx, notes, r.job_id, r.attempt, JobState::Scheduled, r.at).await?;
+    notes.queued();
+    Ok(())
+}
+
+async fn promote_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notes: &mut Notes,
+    now: Timestamp,
+) -> StoreResult<Vec<JobId>> {
+    let rows = query(tx, sql::PROMOTE_DUE, &[&now.unix_ms(), &PROMOTE_BATCH]).await?;
+    let mut promoted = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (job_id, attempt): (JobId, u32) = (r.parsed(0)?, r.count(1)?);
+        append_state(tx, notes, job_id, attempt, JobState::Queued, now).await?;
+        promoted.push(job_id);
+    }
+    if !promoted.is_empty() {
+        notes.queued();
+    }
+    Ok(promoted)
+}
+
 async fn finish_in(
     tx: &deadpool_postgres::Transaction<'_>,
     notes: &mut Notes,
@@ -544,6 +622,8 @@ async fn finish_in(
 ) -> StoreResult<DueDelivery> {
     fenced(tx, f.job_id, f.from, f.attempt).await?;
     f.allowed()?;
+    let outcome = (f.state, f.at);
+    record_job_attempt(tx, f.job_id, outcome, f.exit_code, f.error.as_ref(), None).await?;
     let job_id = f.job_id.to_string();
     execute(
         tx,
@@ -660,10 +740,16 @@ async fn view_in<C: GenericClient + Sync>(c: &C, job_id: JobId) -> StoreResult<O
         .await?
         .into_iter()
         .next();
+    let attempts = query(c, sql::JOB_ATTEMPTS, &[&job_id.to_string()])
+        .await?
+        .iter()
+        .map(row::job_attempt)
+        .collect::<StoreResult<Vec<_>>>()?;
     Ok(Some(JobView {
         job,
         transitions,
         delivery,
+        attempts,
     }))
 }
 
@@ -892,6 +978,8 @@ impl Store for PgStore {
     async fn requeue(&self, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
         self.write(async |tx, notes| {
             fenced(tx, job_id, JobState::InProgress, attempt).await?;
+            let outcome = (JobState::Queued, at);
+            record_job_attempt(tx, job_id, outcome, None, None, None).await?;
             execute(tx, sql::REQUEUE, &[&job_id.to_string(), &at.unix_ms()]).await?;
             append_state(tx, notes, job_id, attempt, JobState::Queued, at).await?;
             notes.queued();
@@ -925,6 +1013,29 @@ impl Store for PgStore {
         .await?;
         self.hub.tell(Change::Moved(job_id));
         Ok(())
+    }
+
+    async fn retry_later(&self, retry: RetryLater) -> StoreResult<()> {
+        let job_id = retry.job_id;
+        self.write(async |tx, notes| retry_later_in(tx, notes, &retry).await)
+            .await?;
+        self.hub.tell(Change::Moved(job_id));
+        Ok(())
+    }
+
+    async fn promote_due(&self, now: Timestamp) -> StoreResult<usize> {
+        let promoted = self
+            .write(async |tx, notes| promote_in(tx, notes, now).await)
+            .await?;
+        for job_id in &promoted {
+            self.hub.tell(Change::Moved(*job_id));
+        }
+        Ok(promoted.len())
+    }
+
+    async fn next_run_at(&self) -> StoreResult<Option<Timestamp>> {
+        let row = query_opt(&self.client().await?, sql::NEXT_RUN_AT, &[]).await?;
+        Ok(row.map(|r| r.opt_ts(0)).transpose()?.flatten())
     }
 
     async fn events_after(

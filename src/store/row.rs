@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 
 use super::{JobRecord, Pruned, StoreError, StoreResult};
 use crate::contract::{
-    AgentName, DeliveryAttempt, DeliveryState, DeliveryStatus, EventData, JobEvent, JobId,
-    JobState, NodeStatus, PAYLOAD_VERSION, Priority, ProgressSnapshot, Timestamp, Transition,
+    AgentName, DeliveryAttempt, DeliveryState, DeliveryStatus, EventData, JobAttempt, JobEvent,
+    JobId, JobState, NodeStatus, PAYLOAD_VERSION, Priority, ProgressSnapshot, Timestamp,
+    Transition,
 };
 
 /// The columns of a job, in the order [`job`] reads them (a macro so that each dialect's
@@ -22,7 +23,7 @@ macro_rules! job_columns {
     () => {
         "job_id, user_id, agent_name, job_name, priority, state, attempt, request, \
          trace_id, created_at, started_at, finished_at, exit_code, error, output_index, \
-         last_progress, request_sha256, cancel_requested_at, queued_at"
+         last_progress, request_sha256, cancel_requested_at, queued_at, run_at"
     };
 }
 pub(super) use job_columns;
@@ -109,6 +110,20 @@ pub(super) fn job(r: &impl Cols) -> StoreResult<JobRecord> {
         request_sha256: r.text(16)?,
         cancel_requested: r.opt_int(17)?.is_some(),
         queued_at: r.ts(18)?,
+        run_at: r.opt_ts(19)?,
+    })
+}
+
+/// An ended attempt, from `attempt, started_at, ended_at, state, exit_code, error, retry_at`.
+pub(super) fn job_attempt(r: &impl Cols) -> StoreResult<JobAttempt> {
+    Ok(JobAttempt {
+        attempt: r.count(0)?,
+        started_at: r.opt_ts(1)?,
+        ended_at: r.ts(2)?,
+        state: r.parsed(3)?,
+        exit_code: r.opt_i32(4)?,
+        error: r.json(5)?,
+        retry_at: r.opt_ts(6)?,
     })
 }
 

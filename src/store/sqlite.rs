@@ -62,6 +62,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../migrations/sqlite/0008_pause_and_keys.sql"
         )),
+        M::up(include_str!("../../migrations/sqlite/0009_schedule.sql")),
     ])
 }
 
@@ -379,11 +380,13 @@ fn insert_job(conn: &Connection, job: &NewJob) -> StoreResult<()> {
             job.trace_id,
             job.at.unix_ms(),
             job.sort_at.unix_ms(),
+            job.first_state().as_str(),
+            job.run_at.map(Timestamp::unix_ms),
             r.concurrency_key,
         ],
     )?;
     append_state(conn, r.job_id, 0, JobState::Received, job.at)?;
-    append_state(conn, r.job_id, 0, JobState::Queued, job.at)?;
+    append_state(conn, r.job_id, 0, job.first_state(), job.at)?;
     Ok(())
 }
 
@@ -530,9 +533,78 @@ fn progress_in(
     Ok(snapshot)
 }
 
+/// Records how the job's current attempt ended (nothing when it never ran, or was recorded).
+fn record_job_attempt(
+    conn: &Connection,
+    job_id: JobId,
+    (state, at): (JobState, Timestamp),
+    exit_code: Option<i32>,
+    error: Option<&JobError>,
+    retry_at: Option<Timestamp>,
+) -> StoreResult<()> {
+    execute(
+        conn,
+        sql::RECORD_JOB_ATTEMPT,
+        params![
+            job_id.to_string(),
+            at.unix_ms(),
+            state.as_str(),
+            exit_code,
+            error.map(to_json),
+            retry_at.map(Timestamp::unix_ms),
+        ],
+    )?;
+    Ok(())
+}
+
+fn retry_later_in(conn: &Connection, r: &RetryLater) -> StoreResult<()> {
+    fenced(conn, r.job_id, JobState::InProgress, r.attempt)?;
+    record_job_attempt(
+        conn,
+        r.job_id,
+        (r.state, r.at),
+        r.exit_code,
+        r.error.as_ref(),
+        Some(r.run_at),
+    )?;
+    execute(
+        conn,
+        sql::RETRY_LATER,
+        params![
+            r.job_id.to_string(),
+            r.run_at.unix_ms(),
+            r.at.unix_ms(),
+            r.schedule_key.unix_ms()
+        ],
+    )?;
+    append_state(conn, r.job_id, r.attempt, JobState::Scheduled, r.at)?;
+    Ok(())
+}
+
+fn promote_in(conn: &Connection, now: Timestamp) -> StoreResult<Vec<JobId>> {
+    let due = all(
+        conn,
+        sql::PROMOTE_DUE,
+        params![now.unix_ms(), PROMOTE_BATCH],
+        |r| Ok((r.parsed::<JobId>(0)?, r.count(1)?)),
+    )?;
+    for (job_id, attempt) in &due {
+        append_state(conn, *job_id, *attempt, JobState::Queued, now)?;
+    }
+    Ok(due.into_iter().map(|(job_id, _)| job_id).collect())
+}
+
 fn finish_in(conn: &Connection, f: Finish) -> StoreResult<DueDelivery> {
     fenced(conn, f.job_id, f.from, f.attempt)?;
     f.allowed()?;
+    record_job_attempt(
+        conn,
+        f.job_id,
+        (f.state, f.at),
+        f.exit_code,
+        f.error.as_ref(),
+        None,
+    )?;
     execute(
         conn,
         sql::FINISH_JOB,
@@ -574,10 +646,14 @@ fn view_in(conn: &Connection, job_id: JobId) -> StoreResult<Option<JobView>> {
     let delivery = deliveries_in(conn, &filter, Some(job_id))?
         .into_iter()
         .next();
+    let attempts = all(conn, sql::JOB_ATTEMPTS, [job_id.to_string()], |r| {
+        row::job_attempt(r)
+    })?;
     Ok(Some(JobView {
         job,
         transitions,
         delivery,
+        attempts,
     }))
 }
 
@@ -718,6 +794,7 @@ fn list_jobs_in(conn: &Connection, f: &JobFilter) -> StoreResult<Vec<JobRecord>>
 
 fn requeue_in(conn: &Connection, job_id: JobId, attempt: u32, at: Timestamp) -> StoreResult<()> {
     fenced(conn, job_id, JobState::InProgress, attempt)?;
+    record_job_attempt(conn, job_id, (JobState::Queued, at), None, None, None)?;
     execute(
         conn,
         sql::REQUEUE,
@@ -946,6 +1023,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn retry_later(&self, retry: RetryLater) -> StoreResult<()> {
+        let job_id = retry.job_id;
+        self.write(move |conn| retry_later_in(conn, &retry)).await?;
+        self.hub.tell(Change::Moved(job_id));
+        Ok(())
+    }
+
+    async fn promote_due(&self, now: Timestamp) -> StoreResult<usize> {
+        let promoted = self.write(move |conn| promote_in(conn, now)).await?;
+        for job_id in &promoted {
+            self.hub.tell(Change::Moved(*job_id));
+        }
+        Ok(promoted.len())
+    }
+
+    async fn next_run_at(&self) -> StoreResult<Option<Timestamp>> {
+        self.read(|conn| {
+            let next: Option<i64> = value(conn, sql::NEXT_RUN_AT, [])?;
+            Ok(next.map(Timestamp::from_unix_ms))
+        })
+        .await
+    }
+
     async fn events_after(
         &self,
         job_id: JobId,
@@ -1145,6 +1245,7 @@ mod tests {
         migrations().to_latest(&mut conn).unwrap();
         for (sql, index) in [
             (sql::NEXT_QUEUED, "jobs_agent_queue"),
+            (sql::NEXT_RUN_AT, "jobs_scheduled"),
             (sql::NEXT_ACCEPTED, "jobs_accepted"),
             (sql::CLAIM_DUE_DELIVERIES, "deliveries_due"),
         ] {

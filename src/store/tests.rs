@@ -113,6 +113,9 @@ on_both_stores!(
     per_key_limits_hold_across_nodes_claiming_at_once,
     a_paused_agent_is_not_claimed_by_any_node_until_resumed,
     agent_loads_count_queued_and_running_jobs_per_agent,
+    a_scheduled_job_waits_for_its_run_at_then_is_queued_once_from_there,
+    a_retried_attempt_waits_scheduled_holding_nothing_and_every_attempt_is_recorded,
+    a_scheduled_job_can_be_canceled_before_it_is_due,
 );
 
 fn new_job(priority: Priority, at_ms: i64) -> NewJob {
@@ -131,11 +134,14 @@ fn new_job(priority: Priority, at_ms: i64) -> NewJob {
             },
             priority,
             concurrency_key: None,
+            run_at: None,
+            delay: None,
         },
         request_sha256: "sha".into(),
         trace_id: "trace".into(),
         at,
         sort_at: at.plus(AGING * rank),
+        run_at: None,
     }
 }
 
@@ -1285,4 +1291,187 @@ async fn agent_loads_count_queued_and_running_jobs_per_agent(backend: Backend) {
             running: 0
         })
     );
+}
+
+fn scheduled_job(at_ms: i64, run_at_ms: i64) -> NewJob {
+    let run_at = Timestamp::from_unix_ms(run_at_ms);
+    NewJob {
+        run_at: Some(run_at),
+        sort_at: run_at.plus(AGING),
+        ..new_job(Priority::Normal, at_ms)
+    }
+}
+
+async fn a_scheduled_job_waits_for_its_run_at_then_is_queued_once_from_there(backend: Backend) {
+    // Arrange: a job accepted at 1 to run at 1000; another node shares the store.
+    let (db, store) = backend.open(100).await;
+    let other = db.node("b", 100).await;
+    let id = enqueue(&store, scheduled_job(1, 1000)).await;
+
+    // Assert: scheduled, claimable by no one, listed, its time known to every node.
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Scheduled);
+    assert_eq!(job.run_at, Some(Timestamp::from_unix_ms(1000)));
+    assert!(claim_one(&store, 2).await.is_none());
+    let listed = store
+        .list_jobs(JobFilter {
+            state: Some(JobState::Scheduled),
+            limit: 10,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|j| j.job_id).collect::<Vec<_>>(), [id]);
+    assert_eq!(
+        other.next_run_at().await.unwrap(),
+        Some(Timestamp::from_unix_ms(1000))
+    );
+
+    // Act + Assert: not due before its time; promoted once at it, by whichever node.
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(999))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        other
+            .promote_due(Timestamp::from_unix_ms(1000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(1001))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.next_run_at().await.unwrap(), None);
+    // Its queue age counts from its run_at, not from its acceptance.
+    let before = |ms| store.queued_before(Timestamp::from_unix_ms(ms), 10);
+    assert!(before(1000).await.unwrap().is_empty());
+    assert_eq!(before(1001).await.unwrap()[0].job_id, id);
+    let claimed = claim_one(&store, 1002).await.unwrap();
+    assert_eq!((claimed.job_id, claimed.attempt), (id, 1));
+    let view = store.job_view(id).await.unwrap().unwrap();
+    let states: Vec<JobState> = view.transitions.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [
+            JobState::Received,
+            JobState::Scheduled,
+            JobState::Queued,
+            JobState::InProgress
+        ]
+    );
+}
+
+async fn a_retried_attempt_waits_scheduled_holding_nothing_and_every_attempt_is_recorded(
+    backend: Backend,
+) {
+    // Arrange: attempt 1 of a job is running.
+    let (_db, store) = backend.open(100).await;
+    let id = enqueue(&store, new_job(Priority::Normal, 1)).await;
+    let job = claim_one(&store, 2).await.unwrap();
+    let error = JobError {
+        reason: crate::contract::ErrorReason::ExitCode,
+        message: "agent exited with code 75".into(),
+        exit_code: Some(75),
+    };
+    let retry = RetryLater {
+        job_id: id,
+        attempt: 1,
+        state: JobState::Failed,
+        exit_code: Some(75),
+        error: Some(error.clone()),
+        at: Timestamp::from_unix_ms(10),
+        run_at: Timestamp::from_unix_ms(500),
+        schedule_key: Timestamp::from_unix_ms(500).plus(AGING),
+    };
+
+    // Act
+    store.retry_later(retry.clone()).await.unwrap();
+
+    // Assert: scheduled and unleased; the same end twice is stale; nothing to claim until due.
+    let waiting = store.job(id).await.unwrap().unwrap();
+    assert_eq!(waiting.state, JobState::Scheduled);
+    assert_eq!((waiting.attempt, waiting.started_at), (1, None));
+    assert!(store.in_progress().await.unwrap().is_empty());
+    let again = store.retry_later(retry).await;
+    assert!(matches!(again, Err(StoreError::Stale { .. })), "{again:?}");
+    assert!(claim_one(&store, 20).await.is_none());
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(500))
+            .await
+            .unwrap(),
+        1
+    );
+    let second = claim_one(&store, 501).await.unwrap();
+    assert_eq!((second.job_id, second.attempt), (job.job_id, 2));
+    store
+        .finish(finish(&second, JobState::Completed, 600))
+        .await
+        .unwrap();
+    let view = store.job_view(id).await.unwrap().unwrap();
+    let attempts: Vec<_> = view
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.attempt,
+                a.state,
+                a.exit_code,
+                a.retry_at.map(Timestamp::unix_ms),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, JobState::Failed, Some(75), Some(500)),
+            (2, JobState::Completed, None, None)
+        ]
+    );
+    assert_eq!(view.attempts[0].error, Some(error));
+    assert_eq!(view.attempts[0].started_at.map(Timestamp::unix_ms), Some(2));
+    assert_eq!(
+        view.attempts[1].started_at.map(Timestamp::unix_ms),
+        Some(501)
+    );
+    let scheduled = view
+        .transitions
+        .iter()
+        .find(|t| t.state == JobState::Scheduled)
+        .unwrap();
+    assert_eq!(scheduled.attempt, 1);
+}
+
+async fn a_scheduled_job_can_be_canceled_before_it_is_due(backend: Backend) {
+    // Arrange
+    let (_db, store) = backend.open(100).await;
+    let id = enqueue(&store, scheduled_job(1, 10_000)).await;
+    let job = store.job(id).await.unwrap().unwrap();
+
+    // Act
+    store
+        .finish(finish(&job, JobState::Canceled, 5))
+        .await
+        .unwrap();
+
+    // Assert: ended, never promoted, no attempt recorded (none ran).
+    let ended = store.job_view(id).await.unwrap().unwrap();
+    assert_eq!(ended.job.state, JobState::Canceled);
+    assert!(ended.attempts.is_empty());
+    assert_eq!(
+        store
+            .promote_due(Timestamp::from_unix_ms(20_000))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.next_run_at().await.unwrap(), None);
 }

@@ -46,10 +46,11 @@ pub const IDLE_SESSION_TIMEOUT: &str = "SET idle_session_timeout = {ms}";
 /// One job by id.
 pub const JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE job_id = $1");
 
-/// A new job, queued; nothing if the id exists.
+/// A new job in state $11 (`queued`, or `scheduled` until $12 = `run_at`, which is then its
+/// `queued_at` too); nothing if the id exists.
 pub const INSERT_JOB: &str = "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-     trace_id, created_at, queued_at, updated_at, schedule_key, concurrency_key) \
-     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $9, $9, $10, $11) ON CONFLICT (job_id) DO NOTHING";
+     trace_id, created_at, queued_at, updated_at, schedule_key, run_at, concurrency_key) \
+     VALUES ($1, $2, $3, $4, $5, $11, $6, $7, $8, $9, coalesce($12::bigint, $9::bigint), $9, $10, $12, $13) ON CONFLICT (job_id) DO NOTHING";
 
 /// Locks the oldest queued rows of the agents `$1`, skipping rows other nodes are claiming and
 /// rows whose concurrency key already has its agent's per-key limit (`$3`, by position in
@@ -100,6 +101,31 @@ pub const RERUN: &str = "UPDATE jobs SET state = 'queued', queued_at = $2, updat
      finished_at = NULL, exit_code = NULL, error = NULL, output_index = NULL, \
      cancel_requested_at = NULL, node_id = NULL, incarnation = NULL, lease_until = NULL, \
      schedule_key = $3, accepted_seq = DEFAULT WHERE job_id = $1";
+
+/// Ends an attempt for a retry: `scheduled` until $2 (also its `queued_at`, so the queue age
+/// counts from there), key $4 and a fresh acceptance number, unleased.
+pub const RETRY_LATER: &str = "UPDATE jobs SET state = 'scheduled', run_at = $2, queued_at = $2, updated_at = $3, \
+     started_at = NULL, node_id = NULL, incarnation = NULL, lease_until = NULL, \
+     schedule_key = $4, accepted_seq = DEFAULT WHERE job_id = $1";
+
+/// Moves the scheduled jobs due at $1 (at most $2, earliest first) to `queued`; rows another
+/// node is promoting are skipped.
+pub const PROMOTE_DUE: &str = "UPDATE jobs SET state = 'queued', updated_at = $1 WHERE job_id IN ( \
+     SELECT job_id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 ORDER BY run_at LIMIT $2 \
+     FOR UPDATE SKIP LOCKED) RETURNING job_id, attempt";
+
+/// When the earliest scheduled job is due.
+pub const NEXT_RUN_AT: &str = "SELECT min(run_at) FROM jobs WHERE state = 'scheduled'";
+
+/// Records how the job's current attempt (if it ran) ended: state $3 at $2, exit code $4,
+/// error $5, retried from $6; the first record of an attempt stays.
+pub const RECORD_JOB_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, started_at, ended_at, state, exit_code, error, retry_at) \
+     SELECT job_id, attempt, started_at, $2::bigint, $3::text, $4::integer, $5::text, $6::bigint FROM jobs WHERE job_id = $1 AND attempt > 0 \
+     ON CONFLICT (job_id, attempt) DO NOTHING";
+
+/// A job's ended attempts, oldest first.
+pub const JOB_ATTEMPTS: &str = "SELECT attempt, started_at, ended_at, state, exit_code, error, retry_at \
+     FROM job_attempts WHERE job_id = $1 ORDER BY attempt";
 
 /// Remembers that a cancel was asked for (the first time counts).
 pub const REQUEST_CANCEL: &str =

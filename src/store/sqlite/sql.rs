@@ -26,13 +26,14 @@ macro_rules! next_accepted {
 #[cfg(test)]
 pub const NEXT_ACCEPTED: &str = next_accepted!();
 
-/// A new job, queued.
+/// A new job, in state ?11 (`queued`, or `scheduled` until ?12 = `run_at`, which is then its
+/// `queued_at` too), with concurrency key ?13.
 pub const INSERT_JOB: &str = concat!(
     "INSERT INTO jobs (job_id, user_id, agent_name, job_name, priority, state, request, request_sha256, \
-     trace_id, created_at, queued_at, updated_at, schedule_key, concurrency_key, accepted_seq) \
-     VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, (",
+     trace_id, created_at, queued_at, updated_at, schedule_key, concurrency_key, accepted_seq, run_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, coalesce(?12, ?9), ?9, ?10, ?13, (",
     next_accepted!(),
-    "))"
+    "), ?12)"
 );
 
 /// An agent's next queued job in claim order whose concurrency key has fewer than ?2 jobs of
@@ -73,6 +74,36 @@ pub const RERUN: &str = concat!(
     next_accepted!(),
     ") WHERE job_id = ?1"
 );
+
+/// Ends an attempt for a retry: `scheduled` until ?2 (also its `queued_at`, so the queue age
+/// counts from there), key ?4 and a fresh acceptance number, unleased.
+pub const RETRY_LATER: &str = concat!(
+    "UPDATE jobs SET state = 'scheduled', run_at = ?2, queued_at = ?2, updated_at = ?3, \
+     started_at = NULL, node_id = NULL, incarnation = NULL, lease_until = NULL, \
+     schedule_key = ?4, accepted_seq = (",
+    next_accepted!(),
+    ") WHERE job_id = ?1"
+);
+
+/// Moves the scheduled jobs due at ?1 (at most ?2, earliest first) to `queued`.
+pub const PROMOTE_DUE: &str = "UPDATE jobs SET state = 'queued', updated_at = ?1 WHERE job_id IN ( \
+     SELECT job_id FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 ORDER BY run_at LIMIT ?2) \
+     RETURNING job_id, attempt";
+
+/// When the earliest scheduled job is due (one step of the partial index, which the planner
+/// would otherwise pass over for `jobs_state_agent`).
+pub const NEXT_RUN_AT: &str =
+    "SELECT min(run_at) FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled'";
+
+/// Records how the job's current attempt (if it ran) ended: state ?3 at ?2, exit code ?4,
+/// error ?5, retried from ?6; the first record of an attempt stays.
+pub const RECORD_JOB_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, started_at, ended_at, state, exit_code, error, retry_at) \
+     SELECT job_id, attempt, started_at, ?2, ?3, ?4, ?5, ?6 FROM jobs WHERE job_id = ?1 AND attempt > 0 \
+     ON CONFLICT (job_id, attempt) DO NOTHING";
+
+/// A job's ended attempts, oldest first.
+pub const JOB_ATTEMPTS: &str = "SELECT attempt, started_at, ended_at, state, exit_code, error, retry_at \
+     FROM job_attempts WHERE job_id = ?1 ORDER BY attempt";
 
 /// Remembers that a cancel was asked for (the first time counts).
 pub const REQUEST_CANCEL: &str =
