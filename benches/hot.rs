@@ -10,7 +10,7 @@ use agent_sidecar::config::Config;
 use agent_sidecar::contract::{JobName, JobState, Summary, parse_manifest};
 use agent_sidecar::delivery::sign::{CallbackEvent, Signer, TokenFor};
 use agent_sidecar::runner::lines::parse_progress;
-use agent_sidecar::runner::outputs::output_index;
+use agent_sidecar::runner::outputs::{Announced, output_index};
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -64,7 +64,11 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             serde_json::to_vec(&output_index(
                 black_box(&summary),
-                "file:///srv/x/output/",
+                &Default::default(),
+                &Announced {
+                    output_uri: "file:///srv/x/output/",
+                    public_url: "http://127.0.0.1:8780",
+                },
                 65_536,
             ))
             .unwrap()

@@ -90,6 +90,16 @@ impl ApiError {
         }
     }
 
+    /// A `Range` the resource cannot satisfy (the handler adds `Content-Range: bytes */len`).
+    pub fn range_not_satisfiable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range-not-satisfiable",
+            "Range not satisfiable",
+            detail,
+        )
+    }
+
     /// The sidecar is shutting down and takes no new work; try again (another instance, or
     /// this one once restarted) after `retry_after_secs`.
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u32) -> Self {

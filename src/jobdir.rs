@@ -345,25 +345,43 @@ impl JobDir {
     /// Size and SHA-256 of the file `rel` (a regular file with one link, never a link).
     pub fn sha256(&self, rel: &str) -> Result<(u64, String), JobDirError> {
         let (file, _) = self.open_regular(rel, true)?;
-        sha256_of(file).map_err(|e| self.io(rel, e))
+        sha256_of(&file).map_err(|e| self.io(rel, e))
+    }
+
+    /// Opens `rel` to be served over HTTP: a regular file with one link, reached without a
+    /// symlink and never blocking on a FIFO, as every file the sidecar copies out of the
+    /// folder. Returns the file and its size.
+    pub fn open_to_serve(&self, rel: &str) -> Result<(std::fs::File, u64), JobDirError> {
+        self.open_regular(rel, true)
     }
 
     /// Checks every file a v2 manifest declares against what is on disk: present under `input/`
-    /// without a symlink on the way, of the declared size and SHA-256. Reads every byte, so it
-    /// belongs off the async runtime.
-    pub fn check_inputs(&self, files: &[InputFile]) -> Vec<FieldError> {
+    /// without a symlink on the way, of the declared size (at most `max_bytes`, if set) and
+    /// SHA-256. A file version `hashes` knows is not read again; any other is read whole, so
+    /// this belongs off the async runtime.
+    pub fn check_inputs(
+        &self,
+        files: &[InputFile],
+        hashes: &InputHashes,
+        max_bytes: Option<u64>,
+    ) -> Vec<FieldError> {
         files
             .iter()
             .enumerate()
             .filter_map(|(i, file)| {
-                self.check_input(file)
+                self.check_input(file, hashes, max_bytes)
                     .err()
                     .map(|(field, detail)| FieldError::new(format!("/inputs/{i}{field}"), detail))
             })
             .collect()
     }
 
-    fn check_input(&self, file: &InputFile) -> Result<(), (&'static str, String)> {
+    fn check_input(
+        &self,
+        file: &InputFile,
+        hashes: &InputHashes,
+        max_bytes: Option<u64>,
+    ) -> Result<(), (&'static str, String)> {
         if !Path::new(&file.path)
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
@@ -376,6 +394,14 @@ impl JobDir {
             let detail = format!("{rel} has {bytes} bytes, the manifest says {}", file.bytes);
             ("/bytes", detail)
         };
+        // Refused before the file is even opened: the cap is what keeps a trigger bounded.
+        if let Some(max) = max_bytes.filter(|max| file.bytes > *max) {
+            let detail = format!(
+                "{rel} is declared with {} bytes, above server.max_input_bytes ({max})",
+                file.bytes
+            );
+            return Err(("/bytes", detail));
+        }
         let (handle, size) = self
             .open_regular(&rel, false)
             .map_err(|e| ("/path", e.to_string()))?;
@@ -383,8 +409,9 @@ impl JobDir {
         if size != file.bytes {
             return Err(other_size(size));
         }
-        let (bytes, sha256) =
-            sha256_of(handle).map_err(|e| ("/path", format!("{rel} cannot be read: {e}")))?;
+        let (bytes, sha256) = hashes
+            .sha256(handle)
+            .map_err(|e| ("/path", format!("{rel} cannot be read: {e}")))?;
         if bytes != file.bytes {
             return Err(other_size(bytes));
         }
@@ -547,7 +574,7 @@ fn split(rel: &str) -> (&str, &str) {
     rel.rsplit_once('/').unwrap_or(("", rel))
 }
 
-fn sha256_of(mut file: std::fs::File) -> io::Result<(u64, String)> {
+fn sha256_of(mut file: &std::fs::File) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut bytes = 0u64;
@@ -560,6 +587,124 @@ fn sha256_of(mut file: std::fs::File) -> io::Result<(u64, String)> {
         bytes += n as u64;
     }
     Ok((bytes, hex(&hasher.finalize())))
+}
+
+/// What names one version of a file: a write changes its size, mtime or ctime (ctime cannot be
+/// set back by a user), a replacement its device or inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileVersion {
+    fn of(file: &std::fs::File) -> io::Result<Self> {
+        let md = file.metadata()?;
+        let ns = |secs: i64, nsecs: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsecs);
+        Ok(Self {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+        })
+    }
+}
+
+/// The SHA-256 of input files, remembered per file version (device, inode, size, mtime,
+/// ctime), so a file is hashed once however many triggers (or retries of one) name it.
+/// Bounded: past `capacity` versions the oldest remembered is forgotten.
+#[derive(Debug)]
+pub struct InputHashes {
+    capacity: usize,
+    known: std::sync::Mutex<Remembered>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Remembered {
+    sha256: std::collections::HashMap<FileVersion, String>,
+    order: std::collections::VecDeque<FileVersion>,
+}
+
+impl InputHashes {
+    /// Versions remembered by default: a few hundred bytes each.
+    pub const DEFAULT_CAPACITY: usize = 4096;
+
+    /// An empty cache of at most `capacity` file versions.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            known: Default::default(),
+            hits: Default::default(),
+            misses: Default::default(),
+        }
+    }
+
+    /// Checks answered from memory, and files read whole, so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    /// Size and SHA-256 of `file`, read whole unless this version of it is remembered. A
+    /// version is remembered only if it was the same before and after the read, so a file
+    /// written meanwhile is never remembered with a hash of bytes it no longer holds.
+    fn sha256(&self, file: std::fs::File) -> io::Result<(u64, String)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = FileVersion::of(&file)?;
+        if let Some(sha256) = self.lock().sha256.get(&before) {
+            self.hits.fetch_add(1, Relaxed);
+            crate::telemetry::input_hash(true);
+            return Ok((before.size, sha256.clone()));
+        }
+        self.misses.fetch_add(1, Relaxed);
+        crate::telemetry::input_hash(false);
+        let (bytes, sha256) = sha256_of(&file)?;
+        if FileVersion::of(&file)? == before && bytes == before.size {
+            self.remember(before, sha256.clone());
+        }
+        Ok((bytes, sha256))
+    }
+
+    fn remember(&self, version: FileVersion, sha256: String) {
+        let mut known = self.lock();
+        if known.sha256.insert(version, sha256).is_none() {
+            known.order.push_back(version);
+        }
+        while known.order.len() > self.capacity {
+            if let Some(oldest) = known.order.pop_front() {
+                known.sha256.remove(&oldest);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Lowercase hex SHA-256 of the first `len` bytes of `file`, read at their offsets (the file's
+/// own position is left where it was); short if the file shrank meanwhile.
+pub fn sha256_of_first(file: &std::fs::File, len: u64) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from(len - at).map_or(buf.len(), |left| left.min(buf.len()));
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 /// Lowercase hex of `bytes`.

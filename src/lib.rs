@@ -170,12 +170,14 @@ impl Sidecar {
         let deliveries =
             Deliveries::new(Arc::clone(&store), &config, tracker.clone(), cancel.clone())
                 .context("cannot load the callback keys and certificates")?;
+        let addr = listener.local_addr().context("listener has no address")?;
         let runner = Runner::new(
             Arc::clone(&store),
             Arc::clone(&config),
             Arc::clone(&deliveries),
             (
                 shared_root.clone(),
+                config.public_url(addr),
                 runner::Guard {
                     fence: Arc::clone(&fence),
                     guardian: guardian.map(Arc::new),
@@ -193,7 +195,6 @@ impl Sidecar {
         let (tls, gate) = reloadable(&config, &deliveries, &tracker, &cancel)?;
         spawn_workers(&tracker, &cancel, &runner, &store, &config, &shared_root);
 
-        let addr = listener.local_addr().context("listener has no address")?;
         let listener = api::listener::GuardedListener::new(
             listener,
             config.server.write_timeout,

@@ -488,7 +488,8 @@ fn input_errors(path: &std::path::Path, manifest: &Manifest) -> Vec<FieldError> 
     let shared_root = job_dir.parent().unwrap_or(&job_dir);
     // Only read here: the modes of what the sidecar writes do not matter.
     match JobDir::open(shared_root, manifest.job_id, Default::default()) {
-        Ok(dir) => dir.check_inputs(files),
+        // One look at each file: nothing to remember, and no daemon's cap applies.
+        Ok(dir) => dir.check_inputs(files, &agent_sidecar::jobdir::InputHashes::new(0), None),
         Err(e) => vec![FieldError::new("/job_id", e.to_string())],
     }
 }

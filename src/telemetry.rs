@@ -25,6 +25,7 @@ const TRIGGERS_REFUSED: &str = "agent_sidecar_triggers_refused_total";
 const SWEEPER_ACTIONS: &str = "agent_sidecar_sweeper_actions_total";
 const HEARTBEAT: &str = "agent_sidecar_worker_heartbeat_timestamp_seconds";
 const BUILD_INFO: &str = "agent_sidecar_build_info";
+const INPUT_HASHES: &str = "agent_sidecar_input_hashes_total";
 
 /// Histogram buckets in seconds, from a fast callback to a long agent run.
 const BUCKETS: [f64; 16] = [
@@ -109,6 +110,16 @@ pub fn publish_families<'a>(agents: impl Iterator<Item = &'a AgentName>) {
     for reason in RefusedReason::ALL {
         counter!(TRIGGERS_REFUSED, "reason" => reason.as_str()).increment(0);
     }
+    for source in ["cache", "read"] {
+        counter!(INPUT_HASHES, "source" => source).increment(0);
+    }
+}
+
+/// A v2 manifest's input file was checked: its SHA-256 came from the cache of file versions
+/// (`cached`) or from reading the file whole.
+pub fn input_hash(cached: bool) {
+    let source = if cached { "cache" } else { "read" };
+    counter!(INPUT_HASHES, "source" => source).increment(1);
 }
 
 /// A job's attempt started; it was queued at `queued_at`.

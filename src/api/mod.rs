@@ -1,6 +1,7 @@
 //! The HTTP API. Each module exposes `router()` with its routes next to their handlers.
 
 mod agents;
+mod artifacts;
 pub mod auth;
 mod bulk;
 mod deliveries;
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     gate: Arc<auth::Gate>,
     overview: overview::OverviewCache,
+    /// The SHA-256 of v2 manifests' input files, by file version.
+    input_hashes: Arc<crate::jobdir::InputHashes>,
 }
 
 /// The running parts the API drives.
@@ -81,6 +84,9 @@ impl AppState {
                 shutdown: parts.shutdown,
                 gate: parts.gate,
                 overview: overview::OverviewCache::default(),
+                input_hashes: Arc::new(crate::jobdir::InputHashes::new(
+                    crate::jobdir::InputHashes::DEFAULT_CAPACITY,
+                )),
             }),
         }
     }
@@ -95,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(bulk::router())
         .merge(overview::router())
+        .merge(artifacts::router())
         .merge(watch::router())
         .merge(ops::router())
         .merge(openapi::router())

@@ -33,6 +33,8 @@ use super::AppState;
         super::agents::resume,
         super::agents::pause_all,
         super::agents::resume_all,
+        super::artifacts::artifact,
+        super::artifacts::output_file,
         super::watch::sse,
         super::watch::websocket,
         super::deliveries::list,

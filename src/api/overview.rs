@@ -42,7 +42,7 @@ pub(super) fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct OverviewQuery {
     /// How far back, e.g. `1h` (the default), `15m`, `24h`; 1 minute to 7 days.
-    #[param(example = "1h")]
+    #[param(example = "1h", pattern = "^([1-9][0-9]?[mh]|[1-7]d)$")]
     pub window: Option<String>,
 }
 

@@ -126,7 +126,7 @@ pub(super) async fn accept(
     check_registry(&app.config, &app.deliveries.transport(), &request, &offered)?;
     let modes = app.config.storage.modes;
     let (dir, manifest) = check_manifest(&app.shared_root, modes, &request)?;
-    check_input_files(dir, manifest).await?;
+    check_input_files(app, dir, manifest).await?;
     let at = Timestamp::now();
     let run_at = start_at(&request, at)?;
     // A scheduled job takes its place in the queue as if accepted at its run_at.
@@ -415,14 +415,20 @@ fn check_manifest(
 
 /// A v2 manifest's files, hashed on the blocking pool: the job is accepted only if Rails and
 /// the sidecar see the same bytes.
-async fn check_input_files(dir: JobDir, manifest: Manifest) -> Result<(), ApiError> {
+async fn check_input_files(
+    app: &super::Inner,
+    dir: JobDir,
+    manifest: Manifest,
+) -> Result<(), ApiError> {
     let Inputs::Files(files) = manifest.inputs else {
         return Ok(());
     };
     if files.is_empty() {
         return Ok(());
     }
-    let errors = tokio::task::spawn_blocking(move || dir.check_inputs(&files))
+    let hashes = app.input_hashes.clone();
+    let max = app.config.server.max_input_bytes;
+    let errors = tokio::task::spawn_blocking(move || dir.check_inputs(&files, &hashes, max))
         .await
         .map_err(|e| ApiError::internal(&e))?;
     if errors.is_empty() {

@@ -66,6 +66,7 @@ pub(super) struct RawServer {
     #[serde(with = "humantime_serde")]
     pub(super) write_timeout: Duration,
     pub(super) send_buffer_bytes: usize,
+    pub(super) max_input_bytes: Option<u64>,
     pub(super) auth: Option<RawAuth>,
     pub(super) tls: Option<RawServerTls>,
 }
@@ -78,6 +79,7 @@ impl Default for RawServer {
             max_body_bytes: 256 * KIB,
             write_timeout: secs::<30>(),
             send_buffer_bytes: 256 * KIB,
+            max_input_bytes: None,
             auth: None,
             tls: None,
         }
@@ -331,6 +333,10 @@ pub(super) struct RawAgent {
     pub(super) on_restart: OnRestart,
     #[serde(default = "number::<3>")]
     pub(super) max_attempts: u32,
+    #[serde(default)]
+    pub(super) inline_artifacts: bool,
+    #[serde(default = "size::<{ 64 * KIB }>")]
+    pub(super) inline_artifacts_under_bytes: usize,
     #[serde(default)]
     pub(super) retry: RawRetry,
 }

@@ -151,6 +151,9 @@ pub struct ServerConfig {
     /// Kernel send buffer of each connection: with one page of events, the most a watcher
     /// that stopped reading can hold.
     pub send_buffer_bytes: usize,
+    /// The largest input file a v2 manifest may declare; a larger one is refused (422 naming
+    /// the input) before any byte of it is read. `None`: no limit.
+    pub max_input_bytes: Option<u64>,
     /// `[server.auth]`: bearer tokens from Rails; absent means no token is asked for.
     pub auth: Option<AuthConfig>,
     /// `[server.tls]`: the listener serves HTTPS, optionally asking for client certificates.
@@ -474,6 +477,28 @@ pub struct AgentConfig {
     pub max_attempts: u32,
     /// `[agents.NAME.retry]`: which failed runs are tried again, how often, after how long.
     pub retry: crate::retry::RetryPolicy,
+    /// Which artifacts a completion carries inline.
+    pub inline_artifacts: InlineArtifacts,
+}
+
+/// Which artifacts a completion carries inline (base64 next to their SHA-256 in
+/// `output_index`): those smaller than `under_bytes`, when `always` or when the agent's
+/// `summary.json` says `"inline_artifacts": true`, as many as `output_index_max_bytes` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InlineArtifacts {
+    /// `[agents.X] inline_artifacts`: inline without the agent asking.
+    pub always: bool,
+    /// `[agents.X] inline_artifacts_under_bytes` (0: never inline).
+    pub under_bytes: u64,
+}
+
+impl Default for InlineArtifacts {
+    fn default() -> Self {
+        Self {
+            always: false,
+            under_bytes: 64 * 1024,
+        }
+    }
 }
 
 impl fmt::Debug for AgentConfig {
@@ -490,6 +515,7 @@ impl fmt::Debug for AgentConfig {
             .field("on_restart", &self.on_restart)
             .field("max_attempts", &self.max_attempts)
             .field("retry", &self.retry)
+            .field("inline_artifacts", &self.inline_artifacts)
             .finish()
     }
 }

@@ -88,6 +88,7 @@ fn a_config_with_only_the_required_keys_gets_every_documented_default() {
     assert_eq!(s.listen, "127.0.0.1:8780".parse().unwrap());
     assert_eq!(s.public_url, None);
     assert_eq!((s.max_body_bytes, s.send_buffer_bytes), (262_144, 262_144));
+    assert_eq!(s.max_input_bytes, None);
     assert_eq!(s.write_timeout, Duration::from_secs(30));
     assert!(s.auth.is_none() && s.tls.is_none());
     let st = &config.storage;
@@ -143,6 +144,11 @@ fn a_config_with_only_the_required_keys_gets_every_documented_default() {
         (Duration::from_secs(60), 4)
     );
     assert_eq!((agent.stale_after, agent.max_attempts), (None, 3));
+    assert_eq!(
+        agent.inline_artifacts,
+        crate::config::InlineArtifacts::default()
+    );
+    assert_eq!(agent.inline_artifacts.under_bytes, 65_536);
     assert_eq!(agent.on_restart, OnRestart::Requeue);
     assert!(agent.env.is_empty() && agent.params_schema.is_none());
     assert_eq!(agent.retry, crate::retry::RetryPolicy::default());
@@ -228,6 +234,11 @@ const RULES: &[(Edits, &str, &str)] = &[
         &[("server", r#"write_timeout = "0s""#)],
         "server.write_timeout",
         "more than 0s",
+    ),
+    (
+        &[("server", "max_input_bytes = 0")],
+        "server.max_input_bytes",
+        "more than 0",
     ),
     (
         &[("server", "send_buffer_bytes = 100")],
@@ -443,6 +454,14 @@ const RULES: &[(Edits, &str, &str)] = &[
         &[("agents.summarizer", "command = []")],
         "agents.summarizer.command",
         "must name a program",
+    ),
+    (
+        &[(
+            "agents.summarizer",
+            "inline_artifacts_under_bytes = 2000000",
+        )],
+        "agents.summarizer.inline_artifacts_under_bytes",
+        "at most 1048576",
     ),
     (
         &[("agents.summarizer", "max_concurrent = 0")],

@@ -94,6 +94,9 @@ fn resolve_server(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigErr
     if raw.send_buffer_bytes < 4096 {
         return Err(invalid("server.send_buffer_bytes", "must be at least 4096"));
     }
+    if raw.max_input_bytes == Some(0) {
+        return Err(invalid("server.max_input_bytes", "must be more than 0"));
+    }
     let tls = raw.tls.map(|t| resolve_server_tls(t, base)).transpose()?;
     Ok(ServerConfig {
         listen,
@@ -101,6 +104,7 @@ fn resolve_server(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigErr
         max_body_bytes: raw.max_body_bytes,
         write_timeout: raw.write_timeout,
         send_buffer_bytes: raw.send_buffer_bytes,
+        max_input_bytes: raw.max_input_bytes,
         auth: raw.auth.map(|a| resolve_auth(a, base)).transpose()?,
         tls,
     })
@@ -402,6 +406,9 @@ fn resolve_sweeper(raw: RawSweeper) -> Result<SweeperConfig, ConfigError> {
     })
 }
 
+/// The largest `inline_artifacts_under_bytes`.
+const INLINE_MAX: usize = 1 << 20;
+
 fn resolve_agent(
     name: String,
     raw: RawAgent,
@@ -454,6 +461,13 @@ fn resolve_agent(
         return Err(invalid(key("max_attempts"), "must be at least 1"));
     }
     let retry = resolve_retry(raw.retry, &|field| key(&format!("retry.{field}")))?;
+    // Inline bytes ride in every delivery attempt of the completion; larger files have a URL.
+    if raw.inline_artifacts_under_bytes > INLINE_MAX {
+        return Err(invalid(
+            key("inline_artifacts_under_bytes"),
+            format!("must be at most {INLINE_MAX} (larger artifacts are fetched by their url)"),
+        ));
+    }
     let agent = AgentConfig {
         command,
         timeout: raw.timeout,
@@ -465,6 +479,10 @@ fn resolve_agent(
         on_restart: raw.on_restart,
         max_attempts: raw.max_attempts,
         retry,
+        inline_artifacts: InlineArtifacts {
+            always: raw.inline_artifacts,
+            under_bytes: raw.inline_artifacts_under_bytes as u64,
+        },
     };
     Ok((agent_name, Arc::new(agent)))
 }

@@ -298,7 +298,8 @@ pub struct CompletionCallback {
     pub status: JobState,
     /// Where the outputs are (`file:///.../output/` by default).
     pub output_uri: String,
-    /// The final summary.json, or a trimmed index with a pointer when it is large.
+    /// The final summary.json (each artifact with its `url`, and `content_base64` when
+    /// inlined), or a trimmed index with a pointer when it is large.
     pub output_index: Value,
     /// Why it did not complete; null when it did.
     pub error: Option<JobError>,

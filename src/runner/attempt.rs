@@ -123,6 +123,8 @@ pub(super) struct Supervisor {
     pub(super) config: Arc<Config>,
     pub(super) deliveries: Arc<Deliveries>,
     pub(super) shared_root: PathBuf,
+    /// The API's base URL, which artifact URLs are under.
+    pub(super) public_url: String,
     pub(super) fence: Arc<Fence>,
     pub(super) guardian: Option<Arc<Guardian>>,
     pub(super) tracker: TaskTracker,
@@ -474,6 +476,12 @@ impl Supervisor {
             timing: timing.clone(),
             measured: ending.measured.clone(),
             stderr_tail: ending.stderr_tail.clone(),
+            inline: self
+                .config
+                .agents
+                .get(&job.agent_name)
+                .map(|a| a.inline_artifacts)
+                .unwrap_or_default(),
         };
         let finalized = match output {
             Some((dir, run)) => {
@@ -505,7 +513,11 @@ impl Supervisor {
                 done.error,
                 outputs::output_index(
                     &done.summary,
-                    &output_uri,
+                    &done.inlined,
+                    &outputs::Announced {
+                        output_uri: &output_uri,
+                        public_url: &self.public_url,
+                    },
                     self.config.callbacks.output_index_max_bytes,
                 ),
             ),

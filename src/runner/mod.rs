@@ -194,12 +194,13 @@ pub struct Guard {
 }
 
 impl Runner {
-    /// A runner over `shared_root` (already canonical).
+    /// A runner over `shared_root` (already canonical), whose completions link artifacts under
+    /// `public_url`.
     pub fn new(
         store: Arc<dyn Store>,
         config: Arc<Config>,
         deliveries: Arc<Deliveries>,
-        (shared_root, guard): (PathBuf, Guard),
+        (shared_root, public_url, guard): (PathBuf, String, Guard),
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
@@ -208,6 +209,7 @@ impl Runner {
             config: Arc::clone(&config),
             deliveries,
             shared_root,
+            public_url,
             fence: Arc::clone(&guard.fence),
             guardian: guard.guardian.clone(),
             tracker: tracker.clone(),

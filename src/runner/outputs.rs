@@ -3,9 +3,14 @@
 //! Runs on the blocking pool (it hashes files). Every file is written atomically, so a reader
 //! never sees half a summary.
 
+use std::collections::BTreeMap;
+
+use base64::Engine;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::config::InlineArtifacts;
 use crate::contract::{
     AgentName, Artifact, ErrorReason, JobError, JobId, JobState, MetricsFile, PAYLOAD_VERSION,
     RejectedArtifact, Summary, Timing,
@@ -31,6 +36,8 @@ pub struct RunReport {
     pub measured: Measured,
     /// Last stderr lines, oldest first, for error.log.
     pub stderr_tail: Vec<String>,
+    /// Which artifacts the completion carries inline.
+    pub inline: InlineArtifacts,
 }
 
 /// What the sidecar measured of a run.
@@ -56,6 +63,8 @@ pub struct Finalized {
     pub error: Option<JobError>,
     /// The summary written to summary.json.
     pub summary: Summary,
+    /// Base64 of the artifacts to inline in the completion, by path (relative to `output/`).
+    pub inlined: BTreeMap<String, String>,
 }
 
 /// Writes the output files. A link, hard link or FIFO where the sidecar reads or writes fails
@@ -85,6 +94,12 @@ pub fn finalize(dir: &JobDir, mut report: RunReport) -> Result<Finalized, JobDir
         (JobState::Completed, Some("partial")) => JobState::Partial,
         (state, _) => state,
     };
+    let asked = agent_summary.get("inline_artifacts") == Some(&Value::Bool(true));
+    let inlined = if report.inline.always || asked {
+        read_inlined(dir, &artifacts, report.inline.under_bytes)
+    } else {
+        BTreeMap::new()
+    };
     let summary = Summary {
         version: PAYLOAD_VERSION,
         job_id: report.job_id,
@@ -108,7 +123,29 @@ pub fn finalize(dir: &JobDir, mut report: RunReport) -> Result<Finalized, JobDir
         state,
         error: report.error,
         summary,
+        inlined,
     })
+}
+
+/// Base64 of each artifact smaller than `under_bytes` whose bytes still have the indexed
+/// SHA-256 (one changed or swapped since it was indexed is left to its URL).
+fn read_inlined(
+    dir: &JobDir,
+    artifacts: &[Artifact],
+    under_bytes: u64,
+) -> BTreeMap<String, String> {
+    artifacts
+        .iter()
+        .filter(|a| a.bytes < under_bytes)
+        .filter_map(|a| {
+            let bytes = dir.read(&format!("output/{}", a.path), a.bytes).ok()??;
+            let same = crate::jobdir::hex(&Sha256::digest(&bytes)) == a.sha256;
+            same.then(|| {
+                let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                (a.path.clone(), text)
+            })
+        })
+        .collect()
 }
 
 /// The state and error of a job whose folder was refused: a run that would have completed
@@ -266,13 +303,40 @@ fn describe(dir: &JobDir, rel: &str, shown: String) -> Result<Artifact, JobDirEr
     })
 }
 
-/// The `output_index` of a completion: the summary itself, or a pointer when it is too large.
-pub fn output_index(summary: &Summary, output_uri: &str, max_bytes: usize) -> Value {
-    let full = serde_json::to_value(summary).unwrap_or(Value::Null);
+/// Where a job's outputs are announced.
+pub struct Announced<'a> {
+    /// The job's `output_uri` (its `output/` folder).
+    pub output_uri: &'a str,
+    /// The API's base URL (`public_url`): each artifact's `url` is
+    /// `<public_url>/jobs/<job_id>/artifacts/<path>`.
+    pub public_url: &'a str,
+}
+
+/// The `output_index` of a completion: the summary with each artifact's `url` (and, for those
+/// in `inlined`, its `content_base64`, as many as fit in `max_bytes`, in path order), or a
+/// pointer when the summary alone is larger than `max_bytes`.
+pub fn output_index(
+    summary: &Summary,
+    inlined: &BTreeMap<String, String>,
+    at: &Announced<'_>,
+    max_bytes: usize,
+) -> Value {
+    let mut full = serde_json::to_value(summary).unwrap_or(Value::Null);
+    let artifacts = full.get_mut("artifacts").and_then(Value::as_array_mut);
+    for artifact in artifacts.into_iter().flatten() {
+        if let Some(url) = artifact["path"]
+            .as_str()
+            .and_then(|path| artifact_url(at.public_url, summary.job_id, path))
+        {
+            artifact["url"] = Value::String(url);
+        }
+    }
     let size = serde_json::to_vec(&full).map(|b| b.len()).unwrap_or(0);
     if size <= max_bytes {
+        inline_within(&mut full, inlined, max_bytes - size);
         return full;
     }
+    let output_uri = at.output_uri;
     serde_json::json!({
         "truncated": true,
         "summary_uri": format!("{output_uri}summary.json"),
@@ -281,6 +345,34 @@ pub fn output_index(summary: &Summary, output_uri: &str, max_bytes: usize) -> Va
         "artifact_count": summary.artifacts.len(),
         "summary_bytes": size,
     })
+}
+
+/// Adds `content_base64` to the artifacts of `index` that are in `inlined` while `budget`
+/// bytes of JSON allow.
+fn inline_within(index: &mut Value, inlined: &BTreeMap<String, String>, mut budget: usize) {
+    let artifacts = index.get_mut("artifacts").and_then(Value::as_array_mut);
+    for artifact in artifacts.into_iter().flatten() {
+        let Some(text) = artifact["path"].as_str().and_then(|p| inlined.get(p)) else {
+            continue;
+        };
+        // `,"content_base64":"…"`
+        let cost = text.len() + 20;
+        if cost <= budget {
+            budget -= cost;
+            artifact["content_base64"] = Value::String(text.clone());
+        }
+    }
+}
+
+/// `<public_url>/jobs/<job_id>/<path>`, each name of `path` percent-encoded.
+fn artifact_url(public_url: &str, job_id: JobId, path: &str) -> Option<String> {
+    let mut url = url::Url::parse(public_url).ok()?;
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend(["jobs", &job_id.to_string()])
+        .extend(path.split('/'));
+    Some(url.into())
 }
 
 #[cfg(test)]
@@ -320,6 +412,7 @@ mod tests {
             },
             measured: Measured::default(),
             stderr_tail: Vec::new(),
+            inline: InlineArtifacts::default(),
         }
     }
 
@@ -391,6 +484,51 @@ mod tests {
     }
 
     #[test]
+    fn artifacts_get_encoded_urls_and_inline_bytes_only_within_the_index_limit() {
+        let artifact = |path: &str| Artifact {
+            path: path.into(),
+            mime: "text/plain".into(),
+            bytes: 3,
+            sha256: "0".repeat(64),
+        };
+        let mut summary = Summary {
+            version: 1,
+            job_id: JOB.parse().unwrap(),
+            agent_name: "a".parse().unwrap(),
+            status: JobState::Completed,
+            artifacts: vec![artifact("artifacts/a b.txt"), artifact("artifacts/c.txt")],
+            rejected_artifacts: vec![],
+            findings: None,
+            notes: None,
+            metrics: None,
+            timing: report(JobState::Completed).timing,
+        };
+        summary.artifacts.sort_by(|a, b| a.path.cmp(&b.path));
+        let at = Announced {
+            output_uri: "file:///o/",
+            public_url: "https://h/sidecar/",
+        };
+        let inlined: BTreeMap<String, String> = [
+            ("artifacts/a b.txt".to_owned(), "QUJD".to_owned()),
+            ("artifacts/c.txt".to_owned(), "x".repeat(200)),
+        ]
+        .into();
+        let plain = output_index(&summary, &BTreeMap::new(), &at, 10_000);
+        let size = serde_json::to_vec(&plain).unwrap().len();
+        let index = output_index(&summary, &inlined, &at, size + 30);
+        assert_eq!(
+            index["artifacts"][0]["url"],
+            format!("https://h/sidecar/jobs/{JOB}/artifacts/a%20b.txt")
+        );
+        assert_eq!(index["artifacts"][0]["content_base64"], "QUJD");
+        assert!(
+            index["artifacts"][1].get("content_base64").is_none(),
+            "over the limit"
+        );
+        assert!(serde_json::to_vec(&index).unwrap().len() <= size + 30);
+    }
+
+    #[test]
     fn a_large_summary_is_replaced_by_a_pointer() {
         let summary = Summary {
             version: 1,
@@ -409,11 +547,15 @@ mod tests {
                 duration_ms: 0,
             },
         };
-        let index = output_index(&summary, "file:///o/", 100);
+        let at = Announced {
+            output_uri: "file:///o/",
+            public_url: "http://h",
+        };
+        let index = output_index(&summary, &BTreeMap::new(), &at, 100);
         assert_eq!(index["truncated"], true);
         assert_eq!(index["summary_uri"], "file:///o/summary.json");
         assert_eq!(
-            output_index(&summary, "file:///o/", 10_000)["findings"],
+            output_index(&summary, &BTreeMap::new(), &at, 10_000)["findings"],
             summary.findings.clone().unwrap()
         );
     }

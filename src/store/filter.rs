@@ -110,6 +110,9 @@ pub struct JobQuery {
     #[param(pattern = "^[0-9a-fA-F-]{1,36}$")]
     pub id_prefix: Option<String>,
     /// The previous page's `next_cursor`.
+    #[param(
+        pattern = "^[0-9]{1,15}\\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub cursor: Option<String>,
     /// At most this many (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]

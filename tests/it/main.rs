@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real agents, a real receiver, real files.
 
 mod agents;
+mod artifacts;
 mod auth;
 mod cli;
 mod contract;
@@ -13,6 +14,7 @@ mod folder;
 mod guardian;
 mod helpers;
 mod idempotency;
+mod inputs;
 mod lifecycle;
 mod links;
 mod modes;

@@ -427,6 +427,9 @@ async fn every_metric_family_is_published_zeroed_from_the_start() {
         &[("agent", "ticker")],
     );
     zero("agent_sidecar_queue_wait_seconds_count", &[]);
+    for source in ["cache", "read"] {
+        zero("agent_sidecar_input_hashes_total", &[("source", source)]);
+    }
     for outcome in ["delivered", "retry", "dead"] {
         zero(
             "agent_sidecar_callbacks_total",

@@ -99,7 +99,14 @@ async fn the_example_job_runs_end_to_end_with_signed_ordered_callbacks_and_valid
     let summary = read_json(output.join("summary.json"));
     assert_valid("summary.json", &summary);
     assert_valid("metrics.json", &read_json(output.join("metrics.json")));
-    assert_eq!(c["output_index"], summary);
+    // ... with each artifact's url added, where the API serves it.
+    let mut index = c["output_index"].clone();
+    for artifact in index["artifacts"].as_array_mut().unwrap() {
+        let url = artifact.as_object_mut().unwrap().remove("url").unwrap();
+        let path = artifact["path"].as_str().unwrap();
+        assert_eq!(url, format!("{}/jobs/{EXAMPLE_JOB}/{path}", sidecar.base));
+    }
+    assert_eq!(index, summary);
     let artifacts: Vec<&str> = summary["artifacts"]
         .as_array()
         .unwrap()
@@ -129,7 +136,7 @@ async fn the_example_job_runs_end_to_end_with_signed_ordered_callbacks_and_valid
         states(&status),
         ["received", "queued", "in_progress", "completed"]
     );
-    assert_eq!(status["output_index"], summary);
+    assert_eq!(status["output_index"], c["output_index"]);
     assert_eq!(status["last_progress"]["message"], "Finished");
 }
 
