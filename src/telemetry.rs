@@ -26,6 +26,8 @@ const SWEEPER_ACTIONS: &str = "agent_sidecar_sweeper_actions_total";
 const HEARTBEAT: &str = "agent_sidecar_worker_heartbeat_timestamp_seconds";
 const BUILD_INFO: &str = "agent_sidecar_build_info";
 const INPUT_HASHES: &str = "agent_sidecar_input_hashes_total";
+const OLDEST_QUEUED: &str = "agent_sidecar_queue_oldest_age_seconds";
+const READY: &str = "agent_sidecar_ready";
 
 /// Histogram buckets in seconds, from a fast callback to a long agent run.
 const BUCKETS: [f64; 16] = [
@@ -113,7 +115,20 @@ pub fn publish_families<'a>(agents: impl Iterator<Item = &'a AgentName>) {
     for source in ["cache", "read"] {
         counter!(INPUT_HASHES, "source" => source).increment(0);
     }
+    for action in SWEEPER_ACTION_NAMES {
+        counter!(SWEEPER_ACTIONS, "action" => action).increment(0);
+    }
 }
+
+/// What [`sweeper_action`] counts.
+const SWEEPER_ACTION_NAMES: [&str; 6] = [
+    "stale",
+    "timeout",
+    "reclaimed",
+    "abandoned",
+    "queue_timeout",
+    "pruned",
+];
 
 /// A v2 manifest's input file was checked: its SHA-256 came from the cache of file versions
 /// (`cached`) or from reading the file whole.
@@ -234,8 +249,9 @@ pub fn trigger_refused(reason: RefusedReason) {
     counter!(TRIGGERS_REFUSED, "reason" => reason.as_str()).increment(1);
 }
 
-/// The sweeper did `action` (`stale`, `timeout`, `abandoned`, `queue_timeout`, `pruned`).
+/// The sweeper did `action` (one of [`SWEEPER_ACTION_NAMES`]).
 pub fn sweeper_action(action: &'static str, count: usize) {
+    debug_assert!(SWEEPER_ACTION_NAMES.contains(&action), "{action}");
     counter!(SWEEPER_ACTIONS, "action" => action).increment(count as u64);
 }
 
@@ -247,24 +263,32 @@ pub fn heartbeat() {
 /// Facts read from the store at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct StoreGauges {
-    /// Queued jobs per agent.
-    pub queued: Vec<(AgentName, u64)>,
+    /// Queued jobs per agent: how many, and when the oldest was queued.
+    pub queued: Vec<(AgentName, u64, Timestamp)>,
     /// Completions given up on.
     pub dead_letters: u64,
 }
 
-/// The Prometheus text exposition, with the store's gauges set for `agents` (0 when absent).
-pub fn render<'a>(agents: impl Iterator<Item = &'a AgentName>, store: StoreGauges) -> String {
+/// The Prometheus text exposition, with the store's gauges set for `agents` (0 when absent)
+/// and `ready` as `GET /ready` would answer now.
+pub fn render<'a>(
+    agents: impl Iterator<Item = &'a AgentName>,
+    store: StoreGauges,
+    ready: bool,
+) -> String {
     let handle = handle();
+    let now = Timestamp::now();
     for agent in agents {
-        let depth = store
+        let (depth, age) = store
             .queued
             .iter()
-            .find(|(a, _)| a == agent)
-            .map_or(0, |(_, n)| *n);
+            .find(|(a, _, _)| a == agent)
+            .map_or((0, 0), |(_, n, oldest)| (*n, now.millis_since(*oldest)));
         gauge!(QUEUE_DEPTH, "agent" => agent.to_string()).set(depth as f64);
+        gauge!(OLDEST_QUEUED, "agent" => agent.to_string()).set(age as f64 / 1000.0);
     }
     gauge!(DEAD_LETTERS).set(store.dead_letters as f64);
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
     handle.run_upkeep();
     handle.render()
 }

@@ -79,6 +79,22 @@ pub(super) struct Ready {
         (status = 503, description = "Not ready (failing `checks`)", content_type = "application/problem+json", body = crate::error::Problem)
     ))]
 pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let checks = checks(&app).await;
+    if checks.iter().all(|c| c.ok) {
+        return Ok(Json(Ready {
+            status: "ready",
+            checks,
+        }));
+    }
+    let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let detail = format!("not ready: {}", failing.join(", "));
+    Err(ApiError::unavailable(detail, NOT_READY_RETRY_AFTER_SECS)
+        .with_extension("checks", serde_json::to_value(&checks).unwrap_or_default()))
+}
+
+/// What `/ready` checks: the store takes writes, the shared root and the agents' programs are
+/// usable, and the node is not draining.
+async fn checks(app: &AppState) -> Vec<Check> {
     let app = &app.inner;
     let store = app
         .store
@@ -106,22 +122,12 @@ pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, Ap
     } else {
         Ok(())
     };
-    let checks = vec![
+    vec![
         Check::new("store", store),
         Check::new("shared_root", root),
         Check::new("agent_commands", commands),
         Check::new("not_draining", draining),
-    ];
-    if checks.iter().all(|c| c.ok) {
-        return Ok(Json(Ready {
-            status: "ready",
-            checks,
-        }));
-    }
-    let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
-    let detail = format!("not ready: {}", failing.join(", "));
-    Err(ApiError::unavailable(detail, NOT_READY_RETRY_AFTER_SECS)
-        .with_extension("checks", serde_json::to_value(&checks).unwrap_or_default()))
+    ]
 }
 
 /// Prometheus text exposition.
@@ -130,13 +136,15 @@ pub(super) async fn ready(State(app): State<AppState>) -> Result<Json<Ready>, Ap
         (status = 200, description = "Metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
         (status = 500, description = "The store could not be read", content_type = "application/problem+json", body = crate::error::Problem)
     ))]
-pub(super) async fn metrics(State(app): State<AppState>) -> Response {
-    let app = &app.inner;
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let app = &state.inner;
     let gauges = match app.store.gauges().await {
         Ok(g) => g,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let text = telemetry::render(app.config.agents.snapshot().keys(), gauges);
+    // `agent_sidecar_ready` is `/ready`'s answer, so an alert needs no second probe.
+    let ready = checks(&state).await.iter().all(|c| c.ok);
+    let text = telemetry::render(app.config.agents.snapshot().keys(), gauges, ready);
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

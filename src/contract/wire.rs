@@ -278,6 +278,10 @@ pub struct CompletionMeta {
     pub finished_at: Timestamp,
     /// The job's trace id, for joining logs.
     pub trace_id: String,
+    /// The run this outcome came from: 1 for the first, each retry, re-run or restart counts
+    /// one more; 0 when the job never started (canceled or expired while queued).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// POSTed to `callback_urls.completion` once the job is terminal.

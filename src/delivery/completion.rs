@@ -95,6 +95,7 @@ impl Deliveries {
                 started_at: job.started_at,
                 finished_at: end.finished_at,
                 trace_id: job.trace_id.clone(),
+                attempt: job.attempt,
             },
             sig: self.transport().signer.payload_sig(
                 job.job_id,

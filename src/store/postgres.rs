@@ -1136,10 +1136,10 @@ impl Store for PgStore {
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {
         let client = self.client().await?;
-        let queued = query(&client, sql::QUEUED_PER_AGENT, &[])
+        let queued = query(&client, sql::QUEUES, &[])
             .await?
             .iter()
-            .map(row::queued)
+            .map(row::queue)
             .collect::<StoreResult<Vec<_>>>()?;
         let dead: i64 = query_opt(&client, sql::DEAD_LETTERS, &[])
             .await?

@@ -1130,7 +1130,7 @@ impl Store for SqliteStore {
 
     async fn gauges(&self) -> StoreResult<crate::telemetry::StoreGauges> {
         self.read(|conn| {
-            let queued = all(conn, sql::QUEUED_PER_AGENT, [], |r| row::queued(r))?;
+            let queued = all(conn, sql::QUEUES, [], |r| row::queue(r))?;
             let dead_letters: i64 = value(conn, sql::DEAD_LETTERS, [])?;
             let dead_letters = u64::try_from(dead_letters).unwrap_or(0);
             Ok(crate::telemetry::StoreGauges {

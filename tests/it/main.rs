@@ -5,6 +5,7 @@ mod artifacts;
 mod auth;
 mod cli;
 mod contract;
+mod contrib;
 mod dashboard_api;
 mod delivery;
 mod demo;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-async fn scrape(sidecar: &Sidecar) -> Vec<Sample> {
+pub(crate) async fn scrape(sidecar: &Sidecar) -> Vec<Sample> {
     let response = client()
         .get(format!("{}/metrics", sidecar.base))
         .send()
@@ -108,7 +108,16 @@ async fn ready_is_503_naming_shared_root_when_it_is_read_only_and_200_again_afte
             .collect();
         assert_eq!(failing, ["shared_root"], "{problem}");
         assert!(problem["detail"].as_str().unwrap().contains("shared_root"));
+        // The metric alerts read says the same.
+        assert_eq!(
+            value(&scrape(&sidecar).await, "agent_sidecar_ready", &[]),
+            0.0
+        );
     }
+    assert_eq!(
+        value(&scrape(&sidecar).await, "agent_sidecar_ready", &[]),
+        1.0
+    );
     assert_eq!(sidecar.get("/ready").await.0, 200);
 }
 
@@ -244,6 +253,7 @@ async fn queue_depth_counts_the_jobs_waiting_for_an_agent() {
         (job["state"] == "in_progress").then_some(())
     })
     .await;
+    let before = std::time::Instant::now();
     for _ in 0..3 {
         start_job(&sidecar, &receiver, "lane", json!({"seconds": 0})).await;
     }
@@ -252,6 +262,23 @@ async fn queue_depth_counts_the_jobs_waiting_for_an_agent() {
         value(&m, "agent_sidecar_queue_depth", &[("agent", "lane")]),
         3.0
     );
+    // The oldest waiting job's age, as alerts/autoscalers read it: at most the time since the
+    // first of the three was triggered, and 0 for an agent with nothing waiting.
+    let age = value(
+        &m,
+        "agent_sidecar_queue_oldest_age_seconds",
+        &[("agent", "lane")],
+    );
+    assert!(age <= before.elapsed().as_secs_f64() + 0.01, "{age}");
+    assert_eq!(
+        value(
+            &m,
+            "agent_sidecar_queue_oldest_age_seconds",
+            &[("agent", "ticker")]
+        ),
+        0.0
+    );
+    assert_eq!(value(&m, "agent_sidecar_ready", &[]), 1.0);
     assert_eq!(
         value(&m, "agent_sidecar_jobs_running", &[("agent", "lane")]),
         1.0

@@ -62,6 +62,12 @@ async fn a_failed_job_re_run_ends_with_a_second_completion_of_attempt_2_and_keep
     let hits = completions(&receiver, &job_id, 2).await;
     assert_eq!(hits[1].json()["status"], "failed");
     assert_ne!(jti(&hits[0]), jti(&hits[1]), "a new delivery id");
+    assert_eq!(
+        hits[0].json()["meta"]["attempt"],
+        1,
+        "the completion names its run"
+    );
+    assert_eq!(hits[1].json()["meta"]["attempt"], 2);
     let job = wait_state(&sidecar, &job_id, "failed").await;
     assert_eq!(job["attempt"], 2, "{job}");
     let delivered = eventually("the second delivery shown", || async {
@@ -94,7 +100,8 @@ async fn a_failed_job_re_run_ends_with_a_second_completion_of_attempt_2_and_keep
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(printed.contains("attempt 3"), "{printed}");
-    completions(&receiver, &job_id, 3).await;
+    let hits = completions(&receiver, &job_id, 3).await;
+    assert_eq!(hits[2].json()["meta"]["attempt"], 3);
     assert!(dir.join("output.attempt-2/log.txt").is_file());
 }
 

@@ -147,10 +147,6 @@ pub const PRUNE: &str = "DELETE FROM jobs WHERE job_id IN ( \
          ORDER BY j.finished_at LIMIT ?2) \
      RETURNING job_id, job_name, agent_name, trace_id";
 
-/// Queue depth per agent.
-pub const QUEUED_PER_AGENT: &str =
-    "SELECT agent_name, count(*) FROM jobs WHERE state = 'queued' GROUP BY agent_name";
-
 /// Queued and running jobs per agent.
 pub const AGENT_LOADS: &str = "SELECT agent_name, count(*) FILTER (WHERE state = 'queued'), \
      count(*) FILTER (WHERE state = 'in_progress') FROM jobs \
