@@ -63,6 +63,9 @@ fn migrations() -> Migrations<'static> {
             "../../migrations/sqlite/0008_pause_and_keys.sql"
         )),
         M::up(include_str!("../../migrations/sqlite/0009_schedule.sql")),
+        M::up(include_str!(
+            "../../migrations/sqlite/0010_covering_indexes.sql"
+        )),
     ])
 }
 
