@@ -46,8 +46,7 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<AgentList>,
         (status = 200, description = "Paused (or already paused)", body = AgentStatus),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 403, description = "Not allowed for this caller", content_type = "application/problem+json", body = crate::error::Problem),
-        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
-        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+        (status = 422, description = "No such agent, or not an agent name (at `/name`)", content_type = "application/problem+json", body = crate::error::Problem)
     ),
     security((), ("bearer" = [])))]
 pub(super) async fn pause(
@@ -65,8 +64,7 @@ pub(super) async fn pause(
         (status = 200, description = "Resumed (or was not paused)", body = AgentStatus),
         (status = 401, description = "Not authenticated (reason in `reason`)", content_type = "application/problem+json", body = crate::error::Problem),
         (status = 403, description = "Not allowed for this caller", content_type = "application/problem+json", body = crate::error::Problem),
-        (status = 404, description = "No such resource", content_type = "application/problem+json", body = crate::error::Problem),
-        (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
+        (status = 422, description = "No such agent, or not an agent name (at `/name`)", content_type = "application/problem+json", body = crate::error::Problem)
     ),
     security((), ("bearer" = [])))]
 pub(super) async fn resume(
@@ -150,8 +148,8 @@ async fn set_all(
     Ok(Json(agent_list(app).await?))
 }
 
-/// The `{name}` segment as a configured agent: 422 at `/name` when it is no agent name, 404
-/// when no such agent is configured.
+/// The `{name}` segment as a configured agent: 422 at `/name` when it is no agent name or no
+/// such agent is configured (as a trigger naming one is refused at `/agent_name`).
 fn known_agent(app: &AppState, name: &str) -> Result<AgentName, ApiError> {
     let agent: AgentName = name.parse().map_err(|e: crate::contract::IdError| {
         ApiError::invalid(
@@ -166,7 +164,13 @@ fn known_agent(app: &AppState, name: &str) -> Result<AgentName, ApiError> {
 }
 
 fn unknown(agent: &AgentName) -> ApiError {
-    ApiError::not_found(format!("no agent {agent} is configured"))
+    ApiError::invalid(
+        ErrorSource::Path,
+        vec![FieldError::new(
+            "/name",
+            format!("no agent {agent} is configured"),
+        )],
+    )
 }
 
 /// Who is asking, if they may: a caller scoped to some agents (the token's agent claim) pauses

@@ -305,13 +305,17 @@ async fn a_concurrency_key_longer_than_128_characters_gets_422_at_the_field() {
 }
 
 #[tokio::test]
-async fn pausing_an_unknown_agent_is_404_and_a_malformed_name_is_422_at_name() {
+async fn pausing_an_unknown_agent_or_a_malformed_name_is_422_at_name() {
     let receiver = Receiver::start().await;
     let sidecar = Sidecar::start(&receiver).await;
     let (status, problem) = post(&sidecar, "/agents/nobody/pause").await;
-    assert_eq!(status, 404, "{problem}");
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/name", "{problem}");
     assert!(
-        problem["detail"].as_str().unwrap().contains("nobody"),
+        problem["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no agent nobody is configured"),
         "{problem}"
     );
     let (status, problem) = post(&sidecar, "/agents/Not-An-Agent/resume").await;
