@@ -31,4 +31,5 @@ mod secure;
 mod store_down;
 mod systemd;
 mod trigger;
+mod ui;
 mod watch;

@@ -1,0 +1,282 @@
+//! Issue 20, mission control: the dashboard's pages rendered over plain HTTP with real jobs in
+//! them, their security headers and assets, and its form actions driving real agents.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'";
+
+/// A client that does not follow redirects, so a 303 and its `Location` can be checked.
+fn browser() -> reqwest::Client {
+    agent_sidecar::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `GET path`: the status, the response's headers and the body as text.
+async fn page(sidecar: &Sidecar, path: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let response = browser()
+        .get(format!("{}{path}", sidecar.base))
+        .send()
+        .await
+        .unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+/// Asserts an HTML page answered 200 under the CSP, with no inline style or script.
+fn assert_html_page(
+    path: &str,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) {
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    assert_eq!(headers["content-security-policy"], CSP, "{path}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{path}"
+    );
+    assert!(!body.contains("style="), "{path} has an inline style");
+    assert!(
+        body.matches("<script").count() == body.matches("<script src=\"/ui/assets/").count(),
+        "{path} has an inline script"
+    );
+}
+
+/// POSTs a form to `path`; returns the status and the `Location` it redirects to.
+async fn submit(sidecar: &Sidecar, path: &str, fields: &[(&str, &str)]) -> (StatusCode, String) {
+    let response = browser()
+        .post(format!("{}{path}", sidecar.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(fields).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, location)
+}
+
+/// The quoted value after `attribute="` that starts with `prefix`.
+fn attribute_starting(body: &str, attribute: &str, prefix: &str) -> String {
+    let needle = format!("{attribute}=\"{prefix}");
+    let start = body.find(&needle).unwrap_or_else(|| panic!("no {needle}")) + attribute.len() + 2;
+    let end = start + body[start..].find('"').unwrap();
+    body[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn every_page_renders_a_real_job_under_the_csp_with_its_secrets_redacted() {
+    // Arrange: a job that failed, with a secret among its params.
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let mut body = trigger(&receiver, "failing_agent");
+    body["params"] = json!({"api_token": "hunter2-secret", "title": "Quarterly"});
+    run_job(&sidecar, &receiver, &body).await;
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    let delivery = eventually("the delivery to be delivered", || async {
+        let job = job(&sidecar, &job_id).await;
+        (job["delivery"]["state"] == "delivered").then(|| job["delivery"].clone())
+    })
+    .await;
+    let delivery_id = delivery["delivery_id"].as_str().unwrap();
+
+    // Act
+    let (overview_status, overview_headers, overview) = page(&sidecar, "/ui").await;
+    let (jobs_status, jobs_headers, jobs) = page(
+        &sidecar,
+        "/ui/jobs?state=failed&agent=&job_name=ReportCompileJob",
+    )
+    .await;
+    let (job_status, job_headers, job_page) = page(&sidecar, &format!("/ui/jobs/{job_id}")).await;
+    let (deliveries_status, deliveries_headers, deliveries) =
+        page(&sidecar, "/ui/deliveries?state=&job_name=ReportCompileJob").await;
+
+    // Assert
+    assert_html_page("/ui", overview_status, &overview_headers, &overview);
+    assert!(overview.contains("failing_agent"), "{overview}");
+    assert!(
+        overview.contains("<svg"),
+        "the buckets are charted: {overview}"
+    );
+    assert_html_page("/ui/jobs", jobs_status, &jobs_headers, &jobs);
+    assert!(
+        jobs.contains(&format!("href=\"/ui/jobs/{job_id}\"")),
+        "{jobs}"
+    );
+    assert!(
+        jobs.contains(&format!("name=\"job_id\" value=\"{job_id}\"")),
+        "a checkbox for the bulk actions: {jobs}"
+    );
+    assert_html_page("/ui/jobs/{id}", job_status, &job_headers, &job_page);
+    assert!(job_page.contains("state-failed"), "{job_page}");
+    assert!(job_page.contains(delivery_id), "{job_page}");
+    assert!(
+        job_page.contains(&format!("action=\"/ui/jobs/{job_id}/rerun\"")),
+        "an ended job offers a re-run: {job_page}"
+    );
+    assert!(!job_page.contains("hunter2-secret"), "{job_page}");
+    assert!(job_page.contains("[redacted]"), "{job_page}");
+    assert!(job_page.contains("Quarterly"), "{job_page}");
+    assert_html_page(
+        "/ui/deliveries",
+        deliveries_status,
+        &deliveries_headers,
+        &deliveries,
+    );
+    assert!(deliveries.contains(delivery_id), "{deliveries}");
+    let (bad_status, _, _) = page(&sidecar, "/ui/jobs?state=sideways").await;
+    assert_eq!(bad_status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn the_assets_are_served_at_content_hashed_paths_cached_as_immutable() {
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let (_, _, overview) = page(&sidecar, "/ui").await;
+    for (attribute, mime) in [("href", "text/css"), ("src", "text/javascript")] {
+        let path = attribute_starting(&overview, attribute, "/ui/assets/app.");
+        let (status, headers, body) = page(&sidecar, &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.is_empty());
+        assert!(headers["content-type"].to_str().unwrap().starts_with(mime));
+        assert_eq!(
+            headers["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(headers["content-security-policy"], CSP);
+    }
+    let (status, _, _) = page(&sidecar, "/ui/assets/app.0000000000000000.css").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an old hash is not served");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_from_its_page_stops_its_agent_and_bulk_rerun_queues_it_again() {
+    // Arrange: a job whose agent sleeps.
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start_job(&sidecar, &receiver, "napper", json!({})).await;
+    wait_state(&sidecar, &job_id, "in_progress").await;
+    let here = format!("/ui/jobs/{job_id}");
+    let (_, _, before) = page(&sidecar, &here).await;
+    let cancel = format!("/ui/jobs/{job_id}/cancel");
+    assert!(before.contains(&format!("action=\"{cancel}\"")), "{before}");
+
+    // Act: the page's cancel form.
+    let (status, location) = submit(&sidecar, &cancel, &[("back", &here)]).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location.starts_with(&format!("{here}?notice=")),
+        "{location}"
+    );
+    wait_state(&sidecar, &job_id, "canceled").await;
+    let (_, _, after) = page(&sidecar, &location).await;
+    assert!(
+        after.contains("Cancel requested"),
+        "the notice is shown: {after}"
+    );
+    assert!(!after.contains(&format!("action=\"{cancel}\"")), "{after}");
+
+    // Act: the jobs list's bulk re-run, then a refused bulk cancel of a job that is gone.
+    let (status, location) = submit(
+        &sidecar,
+        "/ui/jobs/bulk",
+        &[
+            ("back", "/ui/jobs?agent=napper"),
+            ("action", "rerun"),
+            ("job_id", &job_id),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location.starts_with("/ui/jobs?agent=napper&notice=Re-run%3A+1+done"),
+        "{location}"
+    );
+    wait_state(&sidecar, &job_id, "in_progress").await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (_, location) = submit(
+        &sidecar,
+        "/ui/jobs/bulk",
+        &[
+            ("back", "https://elsewhere.example/"),
+            ("action", "cancel"),
+            ("job_id", &job_id),
+            ("job_id", &unknown),
+        ],
+    )
+    .await;
+    assert!(
+        location.starts_with("/ui/jobs?notice=Cancel%3A+1+done%2C+1+refused"),
+        "a back outside /ui is not followed: {location}"
+    );
+    wait_state(&sidecar, &job_id, "canceled").await;
+}
+
+#[tokio::test]
+async fn redrive_all_matching_from_the_deliveries_page_delivers_the_dead_letters() {
+    // Arrange: a completion dead-lettered by a 422, then a receiver that accepts.
+    let receiver = Receiver::answering(StatusCode::UNPROCESSABLE_ENTITY).await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let body = trigger(&receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    run_job(&sidecar, &receiver, &body).await;
+    let dead = eventually("the delivery to be dead", || async {
+        let job = job(&sidecar, &job_id).await;
+        (job["delivery"]["state"] == "dead").then(|| job["delivery"].clone())
+    })
+    .await;
+    let delivery_id = dead["delivery_id"].as_str().unwrap().to_owned();
+    let (_, _, listed) = page(&sidecar, "/ui/deliveries?state=dead&status_code=422").await;
+    assert!(
+        listed.contains(&format!("action=\"/ui/deliveries/{delivery_id}/redrive\"")),
+        "{listed}"
+    );
+    receiver.set_completion_status(StatusCode::OK);
+
+    // Act
+    let (status, location) = submit(
+        &sidecar,
+        "/ui/deliveries/redrive",
+        &[
+            ("back", "/ui/deliveries?state=dead"),
+            ("job_name", "ReportCompileJob"),
+            ("status_code", "422"),
+            ("since", ""),
+        ],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location.starts_with("/ui/deliveries?state=dead&notice=1+dead"),
+        "{location}"
+    );
+    receiver
+        .wait_until("the redriven completion", |hits| {
+            hits.iter().filter(|h| h.path == "/completion").count() >= 2
+        })
+        .await;
+    let delivered = eventually("the delivery to be delivered", || async {
+        let job = job(&sidecar, &job_id).await;
+        (job["delivery"]["state"] == "delivered").then(|| job["delivery"].clone())
+    })
+    .await;
+    assert_eq!(delivered["delivery_id"], delivery_id.as_str());
+}
