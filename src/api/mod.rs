@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     pub(crate) gate: Arc<auth::Gate>,
     pub(crate) overview: overview::OverviewCache,
+    /// The dashboard's session signer.
+    pub(crate) sessions: crate::ui::Sessions,
     /// The SHA-256 of v2 manifests' input files, by file version.
     pub(crate) input_hashes: Arc<crate::jobdir::InputHashes>,
 }
@@ -73,8 +75,10 @@ pub struct Parts {
 impl AppState {
     /// State over the running parts of the sidecar.
     pub fn new(parts: Parts) -> Self {
+        let sessions = crate::ui::Sessions::new(parts.config.server.auth.as_ref());
         Self {
             inner: Arc::new(Inner {
+                sessions,
                 store: parts.store,
                 config: parts.config,
                 runner: parts.runner,
@@ -107,7 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(deliveries::router())
         .merge(keys::router())
-        .nest("/ui", crate::ui::router())
+        .nest("/ui", crate::ui::router(state.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -10,6 +10,7 @@ use axum::response::Redirect;
 use axum::routing::post;
 
 use super::pages::parse_pairs;
+use super::session::CSRF_FIELD;
 use crate::api::AppState;
 use crate::api::bulk::{MAX_BULK, cancel_each, rerun_each};
 use crate::api::deliveries::{deliver_now, redrive_delivery, redrive_matching_filter};
@@ -189,7 +190,7 @@ async fn redrive_all(State(app): State<AppState>, body: Bytes) -> Result<Redirec
     let filters: Vec<(String, String)> = form
         .0
         .iter()
-        .filter(|(k, v)| k != "back" && !v.is_empty())
+        .filter(|(k, v)| k != "back" && k != CSRF_FIELD && !v.is_empty())
         .cloned()
         .collect();
     let query: DeliveryQuery = parse_pairs(&filters)?;

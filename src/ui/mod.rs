@@ -9,12 +9,17 @@
 //! or style anywhere, so an injected tag in a job's log or params cannot run.
 //!
 //! The dashboard is mounted inside the API's router, so it is reached exactly where the API
-//! is: without `[server.auth]` the sidecar listens on loopback only.
+//! is: without `[server.auth]` the sidecar listens on loopback only. Who may look and who may
+//! act is `session`'s: a signed session cookie from a login with an API token, a role, and a
+//! CSRF token in every form.
 
 mod actions;
 mod assets;
 mod pages;
 mod redact;
+mod session;
+
+pub use session::Sessions;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -26,11 +31,13 @@ use crate::api::AppState;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'";
 
 /// The dashboard's routes, to be nested under `/ui`.
-pub(crate) fn router() -> Router<AppState> {
+pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(pages::router())
         .merge(actions::router())
         .merge(assets::router())
+        .merge(session::router())
+        .layer(axum::middleware::from_fn_with_state(state, session::guard))
         .layer(axum::middleware::map_response(secure_headers))
 }
 

@@ -4,15 +4,16 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
+use axum::{Extension, Router};
 use maud::{DOCTYPE, Markup, html};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::assets::{CSS, JS};
 use super::redact::redact;
+use super::session::{CSRF_FIELD, Viewer};
 use crate::api::AppState;
 use crate::api::jobs::{page_of_jobs, parse_job_id};
 use crate::api::overview::{OverviewQuery, overview_for};
@@ -39,19 +40,27 @@ pub(super) fn router() -> Router<AppState> {
 
 /// The pages, for the navigation bar.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Nav {
+pub(super) enum Nav {
     Overview,
     Jobs,
     Deliveries,
 }
 
-/// The frame of every page: head, navigation, the notice an action left, the content.
-fn layout(title: &str, nav: Nav, notice: Option<&str>, content: Markup) -> Markup {
+/// The frame of every page: head, navigation, who is logged in, the notice an action left,
+/// the content.
+pub(super) fn layout(
+    title: &str,
+    nav: Option<Nav>,
+    viewer: Option<&Viewer>,
+    notice: Option<&str>,
+    content: Markup,
+) -> Markup {
     let link = |href: &str, label: &str, page: Nav| {
         html! {
-            a href=(href) aria-current=[(page == nav).then_some("page")] { (label) }
+            a href=(href) aria-current=[(Some(page) == nav).then_some("page")] { (label) }
         }
     };
+    let who = viewer.and_then(|v| v.subject.as_ref());
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -69,6 +78,9 @@ fn layout(title: &str, nav: Nav, notice: Option<&str>, content: Markup) -> Marku
                         (link("/ui", "Overview", Nav::Overview))
                         (link("/ui/jobs", "Jobs", Nav::Jobs))
                         (link("/ui/deliveries", "Deliveries", Nav::Deliveries))
+                    }
+                    @if let Some((subject, role)) = who {
+                        span.who { (subject) " (" (role.as_str()) ")" }
                     }
                 }
                 main {
@@ -131,6 +143,11 @@ fn wire_name(value: &impl Serialize) -> String {
     }
 }
 
+/// The hidden CSRF field every POST form carries.
+fn csrf(viewer: &Viewer) -> Markup {
+    html! { input type="hidden" name=(CSRF_FIELD) value=(viewer.csrf); }
+}
+
 fn state_badge(state: JobState) -> Markup {
     html! { span class={ "badge state-" (state.as_str()) } { (state.as_str()) } }
 }
@@ -153,6 +170,7 @@ fn time(at: Option<Timestamp>) -> Markup {
 
 async fn overview(
     State(app): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
     RawQuery(raw): RawQuery,
 ) -> Result<Markup, ApiError> {
     let (pairs, notice) = form_query(raw.as_deref())?;
@@ -244,7 +262,8 @@ async fn overview(
     };
     Ok(layout(
         "Overview",
-        Nav::Overview,
+        Some(Nav::Overview),
+        Some(&viewer),
         notice.as_deref(),
         content,
     ))
@@ -340,7 +359,11 @@ const JOB_FILTERS: [(&str, &str); 8] = [
     ("limit", "Per page"),
 ];
 
-async fn jobs(State(app): State<AppState>, RawQuery(raw): RawQuery) -> Result<Markup, ApiError> {
+async fn jobs(
+    State(app): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    RawQuery(raw): RawQuery,
+) -> Result<Markup, ApiError> {
     let (pairs, notice) = form_query(raw.as_deref())?;
     let query: JobQuery = parse_pairs(&pairs)?;
     let filter = query
@@ -366,6 +389,54 @@ async fn jobs(State(app): State<AppState>, RawQuery(raw): RawQuery) -> Result<Ma
     );
     let state = value_of(&pairs, "state");
     let priority = value_of(&pairs, "priority");
+    let table = html! {
+        div.scroll { table.jobs {
+            thead { tr {
+                th scope="col" {
+                    @if viewer.can_act {
+                        label.select-all hidden {
+                            input type="checkbox" data-select-all="job_id";
+                            span.visually-hidden { "Select all" }
+                        }
+                    }
+                }
+                th scope="col" { "Job" }
+                th scope="col" { "State" }
+                th scope="col" { "Agent" }
+                th scope="col" { "Job name" }
+                th scope="col" { "User" }
+                th scope="col" { "Attempt" }
+                th scope="col" { "Created" }
+                th scope="col" { "Finished" }
+            } }
+            tbody {
+                @for job in &jobs {
+                    @let id = job.job_id.to_string();
+                    tr {
+                        td {
+                            @if viewer.can_act {
+                                label {
+                                    input type="checkbox" name="job_id" value=(id);
+                                    span.visually-hidden { "Select " (id) }
+                                }
+                            }
+                        }
+                        td { a.mono href={ "/ui/jobs/" (id) } { (id[..8]) "…" } }
+                        td { (state_badge(job.state)) }
+                        td { (job.agent_name.as_str()) }
+                        td { (job.job_name.as_str()) }
+                        td { (job.user_id) }
+                        td { (job.attempt) }
+                        td { (time(Some(job.created_at))) }
+                        td { (time(job.finished_at)) }
+                    }
+                }
+                @if jobs.is_empty() {
+                    tr { td colspan="9" { "No jobs match." } }
+                }
+            }
+        } }
+    };
     let content = html! {
         form.filters method="get" action="/ui/jobs" {
             label { "State "
@@ -392,61 +463,31 @@ async fn jobs(State(app): State<AppState>, RawQuery(raw): RawQuery) -> Result<Ma
             button type="submit" { "Filter" }
             a href="/ui/jobs" { "Clear" }
         }
-        form method="post" action="/ui/jobs/bulk" {
-            input type="hidden" name="back" value=(back);
-            div.actions {
-                button type="submit" name="action" value="cancel" { "Cancel selected" }
-                button type="submit" name="action" value="rerun" { "Re-run selected" }
-                label { input type="checkbox" name="force" value="true"; " re-run completed jobs too" }
-            }
-            div.scroll { table.jobs {
-                thead { tr {
-                    th scope="col" {
-                        label.select-all hidden {
-                            input type="checkbox" data-select-all="job_id";
-                            span.visually-hidden { "Select all" }
-                        }
-                    }
-                    th scope="col" { "Job" }
-                    th scope="col" { "State" }
-                    th scope="col" { "Agent" }
-                    th scope="col" { "Job name" }
-                    th scope="col" { "User" }
-                    th scope="col" { "Attempt" }
-                    th scope="col" { "Created" }
-                    th scope="col" { "Finished" }
-                } }
-                tbody {
-                    @for job in &jobs {
-                        @let id = job.job_id.to_string();
-                        tr {
-                            td {
-                                label {
-                                    input type="checkbox" name="job_id" value=(id);
-                                    span.visually-hidden { "Select " (id) }
-                                }
-                            }
-                            td { a.mono href={ "/ui/jobs/" (id) } { (id[..8]) "…" } }
-                            td { (state_badge(job.state)) }
-                            td { (job.agent_name.as_str()) }
-                            td { (job.job_name.as_str()) }
-                            td { (job.user_id) }
-                            td { (job.attempt) }
-                            td { (time(Some(job.created_at))) }
-                            td { (time(job.finished_at)) }
-                        }
-                    }
-                    @if jobs.is_empty() {
-                        tr { td colspan="9" { "No jobs match." } }
-                    }
+        @if viewer.can_act {
+            form method="post" action="/ui/jobs/bulk" {
+                (csrf(&viewer))
+                input type="hidden" name="back" value=(back);
+                div.actions {
+                    button type="submit" name="action" value="cancel" { "Cancel selected" }
+                    button type="submit" name="action" value="rerun" { "Re-run selected" }
+                    label { input type="checkbox" name="force" value="true"; " re-run completed jobs too" }
                 }
-            } }
+                (table)
+            }
+        } @else {
+            (table)
         }
         @if let Some(href) = next_href {
             p { a rel="next" href=(href) { "Next page →" } }
         }
     };
-    Ok(layout("Jobs", Nav::Jobs, notice.as_deref(), content))
+    Ok(layout(
+        "Jobs",
+        Some(Nav::Jobs),
+        Some(&viewer),
+        notice.as_deref(),
+        content,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,6 +563,7 @@ fn fields(value: &Value) -> Markup {
 
 async fn job(
     State(app): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
     Path(job_id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Markup, ApiError> {
@@ -593,15 +635,17 @@ async fn job(
             dt { "Output" } dd.mono { (status.output_uri) }
             @if let Some(code) = status.exit_code { dt { "Exit code" } dd { (code) } }
         }
-        div.actions {
+        @if viewer.can_act { div.actions {
             @if !status.state.is_terminal() {
                 form method="post" action={ "/ui/jobs/" (id) "/cancel" } {
+                    (csrf(&viewer))
                     input type="hidden" name="back" value=(here);
                     button type="submit" { "Cancel" }
                 }
             }
             @if status.state.can_rerun(true) {
                 form method="post" action={ "/ui/jobs/" (id) "/rerun" } {
+                    (csrf(&viewer))
                     input type="hidden" name="back" value=(here);
                     @if !status.state.can_rerun(false) {
                         input type="hidden" name="force" value="true";
@@ -609,7 +653,7 @@ async fn job(
                     button type="submit" { "Re-run" }
                 }
             }
-        }
+        } }
         @if let Some(error) = &status.error {
             section.error {
                 h2 { "Error" }
@@ -703,14 +747,15 @@ async fn job(
         section {
             h2 { "Completion delivery" }
             @match &status.delivery {
-                Some(d) => (delivery_detail(d, &here)),
+                Some(d) => (delivery_detail(d, &here, &viewer)),
                 None => p.muted { "Not yet: the job has not ended." },
             }
         }
     };
     Ok(layout(
         &format!("Job {}", &id[..8]),
-        Nav::Jobs,
+        Some(Nav::Jobs),
+        Some(&viewer),
         notice.as_deref(),
         content,
     ))
@@ -727,15 +772,20 @@ fn url_without_secrets(url: &url::Url) -> String {
     url.to_string()
 }
 
-/// The buttons a delivery offers: redrive a dead one, send a pending one now.
-fn delivery_buttons(d: &DeliveryStatus, back: &str) -> Markup {
+/// The buttons a delivery offers an operator: redrive a dead one, send a pending one now.
+fn delivery_buttons(d: &DeliveryStatus, back: &str, viewer: &Viewer) -> Markup {
+    if !viewer.can_act {
+        return html! {};
+    }
     html! {
         @match d.state {
             DeliveryState::Dead => form.inline method="post" action={ "/ui/deliveries/" (d.delivery_id) "/redrive" } {
+                (csrf(viewer))
                 input type="hidden" name="back" value=(back);
                 button type="submit" { "Redrive" }
             },
             DeliveryState::Pending => form.inline method="post" action={ "/ui/deliveries/" (d.delivery_id) "/deliver" } {
+                (csrf(viewer))
                 input type="hidden" name="back" value=(back);
                 button type="submit" { "Deliver now" }
             },
@@ -744,7 +794,7 @@ fn delivery_buttons(d: &DeliveryStatus, back: &str) -> Markup {
     }
 }
 
-fn delivery_detail(d: &DeliveryStatus, back: &str) -> Markup {
+fn delivery_detail(d: &DeliveryStatus, back: &str, viewer: &Viewer) -> Markup {
     html! {
         dl.fields {
             dt { "Delivery" } dd.mono { (d.delivery_id) }
@@ -754,7 +804,7 @@ fn delivery_detail(d: &DeliveryStatus, back: &str) -> Markup {
             @if let Some(at) = d.next_attempt_at { dt { "Next attempt" } dd { (time(Some(at))) } }
             @if let Some(at) = d.delivered_at { dt { "Delivered" } dd { (time(Some(at))) } }
         }
-        div.actions { (delivery_buttons(d, back)) }
+        div.actions { (delivery_buttons(d, back, viewer)) }
         @if !d.history.is_empty() {
             div.scroll { table {
                 thead { tr { th scope="col" { "At" } th scope="col" { "Status" } th scope="col" { "Latency" } th scope="col" { "Error" } } }
@@ -784,6 +834,7 @@ const DELIVERY_FILTERS: [(&str, &str); 6] = [
 
 async fn deliveries(
     State(app): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
     RawQuery(raw): RawQuery,
 ) -> Result<Markup, ApiError> {
     let (pairs, notice) = form_query(raw.as_deref())?;
@@ -815,8 +866,9 @@ async fn deliveries(
             button type="submit" { "Filter" }
             a href="/ui/deliveries" { "Clear" }
         }
-        @if state.is_empty() || state == "dead" {
+        @if viewer.can_act && (state.is_empty() || state == "dead") {
             form.actions method="post" action="/ui/deliveries/redrive" {
+                (csrf(&viewer))
                 input type="hidden" name="back" value=(back);
                 @for (name, _) in DELIVERY_FILTERS {
                     @let v = value_of(&pairs, name);
@@ -850,7 +902,7 @@ async fn deliveries(
                         td { @match d.last_status_code { Some(c) => (c), None => "—" } }
                         td { @if let Some(e) = &d.last_error { (e) } }
                         td { (time(d.next_attempt_at)) }
-                        td { (delivery_buttons(d, &back)) }
+                        td { (delivery_buttons(d, &back, &viewer)) }
                     }
                 }
                 @if deliveries.is_empty() {
@@ -861,7 +913,8 @@ async fn deliveries(
     };
     Ok(layout(
         "Deliveries",
-        Nav::Deliveries,
+        Some(Nav::Deliveries),
+        Some(&viewer),
         notice.as_deref(),
         content,
     ))

@@ -54,13 +54,24 @@ fn assert_html_page(
 
 /// POSTs a form to `path`; returns the status and the `Location` it redirects to.
 async fn submit(sidecar: &Sidecar, path: &str, fields: &[(&str, &str)]) -> (StatusCode, String) {
-    let response = browser()
+    submit_as(sidecar, None, path, fields).await
+}
+
+/// POSTs a form to `path` with the session `cookie`, if any.
+async fn submit_as(
+    sidecar: &Sidecar,
+    cookie: Option<&str>,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut request = browser()
         .post(format!("{}{path}", sidecar.base))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded::to_string(fields).unwrap())
-        .send()
-        .await
-        .unwrap();
+        .body(serde_urlencoded::to_string(fields).unwrap());
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", format!("sidecar_ui={cookie}"));
+    }
+    let response = request.send().await.unwrap();
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
     let location = response
         .headers()
@@ -68,6 +79,17 @@ async fn submit(sidecar: &Sidecar, path: &str, fields: &[(&str, &str)]) -> (Stat
         .map(|l| l.to_str().unwrap().to_owned())
         .unwrap_or_default();
     (status, location)
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_in(body: &str) -> String {
+    let needle = "name=\"csrf\" value=\"";
+    let start = body
+        .find(needle)
+        .unwrap_or_else(|| panic!("no CSRF field in {body}"))
+        + needle.len();
+    let end = start + body[start..].find('"').unwrap();
+    body[start..end].to_owned()
 }
 
 /// The quoted value after `attribute="` that starts with `prefix`.
@@ -176,7 +198,8 @@ async fn cancelling_a_running_job_from_its_page_stops_its_agent_and_bulk_rerun_q
     assert!(before.contains(&format!("action=\"{cancel}\"")), "{before}");
 
     // Act: the page's cancel form.
-    let (status, location) = submit(&sidecar, &cancel, &[("back", &here)]).await;
+    let csrf = csrf_in(&before);
+    let (status, location) = submit(&sidecar, &cancel, &[("back", &here), ("csrf", &csrf)]).await;
 
     // Assert
     assert_eq!(status, StatusCode::SEE_OTHER);
@@ -198,6 +221,7 @@ async fn cancelling_a_running_job_from_its_page_stops_its_agent_and_bulk_rerun_q
         "/ui/jobs/bulk",
         &[
             ("back", "/ui/jobs?agent=napper"),
+            ("csrf", &csrf),
             ("action", "rerun"),
             ("job_id", &job_id),
         ],
@@ -215,6 +239,7 @@ async fn cancelling_a_running_job_from_its_page_stops_its_agent_and_bulk_rerun_q
         "/ui/jobs/bulk",
         &[
             ("back", "https://elsewhere.example/"),
+            ("csrf", &csrf),
             ("action", "cancel"),
             ("job_id", &job_id),
             ("job_id", &unknown),
@@ -255,6 +280,7 @@ async fn redrive_all_matching_from_the_deliveries_page_delivers_the_dead_letters
         "/ui/deliveries/redrive",
         &[
             ("back", "/ui/deliveries?state=dead"),
+            ("csrf", &csrf_in(&listed)),
             ("job_name", "ReportCompileJob"),
             ("status_code", "422"),
             ("since", ""),
@@ -279,4 +305,199 @@ async fn redrive_all_matching_from_the_deliveries_page_delivers_the_dead_letters
     })
     .await;
     assert_eq!(delivered["delivery_id"], delivery_id.as_str());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions and roles
+
+/// A token the API accepts, with `role` as its `sidecar_role` (none when `None`).
+fn token(role: Option<&str>) -> String {
+    let mut claims = crate::auth::claims();
+    if let Some(role) = role {
+        claims["sidecar_role"] = json!(role);
+    }
+    crate::auth::hs256(&claims, crate::auth::INBOUND_SECRET)
+}
+
+/// Logs in with `token`; returns the cookie's value and its whole `Set-Cookie` line.
+async fn login(sidecar: &Sidecar, token: &str) -> (String, String) {
+    let response = browser()
+        .get(format!("{}/ui/login?token={token}", sidecar.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(response.headers()["location"], "/ui");
+    let line = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let value = line
+        .strip_prefix("sidecar_ui=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned();
+    (value, line)
+}
+
+/// `GET path` with the session `cookie`.
+async fn page_as(
+    sidecar: &Sidecar,
+    cookie: &str,
+    path: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let response = browser()
+        .get(format!("{}{path}", sidecar.base))
+        .header("cookie", format!("other=1; sidecar_ui={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+/// A cookie signed as the sidecar signs them (key derived from the inbound secret).
+fn sealed(role: &str, expires_at: i64, subject: &str) -> String {
+    use base64::Engine;
+    use ring::hmac;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let root = hmac::Key::new(hmac::HMAC_SHA256, crate::auth::INBOUND_SECRET.as_bytes());
+    let derived = hmac::sign(&root, b"agent-sidecar ui session v1");
+    let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+    let body = format!("{role}.{expires_at}.{}", b64.encode(subject));
+    format!("{body}.{}", b64.encode(hmac::sign(&key, body.as_bytes())))
+}
+
+#[tokio::test]
+async fn a_login_sets_a_strict_session_cookie_and_pages_without_a_valid_one_send_to_the_login_page()
+{
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &crate::auth::auth_toml("")).await;
+
+    // No session: every page but the login page and the assets redirects there.
+    let (status, headers, _) = page(&sidecar, "/ui/jobs").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/ui/login");
+    let (status, headers, login_page) = page(&sidecar, "/ui/login").await;
+    assert_html_page("/ui/login", status, &headers, &login_page);
+    let css = attribute_starting(&login_page, "href", "/ui/assets/app.");
+    assert_eq!(page(&sidecar, &css).await.0, StatusCode::OK);
+    let (status, _, refused) = page(&sidecar, "/ui/login?token=not.a.token").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(refused.contains("Not logged in"), "{refused}");
+
+    // Act
+    let (cookie, line) = login(&sidecar, &token(Some("operator"))).await;
+
+    // Assert: the cookie's attributes, and what it opens.
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(line.contains(attribute), "{line}");
+    }
+    assert!(!line.contains("Secure"), "plain HTTP: {line}");
+    let max_age: u64 = line
+        .split("Max-Age=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max_age <= 300, "no longer than the token: {line}");
+    let (status, _, overview) = page_as(&sidecar, &cookie, "/ui").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(overview.contains("rails-app (operator)"), "{overview}");
+
+    // A forged, an expired and a tampered cookie open nothing.
+    let past = crate::auth::now() - 10;
+    let future = crate::auth::now() + 300;
+    let (mac_start, _) = cookie.rsplit_once('.').unwrap();
+    for bad in [
+        sealed("operator", past, "rails-app"),
+        format!("{mac_start}.AAAA"),
+        sealed("operator", future, "rails-app").replacen("operator", "viewer", 1),
+    ] {
+        let (status, headers, _) = page_as(&sidecar, &bad, "/ui/jobs").await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{bad}");
+        assert_eq!(headers["location"], "/ui/login");
+    }
+    assert_eq!(
+        page_as(&sidecar, &sealed("operator", future, "rails-app"), "/ui")
+            .await
+            .0,
+        StatusCode::OK,
+        "a cookie signed with the derived key is the sidecar's own"
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_sees_no_buttons_and_its_posts_and_posts_without_the_csrf_token_are_403() {
+    // Arrange: an ended job, a viewer and an operator.
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start_with(&receiver, &[], &crate::auth::auth_toml("")).await;
+    let body = trigger(&receiver, "failing_agent");
+    sidecar.write_job(&body);
+    let answer = client()
+        .post(format!("{}/agents/trigger", sidecar.base))
+        .bearer_auth(token(None))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    receiver.completion(&job_id).await;
+    let (viewer, _) = login(&sidecar, &token(None)).await;
+    let (operator, _) = login(&sidecar, &token(Some("operator"))).await;
+    let here = format!("/ui/jobs/{job_id}");
+    let rerun = format!("/ui/jobs/{job_id}/rerun");
+
+    // Act
+    let (_, _, seen_by_viewer) = page_as(&sidecar, &viewer, &here).await;
+    let (_, _, seen_by_operator) = page_as(&sidecar, &operator, &here).await;
+    let operator_csrf = csrf_in(&seen_by_operator);
+    let viewer_post = submit_as(&sidecar, Some(&viewer), &rerun, &[("csrf", &operator_csrf)]).await;
+    let no_csrf = submit_as(&sidecar, Some(&operator), &rerun, &[("back", &here)]).await;
+    let wrong_csrf = submit_as(&sidecar, Some(&operator), &rerun, &[("csrf", "AAAA")]).await;
+    let no_session = submit_as(&sidecar, None, &rerun, &[("csrf", &operator_csrf)]).await;
+    let (_, _, viewer_jobs) = page_as(&sidecar, &viewer, "/ui/jobs").await;
+    let right = submit_as(
+        &sidecar,
+        Some(&operator),
+        &rerun,
+        &[("csrf", &operator_csrf), ("back", &here)],
+    )
+    .await;
+
+    // Assert
+    assert!(
+        seen_by_viewer.contains("rails-app (viewer)"),
+        "{seen_by_viewer}"
+    );
+    for page in [&seen_by_viewer, &viewer_jobs] {
+        assert!(!page.contains(">Re-run"), "{page}");
+        assert!(!page.contains(">Cancel"), "{page}");
+        assert!(!page.contains("method=\"post\""), "{page}");
+        assert!(!page.contains("name=\"csrf\""), "{page}");
+    }
+    assert!(
+        seen_by_operator.contains(&format!("action=\"{rerun}\"")),
+        "{seen_by_operator}"
+    );
+    for (what, (status, _)) in [
+        ("a viewer's post", viewer_post),
+        ("a post without the token", no_csrf),
+        ("a post with a wrong token", wrong_csrf),
+        ("a post without a session", no_session),
+    ] {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    }
+    assert_eq!(right.0, StatusCode::SEE_OTHER);
+    assert!(
+        right.1.starts_with(&format!("{here}?notice=Job")),
+        "{}",
+        right.1
+    );
 }
