@@ -15,7 +15,7 @@ pub(crate) mod overview;
 mod refusal;
 pub mod token;
 mod trigger;
-mod watch;
+pub(crate) mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) overview: overview::OverviewCache,
     /// The dashboard's session signer.
     pub(crate) sessions: crate::ui::Sessions,
+    /// The dashboard's live snapshot, shared by every open page.
+    pub(crate) live: crate::ui::Live,
     /// The SHA-256 of v2 manifests' input files, by file version.
     pub(crate) input_hashes: Arc<crate::jobdir::InputHashes>,
 }
@@ -79,6 +81,7 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 sessions,
+                live: crate::ui::Live::default(),
                 store: parts.store,
                 config: parts.config,
                 runner: parts.runner,

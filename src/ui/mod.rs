@@ -15,10 +15,12 @@
 
 mod actions;
 mod assets;
+mod live;
 mod pages;
 mod redact;
 mod session;
 
+pub use live::Live;
 pub use session::Sessions;
 
 use axum::Router;
@@ -37,6 +39,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .merge(actions::router())
         .merge(assets::router())
         .merge(session::router())
+        .merge(live::router())
         .layer(axum::middleware::from_fn_with_state(state, session::guard))
         .layer(axum::middleware::map_response(secure_headers))
 }

@@ -18,11 +18,15 @@ use crate::api::AppState;
 use crate::api::jobs::{page_of_jobs, parse_job_id};
 use crate::api::overview::{OverviewQuery, overview_for};
 use crate::contract::{
-    DeliveryState, DeliveryStatus, FieldError, JobId, JobState, Overview, OverviewBucket, Timestamp,
+    DeliveryState, DeliveryStatus, FieldError, JobId, JobState, JobSummary, Overview,
+    OverviewBucket, Timestamp,
 };
 use crate::error::{ApiError, ErrorSource};
 use crate::jobdir::{JobDir, JobDirError, output_uri};
 use crate::store::{DeliveryQuery, JobCursor, JobQuery};
+
+/// The overview window the live feed follows (the page's default).
+pub(super) const LIVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How much of the end of `log.txt` and `error.log` the job page shows.
 const LOG_TAIL_BYTES: u64 = 16 * 1024;
@@ -185,6 +189,8 @@ async fn overview(
         .nodes(Timestamp::now().minus(app.config.store.lease))
         .await?;
     let window = query.window.as_deref().unwrap_or("1h");
+    // The live feed follows the default window, the one every open page shares.
+    let live = length == LIVE_WINDOW;
     let content = html! {
         form.filters method="get" action="/ui" {
             label { "Window "
@@ -196,48 +202,7 @@ async fn overview(
             }
             button type="submit" { "Show" }
         }
-        section.cards aria-label="Totals" {
-            div.card { span.label { "Queued" } span.value { (overview.agents.iter().map(|a| a.queued).sum::<u64>()) } }
-            div.card { span.label { "Running" } span.value { (overview.agents.iter().map(|a| a.running).sum::<u64>()) } }
-            div.card { span.label { "Pending deliveries" } span.value { (overview.pending_deliveries) } }
-            div.card { span.label { "Dead letters" } span.value {
-                a href="/ui/deliveries?state=dead" { (overview.dead_letters) }
-            } }
-        }
-        h2 { "Agents" }
-        div.scroll { table {
-            thead { tr {
-                th scope="col" { "Agent" }
-                th scope="col" { "Jobs by state" }
-                th scope="col" { "Queued" }
-                th scope="col" { "Oldest queued" }
-                th scope="col" { "Running / max" }
-            } }
-            tbody {
-                @for agent in &overview.agents {
-                    tr {
-                        th scope="row" {
-                            a href={ "/ui/jobs?agent=" (agent.agent.as_str()) } { (agent.agent.as_str()) }
-                        }
-                        td { ul.inline {
-                            @for c in &agent.counts {
-                                li { (state_badge(c.state)) " " (c.count) }
-                            }
-                        } }
-                        td { (agent.queued) }
-                        td { (time(agent.oldest_queued_at)) }
-                        td {
-                            (agent.running) " / "
-                            @match agent.max_concurrent { Some(max) => (max), None => "∞" }
-                        }
-                    }
-                }
-            }
-        } }
-        h2 { "Finished jobs" }
-        (jobs_chart(&overview))
-        h2 { "Callbacks" }
-        (callbacks_chart(&overview))
+        div data-live=[live.then_some("overview")] { (overview_live(&overview)) }
         h2 { "Nodes" }
         div.scroll { table {
             thead { tr {
@@ -267,6 +232,54 @@ async fn overview(
         notice.as_deref(),
         content,
     ))
+}
+
+/// The parts of the overview that the live feed refreshes: totals, agents, charts.
+pub(super) fn overview_live(overview: &Overview) -> Markup {
+    html! {
+    section.cards aria-label="Totals" {
+        div.card { span.label { "Queued" } span.value { (overview.agents.iter().map(|a| a.queued).sum::<u64>()) } }
+        div.card { span.label { "Running" } span.value { (overview.agents.iter().map(|a| a.running).sum::<u64>()) } }
+        div.card { span.label { "Pending deliveries" } span.value { (overview.pending_deliveries) } }
+        div.card { span.label { "Dead letters" } span.value {
+            a href="/ui/deliveries?state=dead" { (overview.dead_letters) }
+        } }
+    }
+    h2 { "Agents" }
+    div.scroll { table {
+        thead { tr {
+            th scope="col" { "Agent" }
+            th scope="col" { "Jobs by state" }
+            th scope="col" { "Queued" }
+            th scope="col" { "Oldest queued" }
+            th scope="col" { "Running / max" }
+        } }
+        tbody {
+            @for agent in &overview.agents {
+                tr {
+                    th scope="row" {
+                        a href={ "/ui/jobs?agent=" (agent.agent.as_str()) } { (agent.agent.as_str()) }
+                    }
+                    td { ul.inline {
+                        @for c in &agent.counts {
+                            li { (state_badge(c.state)) " " (c.count) }
+                        }
+                    } }
+                    td { (agent.queued) }
+                    td { (time(agent.oldest_queued_at)) }
+                    td {
+                        (agent.running) " / "
+                        @match agent.max_concurrent { Some(max) => (max), None => "∞" }
+                    }
+                }
+            }
+        }
+    } }
+    h2 { "Finished jobs" }
+    (jobs_chart(overview))
+    h2 { "Callbacks" }
+    (callbacks_chart(overview))
+    }
 }
 
 /// The chart's drawing area, in SVG user units.
@@ -370,6 +383,9 @@ async fn jobs(
         .into_filter()
         .map_err(|errors| ApiError::invalid(ErrorSource::Query, errors))?;
     let (jobs, next) = page_of_jobs(&app.inner, filter).await?;
+    let jobs: Vec<JobSummary> = jobs.iter().map(|j| j.summary()).collect();
+    // Only the unfiltered first page is the one the live feed shares.
+    let live = pairs.is_empty();
     let filters: Vec<_> = pairs
         .iter()
         .filter(|(k, _)| k != "cursor")
@@ -409,32 +425,7 @@ async fn jobs(
                 th scope="col" { "Created" }
                 th scope="col" { "Finished" }
             } }
-            tbody {
-                @for job in &jobs {
-                    @let id = job.job_id.to_string();
-                    tr {
-                        td {
-                            @if viewer.can_act {
-                                label {
-                                    input type="checkbox" name="job_id" value=(id);
-                                    span.visually-hidden { "Select " (id) }
-                                }
-                            }
-                        }
-                        td { a.mono href={ "/ui/jobs/" (id) } { (id[..8]) "…" } }
-                        td { (state_badge(job.state)) }
-                        td { (job.agent_name.as_str()) }
-                        td { (job.job_name.as_str()) }
-                        td { (job.user_id) }
-                        td { (job.attempt) }
-                        td { (time(Some(job.created_at))) }
-                        td { (time(job.finished_at)) }
-                    }
-                }
-                @if jobs.is_empty() {
-                    tr { td colspan="9" { "No jobs match." } }
-                }
-            }
+            tbody data-live=[live.then_some("jobs")] { (job_rows(&jobs, &viewer)) }
         } }
     };
     let content = html! {
@@ -488,6 +479,36 @@ async fn jobs(
         notice.as_deref(),
         content,
     ))
+}
+
+/// The rows of the jobs table (the live feed sends them again as jobs change).
+pub(super) fn job_rows(jobs: &[JobSummary], viewer: &Viewer) -> Markup {
+    html! {
+        @for job in jobs {
+            @let id = job.job_id.to_string();
+            tr {
+                td {
+                    @if viewer.can_act {
+                        label {
+                            input type="checkbox" name="job_id" value=(id);
+                            span.visually-hidden { "Select " (id) }
+                        }
+                    }
+                }
+                td { a.mono href={ "/ui/jobs/" (id) } { (id[..8]) "…" } }
+                td { (state_badge(job.state)) }
+                td { (job.agent_name.as_str()) }
+                td { (job.job_name.as_str()) }
+                td { (job.user_id) }
+                td { (job.attempt) }
+                td { (time(Some(job.created_at))) }
+                td { (time(job.finished_at)) }
+            }
+        }
+        @if jobs.is_empty() {
+            tr { td colspan="9" { "No jobs match." } }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -660,7 +681,7 @@ async fn job(
                 p { strong { (wire_name(&error.reason)) } ": " (error.message) }
             }
         }
-        section {
+        section data-job-feed=[(!status.state.is_terminal()).then(|| format!("/ui/jobs/{id}/feed"))] {
             h2 { "Progress" }
             @let percent = status.last_progress.as_ref().and_then(|p| p.percent);
             @let done = status.state.is_terminal();
@@ -679,6 +700,11 @@ async fn job(
                     @if let Some(pc) = p.percent { " (" (format!("{pc:.0}")) "%)" }
                     " · " (time(Some(p.timestamp)))
                 }
+            }
+            @if !status.state.is_terminal() {
+                h3 { "Live" }
+                p { "State: " span data-live-state { (status.state.as_str()) } }
+                ol.live-log data-live-log aria-live="polite" {}
             }
         }
         section {

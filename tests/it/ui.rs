@@ -196,6 +196,10 @@ async fn cancelling_a_running_job_from_its_page_stops_its_agent_and_bulk_rerun_q
     let (_, _, before) = page(&sidecar, &here).await;
     let cancel = format!("/ui/jobs/{job_id}/cancel");
     assert!(before.contains(&format!("action=\"{cancel}\"")), "{before}");
+    assert!(
+        before.contains(&format!("data-job-feed=\"/ui/jobs/{job_id}/feed\"")),
+        "a running job's page follows its feed: {before}"
+    );
 
     // Act: the page's cancel form.
     let csrf = csrf_in(&before);
@@ -500,4 +504,131 @@ async fn a_viewer_sees_no_buttons_and_its_posts_and_posts_without_the_csrf_token
         "{}",
         right.1
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live parts
+
+/// Reads an event stream until `done` holds for what arrived; returns it.
+async fn read_stream_until(
+    response: &mut reqwest::Response,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = String::new();
+    let read = async {
+        while !done(&text) {
+            let chunk = response
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the stream ended early");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .unwrap_or_else(|_| panic!("timed out; the stream so far: {text}"));
+    text
+}
+
+/// The `id:` of each event in `text`.
+fn event_ids(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_job_feed_streams_progress_to_the_end_and_resumes_after_last_event_id() {
+    // Arrange: an agent that reports five ticks.
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let job_id = start_job(
+        &sidecar,
+        &receiver,
+        "ticker",
+        json!({"count": 5, "interval": 0.05}),
+    )
+    .await;
+    let feed = format!("/ui/jobs/{job_id}/feed");
+
+    // Act: the whole stream, then again after its second event.
+    let mut response = browser()
+        .get(format!("{}{feed}", sidecar.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let whole = read_stream_until(&mut response, |t| t.contains("\"state\":\"completed\"")).await;
+    let ids = event_ids(&whole);
+    let mut resumed = browser()
+        .get(format!("{}{feed}", sidecar.base))
+        .header("last-event-id", ids[1].to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = read_stream_until(&mut resumed, |t| t.contains("\"state\":\"completed\"")).await;
+
+    // Assert
+    assert!(whole.contains("event: progress"), "{whole}");
+    assert!(whole.contains("tick 4"), "{whole}");
+    assert_eq!(
+        event_ids(&rest),
+        ids[2..],
+        "exactly what followed, in order"
+    );
+    let ended = browser()
+        .get(format!("{}{feed}", sidecar.base))
+        .header("last-event-id", ids.last().unwrap().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ended.status().as_u16(),
+        204,
+        "an ended feed tells the browser to stop"
+    );
+}
+
+#[tokio::test]
+async fn the_shared_feed_sends_the_overview_and_jobs_list_and_again_when_a_job_arrives() {
+    // Arrange: an open feed, and the pages that follow it.
+    let receiver = Receiver::start().await;
+    let sidecar = Sidecar::start(&receiver).await;
+    let (_, _, jobs) = page(&sidecar, "/ui/jobs").await;
+    let (_, _, filtered) = page(&sidecar, "/ui/jobs?state=failed").await;
+    let (_, _, overview) = page(&sidecar, "/ui").await;
+    let mut feed = browser()
+        .get(format!("{}/ui/feed", sidecar.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status().as_u16(), 200);
+    assert!(
+        feed.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let first = read_stream_until(&mut feed, |t| {
+        t.contains("event: jobs") && t.contains("event: overview")
+    })
+    .await;
+
+    // Act: a job arrives.
+    let body = trigger(&receiver, "failing_agent");
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+    run_job(&sidecar, &receiver, &body).await;
+    let later = read_stream_until(&mut feed, |t| t.contains(&format!("/ui/jobs/{job_id}"))).await;
+
+    // Assert
+    assert!(jobs.contains("data-live=\"jobs\""), "{jobs}");
+    assert!(
+        !filtered.contains("data-live"),
+        "a filtered list is not the shared one"
+    );
+    assert!(overview.contains("data-live=\"overview\""), "{overview}");
+    assert!(first.contains("No jobs match."), "{first}");
+    assert!(later.contains("event: jobs"), "{later}");
 }
