@@ -75,6 +75,9 @@ pub struct MintArgs {
     /// An agent it may trigger (repeatable); none for any.
     #[arg(long = "agent")]
     agents: Vec<String>,
+    /// Its role on the dashboard: viewer reads, operator also acts.
+    #[arg(long, value_enum, default_value = "viewer")]
+    role: agent_sidecar::api::auth::Role,
 }
 
 /// Prints a token for `args`.
@@ -92,6 +95,7 @@ pub fn mint(args: MintArgs) -> anyhow::Result<()> {
         subject: args.subject,
         ttl: args.ttl,
         agents,
+        role: args.role,
     };
     println!("{}", token::mint(config.server.auth.as_ref(), &request)?);
     Ok(())
@@ -255,6 +259,7 @@ fn call_token(config: &Config) -> anyhow::Result<Option<String>> {
         subject: "agent-sidecar cli".into(),
         ttl: CALL_TOKEN_TTL,
         agents: Vec::new(),
+        role: agent_sidecar::api::auth::Role::Viewer,
     };
     match token::mint(config.server.auth.as_ref(), &request) {
         Ok(token) => Ok(Some(token)),

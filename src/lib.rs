@@ -10,7 +10,8 @@
 //!   [`preflight`] checks what it names (shared root, agent commands) for `/ready` and
 //!   `check-config`.
 //! - [`api`]: the HTTP API (`/agents/trigger`, `/jobs/{id}`, `/agents` and its pauses), errors
-//!   rendered by [`error`].
+//!   rendered by [`error`]; [`ui`], mission control: the browser dashboard under `/ui`,
+//!   server-rendered from the same functions.
 //! - [`contract`]: ids, states, wire types and JSON Schemas (pure).
 //! - [`jobdir`]: job folders under `shared_root`, resolved without following symlinks.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite by default), and its
@@ -71,6 +72,8 @@ pub mod systemd;
 pub mod telemetry;
 #[forbid(unsafe_code)]
 pub mod tools;
+#[forbid(unsafe_code)]
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -29,6 +29,42 @@ pub struct Principal {
     pub subject: String,
     /// The agents this caller may trigger; `None` for any.
     pub agents: Option<BTreeSet<AgentName>>,
+    /// What the caller may do on the dashboard (the token's `sidecar_role`).
+    pub role: Role,
+    /// The token's `exp` (Unix seconds); `None` for a client certificate.
+    pub expires_at: Option<u64>,
+}
+
+/// The claim that names a token's dashboard role.
+pub const ROLE_CLAIM: &str = "sidecar_role";
+
+/// What a dashboard session may do: a viewer reads, an operator also acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// Reads every page; offered no action (the default).
+    #[default]
+    Viewer,
+    /// Also cancels, re-runs, redrives and delivers.
+    Operator,
+}
+
+impl Role {
+    /// The claim's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+        }
+    }
+
+    /// The role a claim names; `None` for an unknown one.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "viewer" => Some(Self::Viewer),
+            "operator" => Some(Self::Operator),
+            _ => None,
+        }
+    }
 }
 
 /// Why a request was not authenticated: a stable code and a sentence, never the token.
@@ -67,7 +103,8 @@ impl Refusal {
         }
     }
 
-    fn sentence(self) -> &'static str {
+    /// Why, as a sentence (never the token).
+    pub fn sentence(self) -> &'static str {
         match self {
             Self::Missing => "no bearer token and no client certificate",
             Self::Malformed => "the bearer token is not a well-formed JWT",
@@ -168,6 +205,11 @@ impl Authenticator {
         !self.required || self.public_paths.contains(path)
     }
 
+    /// Whether callers must authenticate (`[server.auth]` or a required client certificate).
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
     /// Verifies a bearer token against every accepted key of its algorithm.
     pub fn verify(&self, token: &str) -> Result<Principal, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
@@ -204,7 +246,20 @@ impl Authenticator {
                     .collect(),
             ),
         };
-        Ok(Principal { subject, agents })
+        let role = match claims.get(ROLE_CLAIM) {
+            None => Role::Viewer,
+            Some(role) => role
+                .as_str()
+                .and_then(Role::parse)
+                .ok_or(Refusal::Malformed)?,
+        };
+        let expires_at = claims.get("exp").and_then(Value::as_u64);
+        Ok(Principal {
+            subject,
+            agents,
+            role,
+            expires_at,
+        })
     }
 }
 
@@ -271,6 +326,11 @@ pub async fn authenticate(
     if auth.is_public(request.uri().path()) {
         return next.run(request).await;
     }
+    // The dashboard authenticates its own way (a session cookie; `ui::session`).
+    let path = request.uri().path();
+    if path == "/ui" || path.starts_with("/ui/") {
+        return next.run(request).await;
+    }
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -281,6 +341,8 @@ pub async fn authenticate(
         (None, Some(peer)) if peer.client_certified => Ok(Principal {
             subject: "client certificate".into(),
             agents: None,
+            role: Role::Operator,
+            expires_at: None,
         }),
         (None, _) => Err(Refusal::Missing),
     };

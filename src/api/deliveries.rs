@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use super::AppState;
+use super::{AppState, Inner};
 use crate::contract::{
     DeliveryId, DeliveryList, DeliveryState, DeliveryStatus, FieldError, RedriveResult,
 };
@@ -63,13 +63,13 @@ pub(super) async fn one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryStatus>, ApiError> {
-    find(&app, id).await.map(Json)
+    find(&app.inner, id).await.map(Json)
 }
 
-async fn find(app: &AppState, id: String) -> Result<DeliveryStatus, ApiError> {
+/// One delivery by its id (the API and the dashboard alike).
+pub(crate) async fn find(app: &Inner, id: String) -> Result<DeliveryStatus, ApiError> {
     let id: DeliveryId = id.parse().unwrap_or_else(|never| match never {});
-    app.inner
-        .store
+    app.store
         .delivery(id.clone())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))
@@ -89,7 +89,13 @@ pub(super) async fn redrive_one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
-    let delivery = find(&app, id).await?;
+    let result = redrive_delivery(&app.inner, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(result)))
+}
+
+/// Puts one dead delivery back in the outbox (the API and the dashboard alike).
+pub(crate) async fn redrive_delivery(app: &Inner, id: String) -> Result<RedriveResult, ApiError> {
+    let delivery = find(app, id).await?;
     if delivery.state != DeliveryState::Dead {
         return Err(ApiError::conflict(
             format!(
@@ -105,7 +111,7 @@ pub(super) async fn redrive_one(
         limit: 1,
         ..DeliveryFilter::default()
     };
-    redrive(&app, filter).await
+    redrive(app, filter).await
 }
 
 /// Sends a pending delivery at once instead of at its next scheduled attempt.
@@ -128,20 +134,25 @@ pub(super) async fn deliver_one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeliveryStatus>), ApiError> {
+    let delivery = deliver_now(&app.inner, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(delivery)))
+}
+
+/// Makes a pending delivery's next attempt due now (the API and the dashboard alike).
+pub(crate) async fn deliver_now(app: &Inner, id: String) -> Result<DeliveryStatus, ApiError> {
     let id: DeliveryId = id.parse().unwrap_or_else(|never| match never {});
     let brought_forward = app
-        .inner
         .store
         .deliver_now(&id, crate::contract::Timestamp::now())
         .await?;
-    let delivery = find(&app, id.to_string()).await?;
+    let delivery = find(app, id.to_string()).await?;
     // Pending yet not brought forward: a redrive made it pending (and due now) meanwhile.
     if !brought_forward && delivery.state != DeliveryState::Pending {
         return Err(not_deliverable(&delivery));
     }
     tracing::info!(delivery.id = %delivery.delivery_id, job_id = %delivery.job_id, "delivery {} due now", delivery.delivery_id);
-    app.inner.deliveries.wake();
-    Ok((StatusCode::ACCEPTED, Json(delivery)))
+    app.deliveries.wake();
+    Ok(delivery)
 }
 
 /// Why a delivery that is not pending is not sent again.
@@ -179,7 +190,15 @@ pub(super) async fn redrive_matching(
     State(app): State<AppState>,
     query: Result<Query<DeliveryQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
-    let filter = filter(query)?;
+    let result = redrive_matching_filter(&app.inner, filter(query)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(result)))
+}
+
+/// Redrives every dead delivery `filter` matches (the API and the dashboard alike).
+pub(crate) async fn redrive_matching_filter(
+    app: &Inner,
+    filter: DeliveryFilter,
+) -> Result<RedriveResult, ApiError> {
     if filter.state.is_some_and(|s| s != DeliveryState::Dead) {
         return Err(ApiError::invalid(
             ErrorSource::Query,
@@ -189,17 +208,14 @@ pub(super) async fn redrive_matching(
             )],
         ));
     }
-    redrive(&app, filter).await
+    redrive(app, filter).await
 }
 
-async fn redrive(
-    app: &AppState,
-    filter: DeliveryFilter,
-) -> Result<(StatusCode, Json<RedriveResult>), ApiError> {
-    let redriven = app.inner.store.redrive(filter).await?;
+async fn redrive(app: &Inner, filter: DeliveryFilter) -> Result<RedriveResult, ApiError> {
+    let redriven = app.store.redrive(filter).await?;
     if !redriven.is_empty() {
         tracing::info!(count = redriven.len(), "dead deliveries redriven");
-        app.inner.deliveries.wake();
+        app.deliveries.wake();
     }
-    Ok((StatusCode::ACCEPTED, Json(RedriveResult { redriven })))
+    Ok(RedriveResult { redriven })
 }

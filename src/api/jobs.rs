@@ -30,7 +30,7 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// Parses the `{job_id}` path segment.
-pub(super) fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
+pub(crate) fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
     text.parse().map_err(|e: crate::contract::IdError| {
         ApiError::invalid(
             ErrorSource::Path,

@@ -3,19 +3,19 @@
 mod agents;
 mod artifacts;
 pub mod auth;
-mod bulk;
-mod deliveries;
+pub(crate) mod bulk;
+pub(crate) mod deliveries;
 pub mod folder;
-mod jobs;
+pub(crate) mod jobs;
 mod keys;
 pub mod listener;
 pub mod openapi;
 mod ops;
-mod overview;
+pub(crate) mod overview;
 mod refusal;
 pub mod token;
 mod trigger;
-mod watch;
+pub(crate) mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,21 +33,25 @@ use crate::store::Store;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
-    store: Arc<dyn Store>,
-    config: Arc<Config>,
-    runner: Arc<Runner>,
-    deliveries: Arc<Deliveries>,
-    shared_root: PathBuf,
-    public_url: String,
-    shutdown: CancellationToken,
-    gate: Arc<auth::Gate>,
-    overview: overview::OverviewCache,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) runner: Arc<Runner>,
+    pub(crate) deliveries: Arc<Deliveries>,
+    pub(crate) shared_root: PathBuf,
+    pub(crate) public_url: String,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) gate: Arc<auth::Gate>,
+    pub(crate) overview: overview::OverviewCache,
+    /// The dashboard's session signer.
+    pub(crate) sessions: crate::ui::Sessions,
+    /// The dashboard's live snapshot, shared by every open page.
+    pub(crate) live: crate::ui::Live,
     /// The SHA-256 of v2 manifests' input files, by file version.
-    input_hashes: Arc<crate::jobdir::InputHashes>,
+    pub(crate) input_hashes: Arc<crate::jobdir::InputHashes>,
 }
 
 /// The running parts the API drives.
@@ -73,8 +77,11 @@ pub struct Parts {
 impl AppState {
     /// State over the running parts of the sidecar.
     pub fn new(parts: Parts) -> Self {
+        let sessions = crate::ui::Sessions::new(parts.config.server.auth.as_ref());
         Self {
             inner: Arc::new(Inner {
+                sessions,
+                live: crate::ui::Live::default(),
                 store: parts.store,
                 config: parts.config,
                 runner: parts.runner,
@@ -107,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(deliveries::router())
         .merge(keys::router())
+        .nest("/ui", crate::ui::router(state.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
+use super::auth::{ROLE_CLAIM, Role};
 use crate::config::AuthConfig;
 use crate::contract::AgentName;
 
@@ -35,6 +36,8 @@ pub struct Mint {
     pub ttl: Duration,
     /// The agents it may trigger (the scope claim); empty for any.
     pub agents: Vec<AgentName>,
+    /// Its dashboard role (the `sidecar_role` claim).
+    pub role: Role,
 }
 
 #[derive(Serialize)]
@@ -64,6 +67,7 @@ pub fn mint(auth: Option<&AuthConfig>, mint: &Mint) -> Result<String, MintError>
         exp: now + mint.ttl.as_secs().max(1),
     };
     let mut body = serde_json::to_value(claims).map_err(jsonwebtoken::errors::Error::from)?;
+    body[ROLE_CLAIM] = serde_json::json!(mint.role.as_str());
     if !mint.agents.is_empty() {
         body[&auth.scope_claim] = serde_json::json!(mint.agents);
     }

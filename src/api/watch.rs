@@ -45,7 +45,7 @@ pub(super) fn router() -> Router<AppState> {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(super) struct Cursor {
+pub(crate) struct Cursor {
     /// Resume after this `seq` (the WebSocket's `Last-Event-ID`).
     after: Option<u64>,
 }
@@ -114,7 +114,7 @@ async fn nothing_more(app: &AppState, job: &JobRecord, after: u64) -> Result<boo
         (status = 422, description = "A field is invalid (each named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
     ),
     security((), ("bearer" = [])))]
-pub(super) async fn sse(
+pub(crate) async fn sse(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,

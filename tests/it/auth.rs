@@ -370,7 +370,7 @@ async fn a_token_expired_within_the_leeway_is_still_accepted() {
 }
 
 /// Runs the CLI with `args` and `env`; returns its exit status success, stdout and stderr.
-fn sidecar_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+pub(crate) fn sidecar_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
         .args(args)
         .env_remove("AGENT_SIDECAR_TOKEN")

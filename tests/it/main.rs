@@ -32,4 +32,5 @@ mod secure;
 mod store_down;
 mod systemd;
 mod trigger;
+mod ui;
 mod watch;
