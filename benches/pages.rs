@@ -1,4 +1,4 @@
-//! Dashboard pages against a big store (issue 20): fills a real sidecar (release build, SQLite)
+//! Dashboard pages and the JSON reads behind them against a big store (issue 20): fills a real sidecar (release build, SQLite)
 //! with `BENCH_PAGE_JOBS` jobs (100,000 by default) over its HTTP API — a fifth of them run and
 //! complete, the rest stay queued behind a blocker — then times every page a dashboard reads,
 //! one request at a time as a viewer would, and prints each page's p50/p99 next to the same
@@ -244,7 +244,9 @@ async fn pages(sidecar: &Sidecar, client: &reqwest::Client, ids: &[String]) -> V
         let page = get_json(client, &url).await;
         cursor = format!("&cursor={}", page["next_cursor"].as_str().unwrap());
     }
-    let completed = ids.iter().step_by(5).nth(ids.len() / 10).unwrap();
+    // Every fifth job ran to completion; the one after it is queued.
+    let completed = &ids[ids.len() / 10 * 5];
+    let queued = &ids[ids.len() / 10 * 5 + 1];
     vec![
         "/overview?window=1h".to_owned(),
         "/overview?window=7d".to_owned(),
@@ -257,6 +259,14 @@ async fn pages(sidecar: &Sidecar, client: &reqwest::Client, ids: &[String]) -> V
         format!("/jobs/{completed}"),
         "/deliveries?limit=50".to_owned(),
         "/agents".to_owned(),
+        // The dashboard's HTML pages (served without a session on loopback, as operator).
+        "/ui".to_owned(),
+        "/ui/jobs".to_owned(),
+        format!("/ui/jobs?state=completed&agent=trivial{cursor}"),
+        format!("/ui/jobs/{completed}"),
+        format!("/ui/jobs/{queued}"),
+        "/ui/deliveries".to_owned(),
+        "/ui/deliveries?state=dead".to_owned(),
     ]
 }
 
