@@ -7,7 +7,9 @@
 //! triggered (a link changes the file's ctime); the first trigger reads it whole (`cold`), the
 //! second names the same file version and is answered from the hash cache (`cached`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -57,7 +59,8 @@ fn sha256sum_ms(path: &Path) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
-fn spawn_sidecar(dir: &Path) -> (Child, String) {
+/// Writes the config into `dir` and starts the sidecar on it.
+fn start_sidecar(dir: &Path) -> (Child, String) {
     let config = format!(
         r#"
 [server]
@@ -83,24 +86,7 @@ timeout = "60s"
         db = dir.join("state.db").display(),
     );
     std::fs::write(dir.join("sidecar.toml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
-        .args(["serve", "--config"])
-        .arg(dir.join("sidecar.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("agent-sidecar listening on ")
-        .expect("sidecar started")
-        .to_owned();
-    (child, base)
+    common::spawn_sidecar(dir)
 }
 
 /// Writes a job folder whose v2 manifest lists `input.bin`, a hard link of `original`; the
@@ -150,7 +136,7 @@ async fn main() {
     let dir = tempfile::tempdir_in(&scratch).unwrap();
     let root = dir.path().join("shared_root");
     std::fs::create_dir_all(&root).unwrap();
-    let (mut child, base) = spawn_sidecar(dir.path());
+    let (mut child, base) = start_sidecar(dir.path());
     let client = reqwest::Client::new();
     println!(
         "\n{:>8} {:>14} {:>14} {:>18} {:>14} {:>12}",

@@ -4,8 +4,9 @@
 //! `cargo bench --bench load` (BENCH_JOBS, BENCH_CONCURRENCY, BENCH_FIREHOSE_MB and
 //! BENCH_QUEUED override the sizes). Prints a table and one JSON line per figure.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -194,28 +195,6 @@ async fn receiver() -> (String, Arc<Mutex<Completions>>, Arc<Notify>) {
     (origin, completions, changed)
 }
 
-/// Starts `agent-sidecar serve` on `dir/sidecar.toml`; returns once it listens.
-fn spawn_sidecar(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
-        .args(["serve", "--config"])
-        .arg(dir.join("sidecar.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("agent-sidecar listening on ")
-        .expect("sidecar started")
-        .to_owned();
-    (child, base)
-}
-
 /// Trigger and `GET /jobs/{id}` p99 (ms) for `n` new jobs of `agent` at `concurrency`.
 async fn probe(
     bench: &Bench,
@@ -364,7 +343,7 @@ timeout = "2h"
             root = root.display().to_string(),
         );
         std::fs::write(dir.path().join("sidecar.toml"), config).unwrap();
-        let (child, base) = spawn_sidecar(dir.path());
+        let (child, base) = common::spawn_sidecar(dir.path());
         eprintln!("sidecar pid {} at {base}", child.id());
         Self {
             dir,
@@ -385,7 +364,7 @@ timeout = "2h"
             .status();
         let _ = self.child.wait();
         let started = Instant::now();
-        let (child, base) = spawn_sidecar(self.dir.path());
+        let (child, base) = common::spawn_sidecar(self.dir.path());
         let ready = started.elapsed();
         (self.child, self.base) = (child, base);
         ready

@@ -5,9 +5,10 @@
 //! server's `GET /health` (the floor of any request through it). `BENCH_PAGE_SAMPLES` sets the
 //! requests per page (200). Prints a table and one JSON line per figure.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,23 +92,7 @@ max_concurrent = 1
             root = root.display().to_string(),
         );
         std::fs::write(dir.path().join("sidecar.toml"), config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
-            .args(["serve", "--config"])
-            .arg(dir.path().join("sidecar.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("agent-sidecar listening on ")
-            .expect("sidecar started")
-            .to_owned();
+        let (child, base) = common::spawn_sidecar(dir.path());
         eprintln!("sidecar pid {} at {base}", child.id());
         Self {
             _dir: dir,
@@ -239,8 +224,9 @@ async fn pages(sidecar: &Sidecar, client: &reqwest::Client, ids: &[String]) -> V
     let middle = &ids[ids.len() / 2];
     // A cursor half-way down the list, reached as a client would: page after page.
     let mut cursor = String::new();
-    for _ in 0..(ids.len() / 2).div_ceil(1000) {
-        let url = format!("{}/jobs?limit=1000{cursor}", sidecar.base);
+    let step = (ids.len() / 2).clamp(1, 1000);
+    for _ in 0..ids.len() / 2 / step {
+        let url = format!("{}/jobs?limit={step}{cursor}", sidecar.base);
         let page = get_json(client, &url).await;
         cursor = format!("&cursor={}", page["next_cursor"].as_str().unwrap());
     }

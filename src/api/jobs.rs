@@ -83,6 +83,18 @@ pub(super) async fn status_alias(
     status(state, path).await
 }
 
+/// A job list's query string as a filter; each failure named by its field.
+pub(super) fn job_filter(
+    query: Result<Query<JobQuery>, QueryRejection>,
+) -> Result<crate::store::JobFilter, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::invalid(ErrorSource::Query, vec![FieldError::new("", e.body_text())])
+    })?;
+    query
+        .into_filter()
+        .map_err(|errors| ApiError::invalid(ErrorSource::Query, errors))
+}
+
 /// Lists jobs, newest first.
 #[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobQuery),
     responses(
@@ -95,13 +107,7 @@ pub(super) async fn list(
     State(app): State<AppState>,
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::invalid(ErrorSource::Query, vec![FieldError::new("", e.body_text())])
-    })?;
-    let filter = query
-        .into_filter()
-        .map_err(|errors| ApiError::invalid(ErrorSource::Query, errors))?;
-    let (jobs, next) = page_of_jobs(&app.inner, filter).await?;
+    let (jobs, next) = page_of_jobs(&app.inner, job_filter(query)?).await?;
     Ok(Json(JobList {
         version: PAYLOAD_VERSION,
         jobs: jobs.iter().map(|j| j.summary()).collect(),

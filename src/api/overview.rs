@@ -130,13 +130,11 @@ pub(super) async fn counts(
     State(app): State<AppState>,
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobCounts>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::invalid(ErrorSource::Query, vec![FieldError::new("", e.body_text())])
-    })?;
-    let filter = query
-        .into_filter()
-        .map_err(|errors| ApiError::invalid(ErrorSource::Query, errors))?;
-    let found = app.inner.store.count_jobs(filter).await?;
+    let found = app
+        .inner
+        .store
+        .count_jobs(super::jobs::job_filter(query)?)
+        .await?;
     let counts: Vec<StateCount> = JobState::ALL
         .iter()
         .filter_map(|&state| {
