@@ -72,6 +72,8 @@ pub(super) fn layout(
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · agent-sidecar" }
+                // No icon to fetch: the browser would ask for /favicon.ico, outside /ui.
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href=(CSS.path);
                 script src=(JS.path) defer {}
             }
