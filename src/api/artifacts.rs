@@ -69,7 +69,7 @@ pub(super) fn router() -> Router<AppState> {
         (status = 422, description = "The path is not plain, or leads through a symlink to a FIFO, device or hard link (named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
     ),
     security((), ("bearer" = [])))]
-pub(super) async fn artifact(
+pub(crate) async fn artifact(
     State(app): State<AppState>,
     Path((job_id, path)): Path<(String, String)>,
     principal: Option<Extension<Principal>>,
@@ -117,7 +117,7 @@ pub(super) async fn artifact(
         (status = 422, description = "The file is a symlink, FIFO, device or hard link (named in `errors`)", content_type = "application/problem+json", body = crate::error::Problem)
     ),
     security((), ("bearer" = [])))]
-pub(super) async fn output_file(
+pub(crate) async fn output_file(
     State(app): State<AppState>,
     Path((job_id, name)): Path<(String, String)>,
     principal: Option<Extension<Principal>>,

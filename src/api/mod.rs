@@ -1,7 +1,7 @@
 //! The HTTP API. Each module exposes `router()` with its routes next to their handlers.
 
 mod agents;
-mod artifacts;
+pub(crate) mod artifacts;
 pub mod auth;
 pub(crate) mod bulk;
 pub(crate) mod deliveries;

@@ -39,6 +39,16 @@ pub(super) fn router() -> Router<AppState> {
         .route("/", get(overview))
         .route("/jobs", get(jobs))
         .route("/jobs/{job_id}", get(job))
+        // A job's files, as the API serves them, behind the dashboard's session (the cookie is
+        // sent only under /ui) and its CSP (an HTML artifact cannot run script).
+        .route(
+            "/jobs/{job_id}/artifacts/{*path}",
+            get(crate::api::artifacts::artifact),
+        )
+        .route(
+            "/jobs/{job_id}/output/{name}",
+            get(crate::api::artifacts::output_file),
+        )
         .route("/deliveries", get(deliveries))
 }
 
@@ -72,6 +82,8 @@ pub(super) fn layout(
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · agent-sidecar" }
+                // No icon to fetch: the browser would ask for /favicon.ico, outside /ui.
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href=(CSS.path);
                 script src=(JS.path) defer {}
             }
@@ -557,9 +569,9 @@ fn read_files(dir: &JobDir) -> Result<Files, JobDirError> {
     })
 }
 
-/// `/jobs/<id>/<path>`, each name of `path` percent-encoded: the artifacts endpoint.
+/// `/ui/jobs/<id>/<path>`, each name of `path` percent-encoded: the artifacts endpoint.
 fn artifact_href(job_id: JobId, path: &str) -> String {
-    let mut href = format!("/jobs/{job_id}");
+    let mut href = format!("/ui/jobs/{job_id}");
     for name in path.split('/') {
         href.push('/');
         href.extend(url::form_urlencoded::byte_serialize(name.as_bytes()));
@@ -729,7 +741,7 @@ async fn job(
         section {
             h2 { "Logs" }
             @for (name, text) in [("log.txt", &files.log), ("error.log", &files.error_log)] {
-                h3 { a href={ "/jobs/" (id) "/output/" (name) } { (name) } }
+                h3 { a href={ "/ui/jobs/" (id) "/output/" (name) } { (name) } }
                 @match text {
                     Some(t) if !t.is_empty() => pre.log { (t) },
                     Some(_) => p.muted { "(empty)" },

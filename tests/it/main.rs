@@ -3,6 +3,7 @@
 mod agents;
 mod artifacts;
 mod auth;
+mod browser;
 mod cli;
 mod contract;
 mod contrib;

@@ -153,6 +153,10 @@ async fn every_page_renders_a_real_job_under_the_csp_with_its_secrets_redacted()
     assert!(!job_page.contains("hunter2-secret"), "{job_page}");
     assert!(job_page.contains("[redacted]"), "{job_page}");
     assert!(job_page.contains("Quarterly"), "{job_page}");
+    let log = attribute_starting(&job_page, "href", &format!("/ui/jobs/{job_id}/output/"));
+    let (log_status, log_headers, _) = page(&sidecar, &log).await;
+    assert_eq!(log_status, StatusCode::OK, "{log}");
+    assert_eq!(log_headers["content-security-policy"], CSP, "{log}");
     assert_html_page(
         "/ui/deliveries",
         deliveries_status,
@@ -479,6 +483,18 @@ async fn a_viewer_sees_no_buttons_and_its_posts_and_posts_without_the_csrf_token
     assert!(
         seen_by_viewer.contains("rails-app (viewer)"),
         "{seen_by_viewer}"
+    );
+    let error_log = format!("/ui/jobs/{job_id}/output/log.txt");
+    // Through to the artifacts handler with the session (200, or 404 for a file not written).
+    let through = page_as(&sidecar, &viewer, &error_log).await.0;
+    assert!(
+        [StatusCode::OK, StatusCode::NOT_FOUND].contains(&through),
+        "{through}"
+    );
+    assert_eq!(
+        page(&sidecar, &error_log).await.0,
+        StatusCode::SEE_OTHER,
+        "no session"
     );
     for page in [&seen_by_viewer, &viewer_jobs] {
         assert!(!page.contains(">Re-run"), "{page}");
