@@ -227,7 +227,7 @@ impl Sidecar {
             mirror,
             fence,
             drain_timeout: config.jobs.drain_timeout,
-            router: api::router(state),
+            router: api::router(state.clone(), ui::router(state)),
             cancel,
             tracker,
         })

@@ -46,10 +46,6 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     pub(crate) gate: Arc<auth::Gate>,
     pub(crate) overview: overview::OverviewCache,
-    /// The dashboard's session signer.
-    pub(crate) sessions: crate::ui::Sessions,
-    /// The dashboard's live snapshot, shared by every open page.
-    pub(crate) live: crate::ui::Live,
     /// The SHA-256 of v2 manifests' input files, by file version.
     pub(crate) input_hashes: Arc<crate::jobdir::InputHashes>,
 }
@@ -77,11 +73,8 @@ pub struct Parts {
 impl AppState {
     /// State over the running parts of the sidecar.
     pub fn new(parts: Parts) -> Self {
-        let sessions = crate::ui::Sessions::new(parts.config.server.auth.as_ref());
         Self {
             inner: Arc::new(Inner {
-                sessions,
-                live: crate::ui::Live::default(),
                 store: parts.store,
                 config: parts.config,
                 runner: parts.runner,
@@ -99,8 +92,10 @@ impl AppState {
     }
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
+/// The whole API, with `dashboard` (the `ui` module's routes, built over the same state) nested
+/// under `/ui`: the dashboard is served exactly where the API is, behind its listener, limits
+/// and fallback, while the auth layer leaves `/ui` to the dashboard's own sessions.
+pub fn router(state: AppState, dashboard: Router<AppState>) -> Router {
     let limit = state.inner.config.server.max_body_bytes;
     Router::new()
         .merge(trigger::router())
@@ -114,7 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(deliveries::router())
         .merge(keys::router())
-        .nest("/ui", crate::ui::router(state.clone()))
+        .nest("/ui", dashboard)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -22,6 +22,7 @@ use axum::{Extension, Router};
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 
+use super::Dashboard;
 use super::pages::{LIVE_WINDOW, job_rows, overview_live};
 use super::session::Viewer;
 use crate::api::AppState;
@@ -36,7 +37,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 
 /// The last snapshot the live feed took, shared by every open page.
 #[derive(Default)]
-pub struct Live {
+pub(super) struct Live {
     last: Mutex<Option<(Instant, Arc<Snapshot>)>>,
 }
 
@@ -53,10 +54,10 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// The snapshot, taken again when it is older than [`TICK`].
-async fn snapshot(app: &AppState) -> Result<Arc<Snapshot>, ApiError> {
+async fn snapshot(app: &AppState, live: &Live) -> Result<Arc<Snapshot>, ApiError> {
     let inner = &app.inner;
     // Held across the reads: concurrent pages wait for one snapshot instead of each taking one.
-    let mut last = inner.live.last.lock().await;
+    let mut last = live.last.lock().await;
     if let Some((at, snapshot)) = last.as_ref()
         && at.elapsed() < TICK
     {
@@ -83,15 +84,19 @@ struct Sent {
 }
 
 /// `GET /ui/feed`: `overview` and `jobs` events, each the part's HTML, whenever it changes.
-async fn feed(State(app): State<AppState>, Extension(viewer): Extension<Viewer>) -> Response {
+async fn feed(
+    State(app): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Extension(dashboard): Extension<Arc<Dashboard>>,
+) -> Response {
     let shutdown = app.inner.shutdown.clone();
     let ticks = tokio::time::interval(TICK);
     let events = futures_util::stream::unfold(
-        (app, viewer, ticks, Sent::default()),
-        |(app, viewer, mut ticks, mut sent)| async move {
+        (app, viewer, dashboard, ticks, Sent::default()),
+        |(app, viewer, dashboard, mut ticks, mut sent)| async move {
             ticks.tick().await;
             let mut events = Vec::new();
-            match snapshot(&app).await {
+            match snapshot(&app, &dashboard.live).await {
                 Ok(snapshot) => {
                     let overview = overview_live(&snapshot.overview).into_string();
                     if overview != sent.overview {
@@ -109,7 +114,7 @@ async fn feed(State(app): State<AppState>, Extension(viewer): Extension<Viewer>)
             }
             Some((
                 futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>)),
-                (app, viewer, ticks, sent),
+                (app, viewer, dashboard, ticks, sent),
             ))
         },
     )

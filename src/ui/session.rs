@@ -13,21 +13,20 @@
 //! it). [`guard`] refuses (403) a POST whose token is missing or wrong, and any POST of a
 //! viewer: a viewer is also shown no buttons. Without auth the dashboard acts as an operator.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use maud::html;
 use ring::hmac;
 
-use super::pages::layout;
+use super::Dashboard;
 use crate::api::AppState;
 use crate::api::auth::Role;
 use crate::api::listener::PeerInfo;
@@ -48,7 +47,7 @@ pub(super) const CSRF_FIELD: &str = "csrf";
 const ANONYMOUS: &str = "anonymous";
 
 /// Signs and checks session cookies and CSRF tokens.
-pub struct Sessions {
+pub(super) struct Sessions {
     key: hmac::Key,
 }
 
@@ -72,7 +71,7 @@ impl Sessions {
     }
 
     /// A cookie value for `session`: `<role>.<expires>.<subject, base64url>.<mac, base64url>`.
-    fn seal(&self, session: &Session) -> String {
+    pub(super) fn seal(&self, session: &Session) -> String {
         let body = format!(
             "{}.{}.{}",
             session.role.as_str(),
@@ -113,11 +112,11 @@ impl Sessions {
 }
 
 /// A logged-in browser.
-struct Session {
-    role: Role,
-    subject: String,
+pub(super) struct Session {
+    pub(super) role: Role,
+    pub(super) subject: String,
     /// Unix seconds.
-    expires_at: u64,
+    pub(super) expires_at: u64,
 }
 
 /// What a page knows of its viewer: whether to offer actions, and the token its forms carry.
@@ -131,15 +130,11 @@ pub(super) struct Viewer {
     pub subject: Option<(String, Role)>,
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
-}
-
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/login", get(login_with_query).post(login_with_form))
 }
 
 /// The session cookie's value among a request's cookies.
@@ -157,7 +152,12 @@ fn cookie(headers: &axum::http::HeaderMap) -> Option<String> {
 /// The middleware in front of every dashboard route: finds the viewer, sends a browser without
 /// a session to the login page, refuses POSTs of viewers and POSTs without the right CSRF
 /// token.
-pub(super) async fn guard(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn guard(
+    State(app): State<AppState>,
+    Extension(dashboard): Extension<Arc<Dashboard>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let path = request
         .extensions()
         .get::<OriginalUri>()
@@ -165,7 +165,7 @@ pub(super) async fn guard(State(app): State<AppState>, request: Request, next: N
     if path == "/ui/login" || path.starts_with("/ui/assets/") {
         return next.run(request).await;
     }
-    let sessions = &app.inner.sessions;
+    let sessions = &dashboard.sessions;
     let certified = request
         .extensions()
         .get::<ConnectInfo<PeerInfo>>()
@@ -226,91 +226,6 @@ pub(super) async fn guard(State(app): State<AppState>, request: Request, next: N
 
 fn refused(pointer: &str, detail: &str) -> Response {
     ApiError::forbidden(ErrorSource::Request, FieldError::new(pointer, detail)).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct LoginQuery {
-    token: Option<String>,
-}
-
-async fn login_with_query(
-    State(app): State<AppState>,
-    Query(query): Query<LoginQuery>,
-) -> Response {
-    login(&app, query.token.as_deref()).await
-}
-
-async fn login_with_form(State(app): State<AppState>, body: axum::body::Bytes) -> Response {
-    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let token = fields
-        .iter()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.as_str());
-    login(&app, Some(token.unwrap_or(""))).await
-}
-
-/// Verifies `token` as the API would and answers with the session cookie, or the login page.
-async fn login(app: &AppState, token: Option<&str>) -> Response {
-    let auth = app.inner.gate.current();
-    if !auth.required() {
-        return Redirect::to("/ui").into_response();
-    }
-    let Some(token) = token else {
-        return login_page(None).into_response();
-    };
-    let principal = match auth.verify(token.trim()) {
-        Ok(principal) => principal,
-        Err(refusal) => {
-            return (
-                axum::http::StatusCode::UNAUTHORIZED,
-                login_page(Some(refusal.sentence())),
-            )
-                .into_response();
-        }
-    };
-    let now = now();
-    let expires_at = principal
-        .expires_at
-        .unwrap_or(u64::MAX)
-        .min(now + SESSION_MAX.as_secs());
-    let session = Session {
-        role: principal.role,
-        subject: principal.subject,
-        expires_at,
-    };
-    tracing::info!(subject = %session.subject, role = session.role.as_str(), "dashboard session opened");
-    let secure = if app.inner.config.server.tls.is_some() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        app.inner.sessions.seal(&session),
-        expires_at.saturating_sub(now)
-    );
-    let mut response = Redirect::to("/ui").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
-}
-
-fn login_page(error: Option<&str>) -> maud::Markup {
-    let content = html! {
-        @if let Some(error) = error {
-            p.notice role="alert" { "Not logged in: " (error) }
-        }
-        p { "Paste a token minted with "
-            code { "agent-sidecar token mint --config <file> --role operator" }
-            " (or " code { "--role viewer" } " to only look)." }
-        form method="post" action="/ui/login" {
-            label { "Token " input type="password" name="token" autocomplete="off" required; }
-            " "
-            button type="submit" { "Log in" }
-        }
-    };
-    layout("Log in", None, None, None, content)
 }
 
 #[cfg(test)]
