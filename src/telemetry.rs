@@ -249,7 +249,7 @@ pub fn trigger_refused(reason: RefusedReason) {
     counter!(TRIGGERS_REFUSED, "reason" => reason.as_str()).increment(1);
 }
 
-/// The sweeper did `action` (one of [`SWEEPER_ACTION_NAMES`]).
+/// The sweeper did `action` (one of `SWEEPER_ACTION_NAMES`).
 pub fn sweeper_action(action: &'static str, count: usize) {
     debug_assert!(SWEEPER_ACTION_NAMES.contains(&action), "{action}");
     counter!(SWEEPER_ACTIONS, "action" => action).increment(count as u64);

@@ -3,8 +3,8 @@
 //! Pages (`pages`) read what the JSON API reads, through the same functions (`overview_for`,
 //! `page_of_jobs`, the store's job view and delivery list); actions (`actions`) are plain HTML
 //! form POSTs that call the functions the API's handlers call, then redirect back (303) with a
-//! notice. What it keeps of its own, [`Dashboard`], is the session key and the live snapshot. The stylesheet and script (`assets`) are
-//! embedded in the binary and served under a content-hashed path, so a browser keeps them for
+//! notice. What it keeps of its own, `Dashboard`, is the session key and the live snapshot.
+//! The stylesheet and script (`assets`) are embedded in the binary and served under a content-hashed path, so a browser keeps them for
 //! a year and a new build is fetched at once. Every response carries [`CSP`]: no inline script
 //! or style anywhere, so an injected tag in a job's log or params cannot run.
 //!
