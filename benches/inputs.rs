@@ -7,7 +7,11 @@
 //! triggered (a link changes the file's ctime); the first trigger reads it whole (`cold`), the
 //! second names the same file version and is answered from the hash cache (`cached`).
 
+// Shared by every driver; this one reads its sizes as a list, not with `env_usize`.
+#[allow(dead_code)]
 mod common;
+
+use common::SECRET;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -75,7 +79,7 @@ allow_http = true
 [callbacks.jwt]
 issuer = "agent-sidecar"
 audience = "rails"
-secret = "bench-secret-0123456789abcdef-0123456789"
+secret = "{SECRET}"
 [jobs]
 allowed_job_names = ["BenchJob"]
 [agents.noop]

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{SECRET, env_usize};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,15 +22,6 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-
-const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One printed figure.
 struct Figure {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{SECRET, env_usize};
+
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -17,16 +19,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
 
-const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
 /// The goal the issue sets for every page.
 const GOAL_MS: f64 = 50.0;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A sidecar on a scratch folder, stopped (by pid) when dropped.
 struct Sidecar {

@@ -4,6 +4,17 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// The HMAC secret of the drivers' configs (callbacks and inbound tokens alike).
+pub const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
+
+/// A size from the environment, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Starts `agent-sidecar serve` on `dir/sidecar.toml`; returns the process and its base URL
 /// once it listens. The caller stops it (by pid) when done.
 pub fn spawn_sidecar(dir: &Path) -> (Child, String) {

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ErrorSource};
 use crate::jobdir::JobDir;
 use crate::jobdir::output_uri;
 use crate::runner::{CancelError, CancelOutcome};
-use crate::store::{JobCursor, JobFilter, JobQuery, JobRecord};
+use crate::store::{JobCursor, JobFilter, JobQuery, JobRecord, JobView};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -54,11 +54,7 @@ pub(super) async fn status(
 ) -> Result<Json<JobStatus>, ApiError> {
     let job_id = parse_job_id(&job_id)?;
     let app = &app.inner;
-    let view = app
-        .store
-        .job_view(job_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))?;
+    let view = job_view(app, job_id).await?;
     let uri = output_uri(
         &app.config.storage.output_uri_prefix,
         &app.shared_root,
@@ -83,10 +79,18 @@ pub(super) async fn status_alias(
     status(state, path).await
 }
 
+/// The job's record with its history; 404 naming it when there is none.
+pub(crate) async fn job_view(app: &Inner, job_id: JobId) -> Result<JobView, ApiError> {
+    app.store
+        .job_view(job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))
+}
+
 /// A job list's query string as a filter; each failure named by its field.
 pub(super) fn job_filter(
     query: Result<Query<JobQuery>, QueryRejection>,
-) -> Result<crate::store::JobFilter, ApiError> {
+) -> Result<JobFilter, ApiError> {
     let Query(query) = query.map_err(|e| {
         ApiError::invalid(ErrorSource::Query, vec![FieldError::new("", e.body_text())])
     })?;

@@ -15,7 +15,7 @@ use super::assets::{CSS, JS};
 use super::redact::redact;
 use super::session::{CSRF_FIELD, Viewer};
 use crate::api::AppState;
-use crate::api::jobs::{page_of_jobs, parse_job_id};
+use crate::api::jobs::{job_view, page_of_jobs, parse_job_id};
 use crate::api::overview::{OverviewQuery, overview_for};
 use crate::contract::{
     DeliveryState, DeliveryStatus, FieldError, JobId, JobState, JobSummary, Overview,
@@ -603,11 +603,7 @@ async fn job(
     let (_, notice) = form_query(raw.as_deref())?;
     let job_id = parse_job_id(&job_id)?;
     let app = &app.inner;
-    let view = app
-        .store
-        .job_view(job_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {job_id}")))?;
+    let view = job_view(app, job_id).await?;
     let (shared_root, modes) = (app.shared_root.clone(), app.config.storage.modes);
     let files = tokio::task::spawn_blocking(move || {
         let dir = JobDir::open(&shared_root, job_id, modes)?;
